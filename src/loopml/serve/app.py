@@ -1,0 +1,189 @@
+"""The HTTP face of the prediction service (FastAPI), as in the shared contract.
+
+Everything here translates between HTTP and :class:`PredictionService`: bad
+input becomes a 4xx JSON body naming each field, a failing model a 503, and
+nothing a client sends can produce a 5xx. Prometheus metrics live in a
+registry owned by the app (no process globals), so several apps can coexist
+in one process (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from loopml.monitor.predlog import Feedback, PredictionLog
+from loopml.serve.dashboard import render_dashboard
+from loopml.serve.logger import AsyncLogger
+from loopml.serve.schemas import (
+    ErrorResponse,
+    FeedbackRequest,
+    Prediction,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    error_body,
+)
+from loopml.serve.service import ModelFailure, PredictionService, RequestError
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    admin_token: str | None = None
+    max_body_bytes: int = 1_048_576
+
+
+class _Metrics:
+    def __init__(self, service: PredictionService, logger: AsyncLogger | None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("loopml_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "loopml_request_latency_seconds",
+            "request latency",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.predictions = Counter("loopml_predictions", "predictions served", ["variant"], registry=self.registry)
+        self.model_errors = Counter("loopml_model_errors", "requests failed by the model", registry=self.registry)
+        version = Gauge("loopml_model_version", "live model version", registry=self.registry)
+        version.set_function(lambda: float(service.live.version) if service.live else 0.0)
+        dropped = Gauge("loopml_log_dropped", "prediction log records dropped", registry=self.registry)
+        dropped.set_function(lambda: float(logger.dropped) if logger else 0.0)
+
+
+def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]]:
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        details.append((".".join(loc) or "body", str(err.get("msg", "invalid"))))
+    return details
+
+
+def create_app(
+    service: PredictionService,
+    log: PredictionLog,
+    logger: AsyncLogger | None,
+    options: ServeOptions = ServeOptions(),
+) -> FastAPI:
+    metrics = _Metrics(service, logger)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if logger is not None:
+            logger.start()
+        try:
+            yield
+        finally:
+            if logger is not None:
+                logger.close()
+
+    app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > options.max_body_bytes):
+            response: Response = JSONResponse(
+                error_body(f"body larger than {options.max_body_bytes} bytes", [("body", "too large")]), status_code=413
+            )
+        else:
+            response = await call_next(request)
+        path = request.scope.get("route").path if request.scope.get("route") else "unmatched"  # type: ignore[union-attr]
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body("invalid request", _errors_from_validation(exc)), status_code=422)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(error_body("invalid request", exc.details), status_code=422)
+
+    @app.exception_handler(ModelFailure)
+    async def on_model_failure(_: Request, exc: ModelFailure) -> JSONResponse:
+        metrics.model_errors.inc()
+        return JSONResponse(error_body(str(exc)), status_code=503)
+
+    def check_admin(request: Request) -> JSONResponse | None:
+        header = request.headers.get("authorization", "")
+        token = options.admin_token
+        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            return JSONResponse(error_body("admin endpoints need 'Authorization: Bearer $LOOPML_ADMIN_TOKEN'"), 401)
+        return None
+
+    errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    def readyz() -> JSONResponse:
+        if service.ready:
+            return JSONResponse({"status": "ready", "model_version": service.live.version if service.live else None})
+        return JSONResponse(error_body("no model loaded"), status_code=503)
+
+    @app.post("/v1/predict", response_model=Prediction, response_model_exclude_none=True, responses=errors)
+    def predict(body: PredictRequest, explain: bool = False) -> Prediction:
+        result = service.predict([body], explain=explain)[0]
+        metrics.predictions.labels(result.variant).inc()
+        return result
+
+    @app.post("/v1/predict/batch", response_model=PredictBatchResponse, response_model_exclude_none=True, responses=errors)
+    def predict_batch(body: PredictBatchRequest, explain: bool = False) -> PredictBatchResponse:
+        results = service.predict(body.instances, explain=explain, batch=True) if body.instances else []
+        for r in results:
+            metrics.predictions.labels(r.variant).inc()
+        return PredictBatchResponse(predictions=results)
+
+    @app.post("/v1/feedback", status_code=202, responses=errors)
+    def feedback(body: FeedbackRequest) -> dict[str, str]:
+        item = Feedback(request_id=body.request_id, label=float(body.label), ts=datetime.now())
+        if logger is None or not logger.submit(item):
+            log.add_feedback([item])
+        return {"status": "accepted", "request_id": body.request_id}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return service.models()
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/ui", response_class=HTMLResponse)
+    def ui() -> HTMLResponse:
+        return HTMLResponse(render_dashboard(service.models(), log))
+
+    @app.post("/v1/admin/reload", responses={401: {"model": ErrorResponse}})
+    def admin_reload(request: Request) -> JSONResponse:
+        denied = check_admin(request)
+        if denied is not None:
+            return denied
+        live = service.reload()
+        return JSONResponse({"status": "reloaded", "model_version": live.version if live else None})
+
+    @app.post("/v1/admin/flush", responses={401: {"model": ErrorResponse}})
+    def admin_flush(request: Request) -> JSONResponse:
+        denied = check_admin(request)
+        if denied is not None:
+            return denied
+        written = logger.flush() if logger is not None else 0
+        return JSONResponse({"status": "flushed", "rows": written})
+
+    return app

@@ -1,0 +1,90 @@
+"""Off-the-request-path prediction logging: a bounded queue flushed in batches.
+
+Feedback labels travel through the same queue so that neither path writes a
+file per request.
+
+The request handler only calls :meth:`AsyncLogger.submit`, which never blocks:
+when the queue is full the record is counted as dropped (reported on
+``/metrics``) instead of slowing the response. A daemon thread drains the
+queue into the :class:`~loopml.monitor.predlog.PredictionLog` every
+``flush_rows`` records or ``flush_seconds``, whichever comes first; ``close``
+flushes what is left.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLog
+
+
+class AsyncLogger:
+    def __init__(
+        self,
+        log: PredictionLog,
+        max_queue: int = 10_000,
+        flush_rows: int = 500,
+        flush_seconds: float = 1.0,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.on_error = on_error
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue[LoggedPrediction | Feedback] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="loopml-prediction-log", daemon=True)
+            self._thread.start()
+
+    def submit(self, record: LoggedPrediction | Feedback) -> bool:
+        try:
+            self._queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def flush(self) -> int:
+        """Write everything queued so far; return the number of rows written."""
+        with self._flush_lock:
+            batch: list[LoggedPrediction | Feedback] = []
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self.log.append([r for r in batch if isinstance(r, LoggedPrediction)])
+                    self.log.add_feedback([r for r in batch if isinstance(r, Feedback)])
+                    self.written += len(batch)
+                except Exception as exc:  # a full disk must not kill the server; count and report
+                    self.dropped += len(batch)
+                    if self.on_error is not None:
+                        self.on_error(exc)
+            return len(batch)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.flush_seconds)
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
