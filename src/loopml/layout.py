@@ -61,7 +61,7 @@ class Layout:
 
     @property
     def prediction_log(self) -> Path:
-        return self.state / "predictions.duckdb"
+        return self.state / "predictions"
 
     @property
     def reports(self) -> Path:

@@ -34,9 +34,9 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """Inverse of :func:`parse_duration`, choosing the largest exact unit."""
+    """Inverse of :func:`parse_duration`: the largest exact unit up to days (``7d``, not ``1w``)."""
     seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m", "s"):
+    for unit in ("d", "h", "m", "s"):
         size = _UNIT_SECONDS[unit]
         if seconds and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

@@ -1,0 +1,443 @@
+"""The ``loopml`` command line: parse, call :class:`~loopml.project.Project`, render.
+
+Every command takes ``--project DIR``; ``--json`` prints one JSON document on
+stdout and nothing else (progress and logs go to stderr). A
+:class:`~loopml.errors.LoopmlError` becomes one line on stderr and exit code
+1; anything else is reported as an internal error in one line, with the
+traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from loopml.demo import run_demo
+from loopml.errors import LoopmlError, SpecError
+from loopml.project import Project
+from loopml.scaffold import init_example, init_from_data
+from loopml.serve.runner import run_server
+
+app = typer.Typer(
+    name="loopml",
+    help="The whole production ML loop for tabular and event data: ingest, features, train, serve, monitor, retrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+features_app = typer.Typer(help="Point-in-time features offline, and the online store.", no_args_is_help=True)
+runs_app = typer.Typer(help="Tracked training runs.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+out = Console()
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="project folder holding loopml.yaml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of internal errors")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _progress(enabled: bool = True) -> Iterator[Callable[[str, float], None]]:
+    """A Rich progress bar on stderr driven by ``progress(stage, fraction)`` callbacks."""
+    if not enabled or not err.is_terminal:
+
+        def quiet(stage: str, fraction: float) -> None:
+            return None
+
+        yield quiet
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+        console=err, transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0)
+
+        def update(stage: str, fraction: float) -> None:
+            bar.update(task, description=stage, completed=max(0.0, min(1.0, fraction)))
+
+        yield update
+
+
+def _run(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except SpecError as exc:
+        for problem in exc.problems:
+            err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except LoopmlError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"internal error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+# --------------------------------------------------------------------------- project set-up
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="folder to create the project in")],
+    example: Annotated[str | None, typer.Option(help="built-in example world: fraud")] = None,
+    data: Annotated[Path | None, typer.Option(help="CSV/Parquet/JSONL file to scaffold a project from")] = None,
+    label: Annotated[str | None, typer.Option(help="label column (with --data)")] = None,
+    positive: Annotated[str | None, typer.Option(help="positive label value (binary)")] = None,
+    task: Annotated[str | None, typer.Option(help="binary or regression (inferred when omitted)")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="event-time column")] = None,
+    entity: Annotated[list[str] | None, typer.Option(help="entity key column (repeatable)")] = None,
+    days: Annotated[int, typer.Option(help="fraud example: days to simulate")] = 183,
+    seed: Annotated[int, typer.Option(help="fraud example: random seed")] = 0,
+    drift_day: Annotated[int | None, typer.Option(help="fraud example: day a new fraud pattern starts")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing loopml.yaml")] = False,
+) -> None:
+    """Write a ready project: the fraud example world, or a scaffold from your own data file."""
+
+    def go() -> None:
+        if (example is None) == (data is None):
+            raise LoopmlError("init: give exactly one of --example fraud or --data FILE")
+        if example is not None:
+            if example != "fraud":
+                raise LoopmlError(f"init: unknown example {example!r} (available: fraud)")
+            with _progress() as progress:
+                rows = init_example(folder, days=days, seed=seed, drift_day=drift_day, force=force, progress=progress)
+            err.print(f"wrote {folder / 'loopml.yaml'} and {rows:,} simulated transactions under {folder / 'data'}")
+        else:
+            assert data is not None
+            if label is None:
+                raise LoopmlError("init: --data needs --label COL")
+            if task not in (None, "binary", "regression"):
+                raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
+            path = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
+            err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'")
+
+    _run(go)
+
+
+@app.command()
+def check(project: ProjectOpt = Path(".")) -> None:
+    """Validate loopml.yaml; every error names its key and line."""
+
+    def go() -> None:
+        p = Project.load(project)
+        s = p.spec
+        n_features = sum(len(v.outputs(k)) for k, v in s.features.views.items()) + len(s.features.transforms)
+        err.print(f"ok: {p.layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
+
+    _run(go)
+
+
+@app.command("ingest")
+def ingest_cmd(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Read the sources, validate them, store a content-hashed snapshot; bad rows go to quarantine."""
+
+    def go() -> None:
+        p = Project.load(project)
+        with _progress(not as_json) as progress:
+            result = p.ingest(progress)
+        if as_json:
+            _emit_json(result.to_json())
+            return
+        failing = [c for c in result.checks if not c.passed]
+        rows = [[c.source, c.column or "", c.rule, c.severity, c.failed_rows, c.message] for c in failing]
+        if rows:
+            err.print(_table("checks that found problems", ["source", "column", "rule", "severity", "rows", "message"], rows))
+        out.print(
+            f"snapshot {result.snapshot}: {result.rows_in:,} rows in, {result.rows_valid:,} valid, "
+            f"{result.rows_quarantined:,} quarantined"
+        )
+
+    _run(go)
+
+
+# --------------------------------------------------------------------------- features
+@features_app.command("build")
+def features_build(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Compute point-in-time-correct features for every event of the label source."""
+
+    def go() -> None:
+        p = Project.load(project)
+        with _progress(not as_json) as progress:
+            result = p.build_features(progress)
+        data = {"path": str(result.path), "rows": result.rows, "features": result.features, "seconds": result.seconds}
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print(f"{result.rows:,} rows x {len(result.features)} features in {result.seconds:.1f}s -> {result.path}")
+
+    _run(go)
+
+
+@features_app.command("materialize")
+def features_materialize(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Load the latest feature values per entity into the online store."""
+
+    def go() -> None:
+        p = Project.load(project)
+        result = p.materialize()
+        data = result.to_json()
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print(f"materialized {data}")
+
+    _run(go)
+
+
+@features_app.command("get")
+def features_get(
+    entity: Annotated[list[str], typer.Option(help="KEY=VALUE, e.g. customer_id=42 (repeatable)")],
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Read online feature values for entities."""
+
+    def go() -> None:
+        p = Project.load(project)
+        pairs = {}
+        for item in entity:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise LoopmlError(f"--entity {item!r}: expected KEY=VALUE")
+            pairs[key] = value
+        store = p.online_store()
+        try:
+            data = online_features(p, store, pairs)
+        finally:
+            store.close()
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print(_table("online features", ["view", "feature", "value"], [[v, f, _fmt(x)] for v, f, x in _flat(data)]))
+
+    _run(go)
+
+
+def online_features(p: Project, store: Any, pairs: dict[str, str]) -> dict[str, Any]:
+    keys = {e.key: name for name, e in p.spec.entities.items()}
+    for key in pairs:
+        if key not in keys:
+            raise LoopmlError(f"--entity {key}: unknown entity key (known: {', '.join(keys)})")
+    result: dict[str, Any] = {}
+    for vname, view in p.spec.features.views.items():
+        key = p.spec.entities[view.entity].key
+        if key not in pairs:
+            continue
+        got = store.read(vname, [pairs[key]])[0]
+        result[vname] = None if got is None else {"values": got[0], "as_of": got[1].isoformat()}
+    return result
+
+
+def _flat(data: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    for view, entry in data.items():
+        if entry is None:
+            yield view, "(unknown entity)", None
+            continue
+        for name, value in entry["values"].items():
+            yield view, name, value
+
+
+# --------------------------------------------------------------------------- training and registry
+@app.command("train")
+def train_cmd(
+    project: ProjectOpt = Path("."),
+    trials: Annotated[int, typer.Option(help="hyper-parameter tuning trials (0: spec params)")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train, evaluate and register a model version, then apply the promotion gate."""
+
+    def go() -> None:
+        p = Project.load(project)
+        with _progress(not as_json) as progress:
+            result = p.train(trials=trials, progress=progress)
+        data = result.to_json()
+        if as_json:
+            _emit_json(data)
+            return
+        metrics = data["metrics"]
+        rows = [[name, _fmt(metrics["valid"].get(name)), _fmt(value)] for name, value in metrics["test"].items()]
+        out.print(_table(f"run {data['run_id']} -> model version {data['model_version']}", ["metric", "valid", "test"], rows))
+        verdict = "promoted to champion" if data["promoted"] else "not promoted"
+        out.print(f"{verdict}: {'; '.join(data.get('gate', {}).get('reasons', []))}")
+
+    _run(go)
+
+
+@runs_app.command("list")
+def runs_list(
+    project: ProjectOpt = Path("."),
+    limit: Annotated[int, typer.Option(help="rows per page")] = 20,
+    page: Annotated[int, typer.Option(help="page number, from 1")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tracked runs, newest first."""
+
+    def go() -> None:
+        runs = Project.load(project).runs().list(limit=limit, offset=(max(page, 1) - 1) * limit)
+        data = [r.to_json() for r in runs]
+        if as_json:
+            _emit_json(data)
+        else:
+            rows = [[d.get("run_id"), d.get("started_at"), d.get("status"), d.get("model_version")] for d in data]
+            out.print(_table("runs", ["run", "started", "status", "model version"], rows))
+
+    _run(go)
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[str, typer.Argument(help="run id")], project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Everything recorded about one run."""
+
+    def go() -> None:
+        data = Project.load(project).runs().get(run)
+        if as_json:
+            _emit_json(data)
+        else:
+            out.print_json(json.dumps(data, default=str))
+
+    _run(go)
+
+
+@models_app.command("list")
+def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Model versions with their aliases and test metrics."""
+
+    def go() -> None:
+        data = [v.to_json() for v in Project.load(project).registry().list()]
+        if as_json:
+            _emit_json(data)
+            return
+        rows = []
+        for d in data:
+            test = d["metrics"].get("test", d["metrics"])
+            rows.append([d["version"], ", ".join(d["aliases"]), d["created_at"], _fmt(test.get("average_precision"))])
+        out.print(_table("model versions", ["version", "aliases", "created", "test average_precision"], rows))
+
+    _run(go)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[int, typer.Argument(help="model version")],
+    alias: Annotated[str, typer.Option(help="alias to move")] = "champion",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Point an alias (default champion) at a version."""
+
+    def go() -> None:
+        v = Project.load(project).registry().set_alias(alias, version, reason="promoted by hand (loopml models promote)")
+        out.print(f"{alias} -> version {v.version}")
+
+    _run(go)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    alias: Annotated[str, typer.Option(help="alias to move back")] = "champion", project: ProjectOpt = Path(".")
+) -> None:
+    """Move an alias back to the version it pointed at before."""
+
+    def go() -> None:
+        v = Project.load(project).registry().rollback(alias)
+        out.print(f"{alias} -> version {v.version}")
+
+    _run(go)
+
+
+# --------------------------------------------------------------------------- serving and monitoring
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str | None, typer.Option(help="bind address (default: serving.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serving.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (default: serving.workers)")] = None,
+) -> None:
+    """Run the online prediction service (FastAPI + uvicorn)."""
+
+    def go() -> None:
+        p = Project.load(project)
+        run_server(p, host or p.spec.serving.host, port or p.spec.serving.port, workers or p.spec.serving.workers,
+                   admin_token=os.environ.get("LOOPML_ADMIN_TOKEN"))
+
+    _run(go)
+
+
+@app.command()
+def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """Drift, data quality and alerts over the prediction log."""
+
+    def go() -> None:
+        report = Project.load(project).monitor_report()
+        if as_json:
+            _emit_json(report)
+            return
+        rows = [[d["feature"], d["test"], _fmt(d["statistic"]), d["rows"], d["status"]] for d in report["drift"]]
+        out.print(_table(f"drift of model version {report['model_version']}", ["feature", "test", "statistic", "rows", "status"], rows))
+        out.print(f"{report['predictions']:,} predictions logged, {report['labelled']:,} labelled; {len(report['alerts'])} alert(s)")
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="folder for the demo project")] = Path("demo-run"),
+    days: Annotated[int, typer.Option(help="days of history to simulate")] = 90,
+    requests: Annotated[int, typer.Option(help="live requests to replay")] = 2000,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop end to end on the simulated card-fraud world."""
+
+    def go() -> None:
+        summary = run_demo(workdir, days=days, requests=requests, console=err)
+        if as_json:
+            _emit_json(summary)
+            return
+        rows = [[k, _fmt(v)] for k, v in summary["summary"].items()]
+        out.print(_table("loopml demo", ["step", "result"], rows))
+
+    _run(go)
+
+
+def main() -> None:
+    app()
+

@@ -1,0 +1,99 @@
+"""``loopml init``: write a ready project folder.
+
+Either the built-in card-fraud world (simulated transactions as Parquet plus
+the example ``loopml.yaml`` shipped in :mod:`loopml.datasets`), or a
+scaffold inferred from any CSV/Parquet/JSONL file by :mod:`loopml.data.infer`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from loopml.data.infer import infer_spec
+from loopml.datasets.fraud import FraudWorldConfig, simulate, write_world
+from loopml.errors import LoopmlError
+from loopml.spec.load import SPEC_FILE, parse_spec
+
+Progress = Callable[[str, float], None]
+
+
+def example_spec_text() -> str:
+    return resources.files("loopml.datasets").joinpath("fraud.yaml").read_text(encoding="utf-8")
+
+
+def _prepare(folder: Path, force: bool) -> Path:
+    target = folder / SPEC_FILE
+    if target.exists() and not force:
+        raise LoopmlError(f"{target}: already exists (pass --force to overwrite)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def init_example(
+    folder: Path,
+    days: int = 183,
+    seed: int = 0,
+    drift_day: int | None = None,
+    live_days: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Simulate the fraud world into ``folder``; return the number of history rows.
+
+    The last ``live_days`` days go to ``data/live.parquet`` instead of the
+    history file: traffic to replay against the served model.
+    """
+    target = _prepare(folder, force)
+    if live_days < 0 or live_days >= days:
+        raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
+    try:
+        config = FraudWorldConfig(days=days, seed=seed, drift_start_day=drift_day)
+    except ValueError as exc:
+        raise LoopmlError(f"init: {exc}") from None
+    data = folder / "data"
+    paths = write_world(config, data)
+    table = pq.read_table(paths["transactions"])
+    if live_days:
+        start = datetime.fromisoformat(config.start_date)
+        cutoff = pa.scalar(start + timedelta(days=days - live_days), type=pa.timestamp("us"))
+        history = table.filter(pc.less(table["tx_datetime"], cutoff))
+        live = table.filter(pc.greater_equal(table["tx_datetime"], cutoff))
+        pq.write_table(history, paths["transactions"])
+        pq.write_table(live, data / "live.parquet")
+        table = history
+    if progress is not None:
+        progress("simulated", 1.0)
+    _write_text(target, example_spec_text())
+    return int(table.num_rows)
+
+
+def init_from_data(
+    folder: Path,
+    data: Path,
+    label: str,
+    positive: str | None,
+    task: str | None,
+    timestamp: str | None,
+    entities: list[str],
+    force: bool = False,
+) -> Path:
+    """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written."""
+    target = _prepare(folder, force)
+    text = infer_spec(data.resolve(), label, positive, task, timestamp, entities, folder.resolve())  # type: ignore[arg-type]
+    parse_spec(text, str(target))
+    _write_text(target, text)
+    return target

@@ -1,0 +1,93 @@
+"""Build the serving app for a project and run it with uvicorn.
+
+``build_app`` wires the project's backends into a :class:`PredictionService`;
+``run_server`` runs it in the foreground (the ``loopml serve`` command) and
+``BackgroundServer`` runs it on a thread with a free port (the demo, tests and
+benchmarks talk to it over real HTTP on loopback).
+
+With ``--workers N > 1`` uvicorn starts N processes that each build the app
+from the project folder named in ``LOOPML_PROJECT`` (set by the entry point
+for its child processes only; uvicorn's multi-process mode needs an import
+string and passes nothing else).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from loopml.errors import LoopmlError
+from loopml.features.vector import FeatureAssembler
+from loopml.project import Project
+from loopml.serve.app import ServeOptions, create_app
+from loopml.serve.logger import AsyncLogger
+from loopml.serve.service import PredictionService
+
+_PROJECT_ENV = "LOOPML_PROJECT"
+_TOKEN_ENV = "LOOPML_ADMIN_TOKEN"
+
+
+def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
+    spec = project.spec
+    log = project.prediction_log()
+    logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
+    service = PredictionService(spec, FeatureAssembler(spec, project.online_store()), project.registry(), logger,
+                                alias=spec.rollout.alias)
+    service.reload()
+    return create_app(service, log, logger, ServeOptions(admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes))
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for multi-worker mode."""
+    folder = os.environ.get(_PROJECT_ENV)
+    if not folder:
+        raise LoopmlError(f"{_PROJECT_ENV} is not set")
+    return build_app(Project.load(Path(folder)), os.environ.get(_TOKEN_ENV))
+
+
+def run_server(project: Project, host: str, port: int, workers: int = 1, admin_token: str | None = None) -> None:
+    if workers > 1:
+        os.environ[_PROJECT_ENV] = str(project.layout.root)
+        uvicorn.run("loopml.serve.runner:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning")
+        return
+    uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """Run an app with uvicorn on a thread, on a free loopback port."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="loopml-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise LoopmlError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
