@@ -72,7 +72,7 @@ def test_invalid_yaml_names_the_line() -> None:
 
 
 def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="no loopml.yaml here"):
+    with pytest.raises(SpecError, match=r"no loopml\.yaml here"):
         load_spec(tmp_path)
     (tmp_path / "loopml.yaml").write_bytes(b"project: caf\xe9\n")
     with pytest.raises(SpecError, match="not UTF-8"):
@@ -88,7 +88,9 @@ def test_spec_hash_ignores_nothing_but_is_stable(tmp_path: Path) -> None:
     assert first == again != changed
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("7d", 604800), ("12h", 43200), ("30m", 1800), ("45s", 45), ("2w", 1209600), (90, 90)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("7d", 604800), ("12h", 43200), ("30m", 1800), ("45s", 45), ("2w", 1209600), (90, 90)]
+)
 def test_durations_round_trip(text: str | int, seconds: int) -> None:
     value = parse_duration(text)
     assert value.total_seconds() == seconds

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from loopml.demo import run_demo
 from loopml.errors import LoopmlError, SpecError
-from loopml.project import Project
+from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example, init_from_data
 from loopml.serve.runner import run_server
 
@@ -215,11 +215,12 @@ def features_materialize(project: ProjectOpt = Path("."), as_json: JsonOpt = Fal
     def go() -> None:
         p = Project.load(project)
         result = p.materialize()
-        data = result.to_json()
+        data = materialize_summary(result)
         if as_json:
             _emit_json(data)
         else:
-            out.print(f"materialized {data}")
+            for view, rows in data["rows"].items():
+                out.print(f"{view}: {rows:,} entities as of {data['as_of'][view]}")
 
     _run(go)
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from loopml.errors import LoopmlError
-from loopml.project import Project
+from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example
 from loopml.serve.runner import BackgroundServer, build_app
 
@@ -90,7 +90,7 @@ def run_demo(workdir: Path, days: int = 90, requests: int = 2000, live_days: int
         f"ROC AUC {test['roc_auc']:.3f}; promoted: {trained.promoted}"
     )
     materialized = project.materialize()
-    clock.step(f"materialized online features: {materialized.to_json()}")
+    clock.step(f"materialized online features: {materialize_summary(materialized)}")
 
     live_table = pq.read_table(workdir / "data" / "live.parquet")
     live = live_table.slice(0, min(requests, live_table.num_rows)).to_pylist()

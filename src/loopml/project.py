@@ -23,16 +23,25 @@ from loopml.features.materialize import MaterializeResult, materialize
 from loopml.features.offline import BuildResult, build_training_set
 from loopml.features.online import SqliteOnlineStore
 from loopml.layout import Layout
+from loopml.loop.train import TrainResult, train
 from loopml.monitor.drift import DriftResult, current_values, psi_drift
 from loopml.monitor.predlog import PredictionLog
 from loopml.registry.base import Registry
 from loopml.registry.store import open_registry
 from loopml.spec.load import load_spec, spec_hash
 from loopml.spec.model import Spec
-from loopml.train.pipeline import TrainResult, train
 from loopml.train.tracking import RunStore
 
 Progress = Callable[[str, float], None]
+
+
+def materialize_summary(result: MaterializeResult) -> dict[str, Any]:
+    """JSON form of a materialization: rows and as-of time per view."""
+    return {
+        "rows": dict(result.rows),
+        "as_of": {view: ts.isoformat() for view, ts in result.as_of.items()},
+        "seconds": round(result.seconds, 3),
+    }
 
 
 @dataclass(frozen=True)

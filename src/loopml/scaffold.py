@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopml.data.infer import infer_spec
-from loopml.datasets.fraud import FraudWorldConfig, simulate, write_world
+from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
 from loopml.spec.load import SPEC_FILE, parse_spec
 

@@ -29,9 +29,9 @@ from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
     ErrorResponse,
     FeedbackRequest,
-    Prediction,
     PredictBatchRequest,
     PredictBatchResponse,
+    Prediction,
     PredictRequest,
     error_body,
 )

@@ -24,11 +24,11 @@ import numpy as np
 from loopml.errors import LoopmlError
 from loopml.features.vector import FeatureAssembler
 from loopml.monitor.predlog import LoggedPrediction
-from loopml.registry.artifact import Predictor
-from loopml.registry.store import Registry
+from loopml.registry.base import Registry
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import Prediction, PredictRequest
 from loopml.spec.model import Spec
+from loopml.train.artifact import Predictor
 
 
 class RequestError(LoopmlError):

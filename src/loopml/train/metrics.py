@@ -1,0 +1,214 @@
+"""Evaluation metrics: scikit-learn's, wrapped so a metric is a number or ``None``.
+
+Binary: ``roc_auc, average_precision, log_loss, brier, precision, recall,
+f1`` (the last three at a decision threshold chosen on the validation split
+to maximise F1). Regression: ``rmse, mae, r2, mape``. A metric that cannot be
+computed (one class in the labels, no predicted positive...) is reported as
+``None`` with a warning string, never as a silent NaN.
+
+``card_precision_at_k`` is the fraud-detection metric of the *Reproducible
+Machine Learning for Credit Card Fraud Detection* handbook; scikit-learn has no
+equivalent, so it is written here as one DuckDB query.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    mean_squared_error,
+    precision_recall_curve,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+
+FloatArray = npt.NDArray[np.float64]
+Metrics = dict[str, float | None]
+
+BINARY_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "precision", "recall", "f1")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+DEFAULT_THRESHOLD = 0.5
+CARD_PRECISION_K = 100
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model on one split, and why any of them is missing."""
+
+    metrics: Metrics
+    warnings: list[str] = field(default_factory=list)
+
+
+def _safe(name: str, where: str, fn: Callable[[], float], out: Metrics, notes: list[str]) -> None:
+    """Store ``fn()`` as ``out[name]``, or ``None`` plus a note when it is undefined."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            value: float | None = float(fn())
+            problem = None
+        except ValueError as exc:
+            value, problem = None, str(exc).splitlines()[0]
+    if value is not None and not np.isfinite(value):
+        value = None
+        problem = problem or (str(caught[0].message).splitlines()[0] if caught else "the value is not finite")
+    out[name] = value
+    if value is None:
+        notes.append(f"{name} on {where} is undefined: {problem or 'no value'}")
+
+
+def _confusion_guard(y: FloatArray, predicted: FloatArray) -> dict[str, str]:
+    """Why precision/recall/F1 are undefined, so that we never rely on a NaN from zero_division."""
+    problems: dict[str, str] = {}
+    if not predicted.any():
+        problems["precision"] = "no row scored at or above the threshold"
+    if not y.any():
+        problems["recall"] = "no positive label"
+    if not predicted.any() and not y.any():
+        problems["f1"] = "no positive label and no positive prediction"
+    return problems
+
+
+def binary_metrics(y: npt.NDArray[Any], scores: FloatArray, threshold: float, where: str = "test") -> Evaluation:
+    """The binary metric set; ``y`` is 0/1, ``scores`` the positive-class probability."""
+    y = np.asarray(y, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    out: Metrics = {}
+    notes: list[str] = []
+    one_class = len(np.unique(y)) < 2
+    ranking: dict[str, Callable[[], float]] = {
+        "roc_auc": lambda: roc_auc_score(y, scores),
+        "average_precision": lambda: average_precision_score(y, scores),
+    }
+    for name, fn in ranking.items():
+        if one_class:
+            out[name] = None
+            notes.append(f"{name} on {where} is undefined: only label {int(y[0]) if len(y) else '-'} present")
+        else:
+            _safe(name, where, fn, out, notes)
+    _safe("log_loss", where, lambda: log_loss(y, np.clip(scores, 0.0, 1.0), labels=[0, 1]), out, notes)
+    _safe("brier", where, lambda: brier_score_loss(y, scores, labels=[0, 1]), out, notes)
+    predicted = (scores >= threshold).astype(np.int64)
+    guard = _confusion_guard(y.astype(np.float64), predicted.astype(np.float64))
+    threshold_metrics: dict[str, Callable[[], float]] = {
+        "precision": lambda: precision_score(y, predicted, zero_division=np.nan),
+        "recall": lambda: recall_score(y, predicted, zero_division=np.nan),
+        "f1": lambda: f1_score(y, predicted, zero_division=np.nan),
+    }
+    for name, fn in threshold_metrics.items():
+        if name in guard:
+            out[name] = None
+            notes.append(f"{name} on {where} is undefined: {guard[name]}")
+        else:
+            _safe(name, where, fn, out, notes)
+    return Evaluation(out, notes)
+
+
+def regression_metrics(y: npt.NDArray[Any], predictions: FloatArray, where: str = "test") -> Evaluation:
+    """The regression metric set."""
+    y = np.asarray(y, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    out: Metrics = {}
+    notes: list[str] = []
+    _safe("rmse", where, lambda: float(np.sqrt(mean_squared_error(y, predictions))), out, notes)
+    _safe("mae", where, lambda: mean_absolute_error(y, predictions), out, notes)
+    if len(y) < 2:
+        out["r2"] = None
+        notes.append(f"r2 on {where} is undefined: fewer than two rows")
+    else:
+        _safe("r2", where, lambda: r2_score(y, predictions), out, notes)
+    _safe("mape", where, lambda: mean_absolute_percentage_error(y, predictions), out, notes)
+    return Evaluation(out, notes)
+
+
+def choose_threshold(y: npt.NDArray[Any], scores: FloatArray) -> tuple[float, str | None]:
+    """The score threshold maximising F1 on (validation) data, and a warning if it fell back to 0.5."""
+    y = np.asarray(y, dtype=np.int64)
+    if len(np.unique(y)) < 2:
+        return DEFAULT_THRESHOLD, f"threshold: the validation split has a single class; using {DEFAULT_THRESHOLD}"
+    precision, recall, thresholds = precision_recall_curve(y, scores)
+    precision, recall = precision[:-1], recall[:-1]
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(thresholds[int(np.argmax(f1))]), None
+
+
+def card_precision_at_k(
+    timestamps: npt.NDArray[np.datetime64],
+    entity_ids: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    scores: FloatArray,
+    k: int = CARD_PRECISION_K,
+) -> float | None:
+    """Daily precision of the ``k`` entities with the highest score, averaged over days.
+
+    Per calendar day each entity gets its maximum score and is positive when
+    it had at least one positive label that day; the ``k`` top-scored entities
+    (ties broken by entity id) are checked, precision is the fraction of them
+    that are positive (``min(k, entities that day)`` in the denominator), and
+    the daily precisions are averaged. ``None`` when there is no row.
+    """
+    if len(y) == 0:
+        return None
+    table = pa.table(
+        {
+            "ts": pa.array(np.asarray(timestamps).astype("datetime64[us]")),
+            "entity": pa.array(np.asarray(entity_ids)),
+            "y": pa.array(np.asarray(y, dtype=np.int64)),
+            "score": pa.array(np.asarray(scores, dtype=np.float64)),
+        }
+    )
+    query = """
+        WITH per_entity AS (
+            SELECT CAST(ts AS DATE) AS day, entity, max(score) AS score, max(y) AS positive
+            FROM rows GROUP BY ALL
+        ), ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY day ORDER BY score DESC, entity) AS rank FROM per_entity
+        ), daily AS (
+            SELECT day, avg(positive) AS precision FROM ranked WHERE rank <= $k GROUP BY day
+        )
+        SELECT avg(precision) FROM daily
+    """
+    with duckdb.connect() as con:
+        con.register("rows", table)
+        row = con.execute(query, {"k": k}).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def evaluate(
+    task: str,
+    y: npt.NDArray[Any],
+    scores: FloatArray,
+    threshold: float | None,
+    where: str,
+    timestamps: npt.NDArray[np.datetime64] | None = None,
+    entity_ids: npt.NDArray[Any] | None = None,
+) -> Evaluation:
+    """The task's metric set on one split; binary adds ``card_precision@100`` when entities are known."""
+    if task != "binary":
+        return regression_metrics(y, scores, where)
+    evaluation = binary_metrics(y, scores, DEFAULT_THRESHOLD if threshold is None else threshold, where)
+    if timestamps is not None and entity_ids is not None:
+        name = f"card_precision@{CARD_PRECISION_K}"
+        evaluation.metrics[name] = card_precision_at_k(timestamps, entity_ids, y, scores, CARD_PRECISION_K)
+        if evaluation.metrics[name] is None:
+            evaluation.warnings.append(f"{name} on {where} is undefined: no row")
+    return evaluation
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    return BINARY_METRICS if task == "binary" else REGRESSION_METRICS
