@@ -403,6 +403,26 @@ def test_duplicate_keys(tmp_path: Path, severity: str) -> None:
         assert result.rows_quarantined == 0 and result.rows_valid == 8
 
 
+def test_unique_and_duplicate_keys_on_the_same_column_both_report(tmp_path: Path) -> None:
+    write(tmp_path, "tx.csv", with_row(ROWS, id=5))
+    spec, layout = project(tmp_path, spec_text(table="duplicate_keys: [id]"))
+    result = ingest(spec, layout, now=NOW)
+    assert result.rows_quarantined == 1
+    assert check(result, "unique", "id").failed_rows == 1 and check(result, "duplicate_keys").failed_rows == 1
+    [row] = parquet_rows(result.per_source["tx"].quarantine)
+    assert row["_rules"] == "id.unique; duplicate_keys"
+    assert row["_reasons"] == "id: '5' repeats row 5; duplicate key (id) of row 5"
+
+
+def test_a_cell_failing_its_type_with_severity_warn_is_kept_as_null(tmp_path: Path) -> None:
+    write(tmp_path, "tx.csv", with_row(ROWS, amount="n/a"))
+    spec, layout = project(tmp_path, spec_text(columns=rule_spec("amount: {type: float, SEV}", "warn")))
+    result = ingest(spec, layout, now=NOW)
+    assert result.rows_valid == 7
+    amounts = {r["id"]: r["amount"] for r in parquet_rows(result.per_source["tx"].path)}
+    assert amounts[7] is None and amounts[1] == 10.5
+
+
 def test_null_keys_are_not_duplicates(tmp_path: Path) -> None:
     rows = with_row(with_row(ROWS, kind=None), kind=None)
     rows["kind"][:6] = ["a", "b", "c", "d", "e", "f"]

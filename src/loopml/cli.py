@@ -129,6 +129,9 @@ def init(
     days: Annotated[int, typer.Option(help="fraud example: days to simulate")] = 183,
     seed: Annotated[int, typer.Option(help="fraud example: random seed")] = 0,
     drift_day: Annotated[int | None, typer.Option(help="fraud example: day a new fraud pattern starts")] = None,
+    live_days: Annotated[int, typer.Option(help="fraud example: last days written to data/live.parquet")] = 0,
+    customers: Annotated[int, typer.Option(help="fraud example: number of customers")] = 5000,
+    terminals: Annotated[int, typer.Option(help="fraud example: number of terminals")] = 10000,
     force: Annotated[bool, typer.Option(help="overwrite an existing loopml.yaml")] = False,
 ) -> None:
     """Write a ready project: the fraud example world, or a scaffold from your own data file."""
@@ -140,7 +143,10 @@ def init(
             if example != "fraud":
                 raise LoopmlError(f"init: unknown example {example!r} (available: fraud)")
             with _progress() as progress:
-                rows = init_example(folder, days=days, seed=seed, drift_day=drift_day, force=force, progress=progress)
+                rows = init_example(
+                    folder, days=days, seed=seed, drift_day=drift_day, live_days=live_days,
+                    customers=customers, terminals=terminals, force=force, progress=progress,
+                )
             err.print(f"wrote {folder / 'loopml.yaml'} and {rows:,} simulated transactions under {folder / 'data'}")
         else:
             assert data is not None
@@ -265,7 +271,8 @@ def online_features(p: Project, store: Any, pairs: dict[str, str]) -> dict[str, 
         if key not in pairs:
             continue
         got = store.read(vname, [pairs[key]])[0]
-        result[vname] = None if got is None else {"values": got[0], "as_of": got[1].isoformat()}
+        values = {} if got is None else {k: v for k, v in got[0].items() if not k.startswith("__")}
+        result[vname] = None if got is None else {"values": values, "as_of": got[1].isoformat()}
     return result
 
 

@@ -7,10 +7,14 @@ of severity ``error`` send the row to quarantine (one quarantine row per file
 row, every failed rule and reason joined with ``"; "``); ``warn`` keeps the
 row and only counts it. Table rules (``min_rows``, ``max_rows``, ``max_age``,
 ``max_null_rate``) and the binary label check fail the whole ingest on
-``error``. The source's timestamp column is always required and parsable, so
-a broken timestamp never reaches a feature window. Duplicates (``unique``,
-``table.duplicate_keys``) keep the first occurrence in file order; keys with a
-NULL part are never duplicates (SQL ``UNIQUE`` semantics).
+``error``; ``min_rows``/``max_rows`` count valid rows, ``max_null_rate``
+counts cells missing in the file. The source's timestamp column is always
+required and parsable (rule ``timestamp``, severity ``error`` whatever the
+column says), so a broken timestamp never reaches a feature window. A cell
+failing its ``type`` under ``warn`` is kept as NULL. ``min``/``max`` apply to
+int and float columns (elsewhere they are ignored with a warning). Duplicates
+(``unique``, ``table.duplicate_keys``) keep the first occurrence in file
+order; keys with a NULL part are never duplicates (SQL ``UNIQUE`` semantics).
 """
 
 from __future__ import annotations

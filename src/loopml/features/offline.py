@@ -69,6 +69,8 @@ Progress = Callable[[str, float], None]
 #: Rows per Arrow batch while streaming the result into Parquet.
 BATCH_ROWS = 262_144
 ROW_ID = "__rid"
+#: DuckDB types a time column may have (snapshots hold TIMESTAMP or DATE); all are cast to TIMESTAMP.
+TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"})
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,14 @@ def register_source(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> st
     return view
 
 
-def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
-    return [str(row[0]) for row in con.execute(f"DESCRIBE SELECT * FROM {quote(relation)}").fetchall()]
+def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    """Column name -> DuckDB type, in order."""
+    return {str(row[0]): str(row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {quote(relation)}").fetchall()}
+
+
+def _require_time(columns: Mapping[str, str], column: str, where: str) -> None:
+    if column in columns and columns[column] not in TIME_TYPES:
+        raise DataError(f"{where}: column {column!r} is {columns[column]}, not a timestamp (expected one of TIMESTAMP, DATE)")
 
 
 def _require(columns: Sequence[str], needed: Sequence[str], where: str, why: str) -> None:
@@ -248,7 +256,8 @@ def point_in_time_join(
         spine_name = spine
     spine_columns = _columns(con, spine_name)
     needed = [row_id, timestamp] + [view_key(spec, n) for n in names]
-    _require(spine_columns, needed, "spine", "the point-in-time join")
+    _require(list(spine_columns), needed, "spine", "the point-in-time join")
+    _require_time(spine_columns, timestamp, "spine")
     for name in names:
         source = spec.features.views[name].source
         if source not in sources:
@@ -262,23 +271,24 @@ def _check_source_columns(
 ) -> None:
     for name, view in spec.features.views.items():
         columns = _columns(con, tables[view.source])
-        needed = [view_key(spec, name), spec.sources[view.source].timestamp or "", *view_value_columns(spec, name)]
-        _require(columns, needed, str(paths[view.source]), f"features.views.{name}")
+        timestamp = spec.sources[view.source].timestamp or ""
+        needed = [view_key(spec, name), timestamp, *view_value_columns(spec, name)]
+        _require(list(columns), needed, str(paths[view.source]), f"features.views.{name}")
+        _require_time(columns, timestamp, str(paths[view.source]))
 
 
 def _fast_path_sql(spec: Spec, table: str, spine_columns: Sequence[str], general: str | None) -> str:
     timestamp = quote(spec.sources[spec.label.source].timestamp or "")
     fast = [v for v, view in spec.features.views.items() if view.source == spec.label.source]
     pieces = [view_sql(spec, name, f"__f{i}") for i, name in enumerate(fast)]
-    base = (
-        f"SELECT *, CAST({timestamp} AS TIMESTAMP) AS __ts, 1 AS __ev, CAST({timestamp} AS TIMESTAMP) AS __ets, "
-        f"{ROW_ID} AS __ord FROM {quote(table)}"
-    )
-    inner_exprs = [e for p in pieces for e in p.inner]
-    windows = [w for p in pieces for w in p.windows]
-    inner = f"SELECT *{''.join(', ' + e for e in inner_exprs)} FROM ({base})"
-    if windows:
-        inner += f" WINDOW {', '.join(windows)}"
+    inner = f"SELECT * FROM {quote(table)}"
+    if pieces:
+        base = (
+            f"SELECT *, CAST({timestamp} AS TIMESTAMP) AS __ts, 1 AS __ev, CAST({timestamp} AS TIMESTAMP) AS __ets, "
+            f"{ROW_ID} AS __ord FROM {quote(table)}"
+        )
+        inner_exprs = ", ".join(e for p in pieces for e in p.inner)
+        inner = f"SELECT *, {inner_exprs} FROM ({base}) WINDOW {', '.join(w for p in pieces for w in p.windows)}"
     select = [f"agg.{quote(c)}" for c in spine_columns] + [e for p in pieces for e in p.outer]
     sql = f"SELECT {', '.join(select)}"
     if general is not None:

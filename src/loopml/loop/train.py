@@ -40,7 +40,7 @@ from loopml.train.split import SPLITS, SplitResult, split_rows
 from loopml.train.tracking import RunRecord, RunStore, git_commit, library_versions, new_run_id
 
 FloatArray = npt.NDArray[np.float64]
-Progress = Callable[[str], None]
+Progress = Callable[[str, float], None]
 LATENCY_CALLS = 300
 SAMPLE_ROWS = 5000
 REGRESSION_GATE_METRIC = "rmse"  # used when gate.metric is left at its (binary) default on a regression task
@@ -199,7 +199,7 @@ def train(
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train, evaluate, register and gate one model version; see the module docstring."""
-    say: Progress = progress or (lambda _message: None)
+    say: Progress = progress or (lambda _message, _fraction: None)
     store = RunStore(layout.runs)
     started = time.monotonic()
     run = RunRecord(
@@ -255,25 +255,25 @@ def _run(
 
     alias = spec.rollout.alias
     champion = registry.alias(alias)
-    say(f"loading {training_set}")
+    say(f"loading {training_set}", 0.0)
     data = load_training_set(spec, training_set, feature_columns, champion.feature_names if champion else ())
     notes.extend(data.warnings)
-    say("splitting")
+    say("splitting", 0.1)
     split = split_rows(spec, data.y, data.timestamps)
 
-    say(f"fitting {spec.model.type}")
+    say(f"fitting {spec.model.type}", 0.15)
     model, scores, threshold, fit_notes = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params)
     notes.extend(fit_notes)
     metrics, eval_notes = _evaluate_model(spec, scores, data, split, threshold)
     notes.extend(eval_notes)
     baseline_metrics: dict[str, Metrics] | None = None
     if spec.model.baseline is not None:
-        say(f"fitting baseline {spec.model.baseline}")
+        say(f"fitting baseline {spec.model.baseline}", 0.5)
         _, base_scores, base_threshold, base_notes = _fit_and_score(spec, spec.model.baseline, "model.baseline", data, split, {})
         baseline_metrics, base_eval_notes = _evaluate_model(spec, base_scores, data, split, base_threshold)
         notes.extend(f"baseline: {n}" for n in base_notes + base_eval_notes)
 
-    say("writing the artifact and measuring latency")
+    say("writing the artifact and measuring latency", 0.7)
     folder = store.run_dir(run.run_id)
     predictor = model.predictor()
     artifact = folder / f"model{predictor.suffix}"
@@ -288,7 +288,7 @@ def _run(
     reference = reference_stats(X_train, data.feature_names, served_scores, spec.monitoring.psi_bins)
     _write_sample(folder / "predictions_sample.parquet", data, split.test, served_scores, spec.model.seed)
 
-    say("gating against the champion")
+    say("gating against the champion", 0.8)
     champion_metrics, problem = (None, None)
     if champion is not None:
         champion_metrics, problem = _rescore_champion(spec, registry, champion, data, split)
@@ -318,7 +318,7 @@ def _run(
         "model_type": spec.model.type,
         "model_params": model.params,
     }
-    say("registering")
+    say("registering", 0.9)
     version = registry.register(
         artifact,
         predictor.kind,

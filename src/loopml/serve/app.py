@@ -63,12 +63,19 @@ class _Metrics:
         dropped.set_function(lambda: float(logger.dropped) if logger else 0.0)
 
 
+_UNION_TAGS = {"int", "float", "bool", "str", "none", "constrained-str", "constrained-float", "json-or-python[json=float,python=float]"}
+
+
 def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]]:
-    details = []
+    """One (field, message) per bad field; pydantic's union-member tags are folded into their field."""
+    merged: dict[str, list[str]] = {}
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        details.append((".".join(loc) or "body", str(err.get("msg", "invalid"))))
-    return details
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and str(p) not in _UNION_TAGS and "[" not in str(p)]
+        messages = merged.setdefault(".".join(loc) or "body", [])
+        msg = str(err.get("msg", "invalid"))
+        if msg not in messages:
+            messages.append(msg)
+    return [(field, " or ".join(messages)) for field, messages in merged.items()]
 
 
 def create_app(

@@ -1,0 +1,38 @@
+"""Shared fixtures: a small simulated fraud project, trained once per session.
+
+Tests that change a project work on a copy (``trained_copy``), so the
+session's project stays as built.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loopml.project import Project
+from loopml.scaffold import init_example
+
+SMALL_WORLD = {"days": 75, "customers": 800, "terminals": 1600, "seed": 3, "live_days": 10}
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fraud project with a snapshot, features, a champion model and materialized online features."""
+    folder = tmp_path_factory.mktemp("fraud") / "project"
+    init_example(folder, **SMALL_WORLD)  # type: ignore[arg-type]
+    project = Project.load(folder)
+    project.ingest()
+    project.build_features()
+    project.train()
+    project.materialize()
+    yield folder
+
+
+@pytest.fixture
+def trained_copy(trained_project: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "project"
+    shutil.copytree(trained_project, target)
+    return target

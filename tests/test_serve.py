@@ -1,0 +1,175 @@
+"""The online service over real HTTP on loopback: contract endpoints, bad input, admin, hot swap."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from loopml.project import Project
+from loopml.serve.runner import BackgroundServer, build_app
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+def server(trained_copy: Path) -> Iterator[tuple[httpx.Client, Path]]:
+    with BackgroundServer(build_app(Project.load(trained_copy), admin_token=TOKEN)) as srv:
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            yield client, trained_copy
+
+
+def live_rows(project: Path, n: int) -> list[dict[str, Any]]:
+    return pq.read_table(project / "data" / "live.parquet").slice(0, n).to_pylist()
+
+
+def body(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
+        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
+        **extra,
+    }
+
+
+def test_health_ready_and_predict(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    row = live_rows(project, 1)[0]
+    r = client.post("/v1/predict", json=body(row, request_id="abc"))
+    assert r.status_code == 200
+    data = r.json()
+    assert data["request_id"] == "abc" and data["model_version"] == 1 and data["variant"] == "champion"
+    assert 0.0 <= data["score"] <= 1.0 and "explanation" not in data
+
+
+def test_explanation_adds_up_to_the_score(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    data = client.post("/v1/predict?explain=true", json=body(live_rows(project, 1)[0])).json()
+    logit = math.log(data["score"] / (1 - data["score"]))
+    assert sum(data["explanation"].values()) == pytest.approx(logit, rel=1e-6, abs=1e-6)
+    assert "customer_count_7d" in data["explanation"]
+
+
+def test_batch_keeps_order_and_matches_single(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    rows = live_rows(project, 20)
+    batch = client.post("/v1/predict/batch", json={"instances": [body(r, request_id=str(i)) for i, r in enumerate(rows)]})
+    assert batch.status_code == 200
+    preds = batch.json()["predictions"]
+    assert [p["request_id"] for p in preds] == [str(i) for i in range(20)]
+    single = client.post("/v1/predict", json=body(rows[7])).json()
+    assert single["score"] == pytest.approx(preds[7]["score"], rel=1e-12)
+
+
+def test_unknown_entity_gets_defaults_and_a_flag(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    row = dict(live_rows(project, 1)[0], customer_id=10**9)
+    data = client.post("/v1/predict", json=body(row)).json()
+    assert data["missing_entities"] == ["customer"] and 0 <= data["score"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"entities": {"customer_id": 1}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01T00:00:00"}}, "entities.terminal_id"),
+        ({"entities": {"customer_id": 1, "terminal_id": 2, "shop": 3}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"}}, "entities.shop"),
+        ({"entities": {"customer_id": [1], "terminal_id": 2}, "features": {}}, "entities.customer_id"),
+        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_datetime": "2025-06-01T00:00:00"}}, "features.tx_amount"),
+        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": "lots", "tx_datetime": "2025-06-01"}}, "features.tx_amount"),
+        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": 1.0, "tx_datetime": "yesterday"}}, "features.tx_datetime"),
+        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"}, "x": 1}, "x"),
+        ({"features": {}}, "entities"),
+    ],
+)
+def test_bad_bodies_are_422_naming_the_field(server: tuple[httpx.Client, Path], payload: dict[str, Any], field: str) -> None:
+    client, _ = server
+    r = client.post("/v1/predict", json=payload)
+    assert r.status_code == 422, r.text
+    assert field in [d["field"] for d in r.json()["details"]], r.json()
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": NaN}}', b"[]", b""])
+def test_malformed_json_and_nan_are_4xx(server: tuple[httpx.Client, Path], raw: bytes) -> None:
+    client, _ = server
+    r = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and r.json()["error"]
+
+
+def test_oversized_body_is_413(server: tuple[httpx.Client, Path]) -> None:
+    client, _ = server
+    r = client.post("/v1/predict", content=b"{" + b" " * 2_000_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_feedback_is_logged_and_joined(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    rows = live_rows(project, 5)
+    ids = [client.post("/v1/predict", json=body(r)).json()["request_id"] for r in rows]
+    for request_id in ids:
+        assert client.post("/v1/feedback", json={"request_id": request_id, "label": 1}).status_code == 202
+    assert client.post("/v1/feedback", json={"request_id": "x"}).status_code == 422
+    assert client.post("/v1/admin/flush", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    with Project.load(project).prediction_log().connect() as con:
+        labelled = con.execute("SELECT count(*) FROM labelled WHERE label = 1").fetchone()
+    assert labelled == (5,)
+
+
+def test_admin_needs_the_token(server: tuple[httpx.Client, Path]) -> None:
+    client, _ = server
+    assert client.post("/v1/admin/reload").status_code == 401
+    assert client.post("/v1/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_models_metrics_openapi_and_ui(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    client.post("/v1/predict", json=body(live_rows(project, 1)[0]))
+    models = client.get("/v1/models").json()
+    assert models["live_version"] == 1 and models["traffic"]["champion"]["version"] == 1
+    metrics = client.get("/metrics").text
+    assert 'loopml_requests_total{endpoint="/v1/predict",status="200"}' in metrics and "loopml_model_version 1.0" in metrics
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/predict/batch", "/v1/feedback", "/v1/models"} <= set(paths)
+    assert "Model versions" in client.get("/ui").text
+
+
+def test_hot_swap_fails_no_request(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    rows = live_rows(project, 50)
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=10) as c:
+            while not stop.is_set():
+                for r in rows:
+                    statuses.append(c.post("/v1/predict", json=body(r)).status_code)
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    p = Project.load(project)
+    p.train()
+    p.registry().set_alias("champion", 2, reason="test")
+    assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["model_version"] == 2
+    stop.set()
+    worker.join()
+    assert statuses and set(statuses) == {200}
+    assert client.post("/v1/predict", json=body(rows[0])).json()["model_version"] == 2
+
+
+def test_not_ready_without_a_model(tmp_path: Path) -> None:
+    from loopml.scaffold import init_example
+
+    init_example(tmp_path / "p", days=5, customers=50, terminals=100)
+    with BackgroundServer(build_app(Project.load(tmp_path / "p"))) as srv:
+        r = httpx.get(srv.url + "/readyz")
+        assert r.status_code == 503
+        p = httpx.post(srv.url + "/v1/predict", json={"entities": {"customer_id": 1, "terminal_id": 1}, "features": {}})
+        assert p.status_code == 503 and "no model" in p.json()["error"]
