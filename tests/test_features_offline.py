@@ -15,7 +15,7 @@ import pytest
 
 from loopml.errors import DataError, LoopmlError
 from loopml.features import apply_transforms, build_training_set, feature_columns, point_in_time_join
-from loopml.features.offline import connect, register_source
+from loopml.features.join import connect, register_source
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
 

@@ -6,8 +6,9 @@ materializes the online store, and one transform function serves both.
 """
 
 from loopml.features.definitions import feature_columns
+from loopml.features.join import point_in_time_join
 from loopml.features.materialize import MaterializeResult, materialize
-from loopml.features.offline import BuildResult, build_training_set, point_in_time_join
+from loopml.features.offline import BuildResult, build_training_set
 from loopml.features.online import OnlineStore, SqliteOnlineStore
 from loopml.features.transforms import apply_transforms
 from loopml.features.vector import AssembledBatch, FeatureAssembler, RequestFeatureError

@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from loopml.errors import DataError
 from loopml.features.definitions import LAST_EVENT_KEY, check_features, view_key, view_outputs
-from loopml.features.offline import Progress, connect, point_in_time_join, register_source
+from loopml.features.join import connect, point_in_time_join, register_source
+from loopml.features.offline import Progress
 from loopml.features.online import EntityKey, OnlineStore
 from loopml.features.windows import last_event_column, quote
 from loopml.spec.model import Spec

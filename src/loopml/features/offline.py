@@ -32,7 +32,8 @@ per source row in file order (a row id from the Parquet file row number).
 Views over that same source are computed with window functions over the
 source (one ``RANGE BETWEEN ... PRECEDING AND ... PRECEDING`` frame per window;
 see :mod:`loopml.features.windows`). Views over another source, and any other
-spine of (entity, time) rows, go through :func:`point_in_time_join`, which
+spine of (entity, time) rows, go through
+:func:`loopml.features.join.point_in_time_join`, which
 unions the spine into the event stream and windows over the union. Nothing is
 merged and then filtered, so memory grows with the table, not with
 entity x time pairs (the Feast pitfall). The result is streamed batch by batch
@@ -47,7 +48,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -58,19 +58,17 @@ import pyarrow.parquet as pq
 
 from loopml.errors import DataError, LoopmlError
 from loopml.features.definitions import check_features, feature_columns, view_key, view_outputs, view_value_columns
+from loopml.features.join import ROW_ID, column_types, connect, pit_sql, register_source, require, require_time, spine_span
 from loopml.features.transforms import apply_transforms
 from loopml.features.windows import quote, view_sql
 from loopml.spec.model import Spec
 
-__all__ = ["BuildResult", "Progress", "build_training_set", "connect", "point_in_time_join", "register_source"]
+__all__ = ["BuildResult", "Progress", "build_training_set"]
 
 Progress = Callable[[str, float], None]
 
 #: Rows per Arrow batch while streaming the result into Parquet.
 BATCH_ROWS = 262_144
-ROW_ID = "__rid"
-#: DuckDB types a time column may have (snapshots hold TIMESTAMP or DATE); all are cast to TIMESTAMP.
-TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"})
 
 
 @dataclass(frozen=True)
@@ -81,200 +79,15 @@ class BuildResult:
     seconds: float
 
 
-def connect(temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection set up for feature work (UTC, all cores)."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET threads = {os.cpu_count() or 1}")
-    if temp_directory is not None:
-        con.execute(f"SET temp_directory = '{_sql_string(str(temp_directory))}'")
-    return con
-
-
-def _sql_string(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _parquet_files(name: str, path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if files:
-            return files
-    elif path.is_file():
-        return [path]
-    raise DataError(f"{path}: no Parquet snapshot of source {name!r} here")
-
-
-def register_source(con: duckdb.DuckDBPyConnection, name: str, path: Path) -> str:
-    """Create a view over a source snapshot (a Parquet file or a folder of them).
-
-    The view has the file's columns plus ``__rid``, the row's position in the
-    snapshot (files in name order), which orders ties. Returns the view name.
-    """
-    parts = []
-    offset = 0
-    for file in _parquet_files(name, path):
-        try:
-            rows = pq.ParquetFile(file).metadata.num_rows
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
-        parts.append(
-            f"SELECT * EXCLUDE (file_row_number), file_row_number + {offset} AS {ROW_ID} "
-            f"FROM read_parquet('{_sql_string(str(file))}', file_row_number = true)"
-        )
-        offset += rows
-    view = f"__src_{name}"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {quote(view)} AS {' UNION ALL BY NAME '.join(parts)}")
-    return view
-
-
-def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
-    """Column name -> DuckDB type, in order."""
-    return {str(row[0]): str(row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {quote(relation)}").fetchall()}
-
-
-def _require_time(columns: Mapping[str, str], column: str, where: str) -> None:
-    if column in columns and columns[column] not in TIME_TYPES:
-        raise DataError(f"{where}: column {column!r} is {columns[column]}, not a timestamp (expected one of TIMESTAMP, DATE)")
-
-
-def _require(columns: Sequence[str], needed: Sequence[str], where: str, why: str) -> None:
-    for column in needed:
-        if column not in columns:
-            raise DataError(f"{where}: column {column!r} is missing (needed by {why})")
-
-
-def _union_sql(
-    spec: Spec, view_names: Sequence[str], events: str, spine_rows: str, span: tuple[datetime, datetime] | None
-) -> str:
-    """The base rows of the general path: the events, then the spine rows with NULL values.
-
-    Events outside the time span the spine can see (the longest delay plus
-    window before its earliest row, up to its latest row) are skipped: they
-    fall in no frame. The latest-event column therefore only looks that far
-    back, which changes nothing, since without an event in the window every
-    feature has its missing value whatever the ttl says.
-    """
-    views = [spec.features.views[v] for v in view_names]
-    key = quote(view_key(spec, view_names[0]))
-    ts = quote(spec.sources[views[0].source].timestamp or "")
-    lookback = max(v.delay + w for v in views for agg in v.aggregations for w in agg.windows)
-    nearest = min(v.delay for v in views)
-    values = list(dict.fromkeys(c for v in view_names for c in view_value_columns(spec, v)))
-    event_values = "".join(f", CAST({quote(c)} AS DOUBLE) AS {quote(c)}" for c in values)
-    spine_values = "".join(f", NULL::DOUBLE AS {quote(c)}" for c in values)
-    in_span = "FALSE"  # no spine row has a time: no event is visible, but every spine row is kept
-    if span is not None:
-        in_span = f"CAST({ts} AS TIMESTAMP) BETWEEN {_timestamp(span[0], lookback)} AND {_timestamp(span[1], nearest)}"
-    return (
-        f"SELECT {key}, CAST({ts} AS TIMESTAMP) AS __ts, 1 AS __ev, CAST({ts} AS TIMESTAMP) AS __ets, {ROW_ID} AS __ord"
-        f"{event_values}, NULL::BIGINT AS __srid FROM {quote(events)} WHERE {key} IS NOT NULL AND {in_span} "
-        f"UNION ALL SELECT {key}, __spine_ts AS __ts, NULL::INTEGER AS __ev, NULL::TIMESTAMP AS __ets, NULL::BIGINT AS __ord"
-        f"{spine_values}, __srid FROM ({spine_rows})"
-    )
-
-
-def _timestamp(value: datetime, minus: timedelta) -> str:
-    try:
-        return f"TIMESTAMP '{(value - minus).isoformat(sep=' ')}'"
-    except OverflowError:
-        return f"TIMESTAMP '{datetime.min.isoformat(sep=' ')}'"
-
-
-def _span(con: duckdb.DuckDBPyConnection, spine: str, timestamp: str) -> tuple[datetime, datetime] | None:
-    """Earliest and latest time of a spine, None when it has no timed row."""
-    ts = f"CAST({quote(timestamp)} AS TIMESTAMP)"
-    first, last = con.execute(f"SELECT min({ts}), max({ts}) FROM {quote(spine)}").fetchall()[0]
-    if isinstance(first, datetime) and isinstance(last, datetime):
-        return first, last
-    return None
-
-
-def _group_views(spec: Spec, views: Sequence[str]) -> dict[tuple[str, str], list[str]]:
-    groups: dict[tuple[str, str], list[str]] = {}
-    for name in views:
-        groups.setdefault((spec.features.views[name].source, view_key(spec, name)), []).append(name)
-    return groups
-
-
-def _pit_sql(
-    spec: Spec,
-    spine: str,
-    sources: Mapping[str, str],
-    timestamp: str,
-    row_id: str,
-    views: Sequence[str],
-    last_event: bool,
-    span: tuple[datetime, datetime] | None,
-) -> str:
-    parts = []
-    for g, ((source, key), names) in enumerate(_group_views(spec, views).items()):
-        spine_rows = (
-            f"SELECT {quote(key)}, CAST({quote(timestamp)} AS TIMESTAMP) AS __spine_ts, {quote(row_id)} AS __srid "
-            f"FROM {quote(spine)}"
-        )
-        union = _union_sql(spec, names, sources[source], spine_rows, span)
-        pieces = [view_sql(spec, name, f"__g{g}v{i}", last_event) for i, name in enumerate(names)]
-        inner = ", ".join(e for p in pieces for e in p.inner)
-        outer = ", ".join(e for p in pieces for e in p.outer)
-        windows = ", ".join(w for p in pieces for w in p.windows)
-        parts.append(
-            f"(SELECT __srid, {outer} FROM (SELECT *, {inner} FROM ({union}) WINDOW {windows}) WHERE __srid IS NOT NULL) g{g}"
-        )
-    select = ", ".join([f"g0.__srid AS {quote(row_id)}"] + [f"g{g}.* EXCLUDE (__srid)" for g in range(len(parts))])
-    joins = "".join(f" JOIN {part} ON g0.__srid = g{g + 1}.__srid" for g, part in enumerate(parts[1:]))
-    return f"SELECT {select} FROM {parts[0]}{joins}"
-
-
-def point_in_time_join(
-    con: duckdb.DuckDBPyConnection,
-    spine: str | duckdb.DuckDBPyRelation,
-    spec: Spec,
-    *,
-    sources: Mapping[str, str],
-    timestamp: str,
-    row_id: str = ROW_ID,
-    views: Sequence[str] | None = None,
-    last_event: bool = False,
-) -> duckdb.DuckDBPyRelation:
-    """Features of arbitrary (entity, time) spine rows, as of each row's time.
-
-    ``spine`` is a table, view or relation with a unique integer ``row_id``
-    column, the time column ``timestamp`` and the entity key column of every
-    view asked for (``views``, default all). ``sources`` maps each view's
-    source name to a view made by :func:`register_source`. Returns a relation
-    of ``row_id`` and every output of those views (plus the latest visible event
-    time of each view with ``last_event``), one row per spine row, unordered.
-    """
-    names = list(spec.features.views) if views is None else list(views)
-    if not names:
-        raise LoopmlError("point_in_time_join: no feature views to join")
-    if isinstance(spine, duckdb.DuckDBPyRelation):
-        spine_name = "__spine"
-        spine.create_view(spine_name, replace=True)
-    else:
-        spine_name = spine
-    spine_columns = _columns(con, spine_name)
-    needed = [row_id, timestamp] + [view_key(spec, n) for n in names]
-    _require(list(spine_columns), needed, "spine", "the point-in-time join")
-    _require_time(spine_columns, timestamp, "spine")
-    for name in names:
-        source = spec.features.views[name].source
-        if source not in sources:
-            raise LoopmlError(f"features.views.{name}.source: source {source!r} is not registered")
-    span = _span(con, spine_name, timestamp)
-    return con.sql(_pit_sql(spec, spine_name, sources, timestamp, row_id, names, last_event, span))
-
-
 def _check_source_columns(
     con: duckdb.DuckDBPyConnection, spec: Spec, tables: Mapping[str, str], paths: Mapping[str, Path]
 ) -> None:
     for name, view in spec.features.views.items():
-        columns = _columns(con, tables[view.source])
+        columns = column_types(con, tables[view.source])
         timestamp = spec.sources[view.source].timestamp or ""
         needed = [view_key(spec, name), timestamp, *view_value_columns(spec, name)]
-        _require(list(columns), needed, str(paths[view.source]), f"features.views.{name}")
-        _require_time(columns, timestamp, str(paths[view.source]))
+        require(list(columns), needed, str(paths[view.source]), f"features.views.{name}")
+        require_time(columns, timestamp, str(paths[view.source]))
 
 
 def _fast_path_sql(spec: Spec, table: str, spine_columns: Sequence[str], general: str | None) -> str:
@@ -333,11 +146,11 @@ def _check_spine(spec: Spec, spine_columns: list[str], spine_path: Path) -> None
             raise DataError(f"{spine_path}: column {name!r} clashes with the feature of the same name")
     requests = {i for t in spec.features.transforms.values() for i in t.inputs} & set(spec.features.request)
     requests |= set(feature_columns(spec)) & set(spec.features.request)
-    _require(spine_columns, sorted(requests), str(spine_path), "features.request")
+    require(spine_columns, sorted(requests), str(spine_path), "features.request")
     if spec.features.views and spec.sources[spec.label.source].timestamp is None:
         raise LoopmlError(f"sources.{spec.label.source}.timestamp: the label source needs a timestamp for point-in-time features")
     for name in spec.features.views:
-        _require(spine_columns, [view_key(spec, name)], str(spine_path), f"features.views.{name} (entity key)")
+        require(spine_columns, [view_key(spec, name)], str(spine_path), f"features.views.{name} (entity key)")
 
 
 def _snapshot(snapshot_paths: Mapping[str, Path], name: str) -> Path:
@@ -368,15 +181,17 @@ def build_training_set(
             names = {spine_source} | {v.source for v in spec.features.views.values()}
             paths = {n: _snapshot(snapshot_paths, n) for n in sorted(names)}
             tables = {n: register_source(con, n, p) for n, p in paths.items()}
-            spine_columns = [c for c in _columns(con, tables[spine_source]) if c != ROW_ID]
+            spine_types = column_types(con, tables[spine_source])
+            spine_columns = [c for c in spine_types if c != ROW_ID]
+            require_time(spine_types, spec.sources[spine_source].timestamp or "", str(paths[spine_source]))
             _check_spine(spec, spine_columns, paths[spine_source])
             _check_source_columns(con, spec, tables, paths)
             other = [v for v, view in spec.features.views.items() if view.source != spine_source]
             general = None
             if other:
                 ts = spec.sources[spine_source].timestamp or ""
-                span = _span(con, tables[spine_source], ts)
-                general = _pit_sql(spec, tables[spine_source], tables, ts, ROW_ID, other, False, span)
+                span = spine_span(con, tables[spine_source], ts)
+                general = pit_sql(spec, tables[spine_source], tables, ts, ROW_ID, other, False, span)
             total = int(con.execute(f"SELECT count(*) FROM {quote(tables[spine_source])}").fetchall()[0][0])
             if progress is not None:
                 progress("features: computing windows", 0.0)
