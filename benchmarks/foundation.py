@@ -17,6 +17,7 @@ the same work, and the ratio is printed:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -81,8 +82,10 @@ def main() -> None:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--loop-customers", type=int, default=250)
     args = parser.parse_args()
-    cpu = next((line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
-    print(f"machine: {platform.machine()} {cpu}, {len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    cpu = next(
+        (line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?"
+    )
+    print(f"machine: {platform.machine()} {cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}")
     results: list[tuple[str, str, str, str]] = []
 
     config = FraudWorldConfig()
@@ -91,12 +94,14 @@ def main() -> None:
     loop_rows, loop_s = timed(lambda: loop_simulation(config, args.loop_customers))
     loop_per_row = loop_s / max(loop_rows, 1)
     sim_per_row = sim_s / table.num_rows
-    results.append((
-        "simulate default world",
-        f"{sim_s:.2f} s ({table.num_rows:,} tx, fraud {fraud_rate:.2%})",
-        f"loop: {loop_per_row * table.num_rows:.1f} s est. ({loop_rows:,} tx in {loop_s:.1f} s)",
-        f"{loop_per_row / sim_per_row:.0f}x faster",
-    ))
+    results.append(
+        (
+            "simulate default world",
+            f"{sim_s:.2f} s ({table.num_rows:,} tx, fraud {fraud_rate:.2%})",
+            f"loop: {loop_per_row * table.num_rows:.1f} s est. ({loop_rows:,} tx in {loop_s:.1f} s)",
+            f"{loop_per_row / sim_per_row:.0f}x faster",
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "project"
@@ -106,12 +111,14 @@ def main() -> None:
         result, ingest_s = timed(project.ingest)
         valid, pandas_s = timed(lambda: pandas_checks(folder / "data" / "transactions.parquet"))
         assert valid == result.rows_valid, (valid, result.rows_valid)
-        results.append((
-            "ingest + validate + snapshot",
-            f"{ingest_s:.2f} s ({result.rows_in:,} rows)",
-            f"pandas checks only: {pandas_s:.2f} s",
-            f"{pandas_s / ingest_s:.2f}x",
-        ))
+        results.append(
+            (
+                "ingest + validate + snapshot",
+                f"{ingest_s:.2f} s ({result.rows_in:,} rows)",
+                f"pandas checks only: {pandas_s:.2f} s",
+                f"{pandas_s / ingest_s:.2f}x",
+            )
+        )
         built, build_s = timed(project.build_features)
         results.append(("features build (training set)", f"{build_s:.2f} s ({len(built.features)} features)", "-", "-"))
 
@@ -119,13 +126,17 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp())
         try:
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "loopml", "demo", "--workdir", str(workdir / "demo")], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "loopml", "demo", "--workdir", str(workdir / "demo")],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             results.append(("loopml demo (defaults)", f"{time.perf_counter() - started:.1f} s", "target: 180 s", "-"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    width = [max(len(r[i]) for r in results + [("step", "loopml", "reference", "ratio")]) for i in range(4)]
+    width = [max(len(r[i]) for r in [*results, ("step", "loopml", "reference", "ratio")]) for i in range(4)]
     for row in [("step", "loopml", "reference", "ratio"), *results]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, width, strict=True)))
 

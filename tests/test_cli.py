@@ -70,9 +70,9 @@ def test_train_json_keys_and_models_list(trained_copy: Path) -> None:
 
 def test_promote_and_rollback_errors_leave_registry_unchanged(trained_copy: Path) -> None:
     before = invoke("models", "list", "--json", "--project", str(trained_copy))[1]
-    code, out, err = invoke("models", "promote", "42", "--project", str(trained_copy))
+    code, _out, err = invoke("models", "promote", "42", "--project", str(trained_copy))
     assert code == 1 and "model version 42 does not exist" in err and len(err.strip().splitlines()) == 1
-    code, out, err = invoke("models", "rollback", "--project", str(trained_copy))
+    code, _out, err = invoke("models", "rollback", "--project", str(trained_copy))
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert invoke("models", "list", "--json", "--project", str(trained_copy))[1] == before
 

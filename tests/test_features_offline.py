@@ -55,13 +55,17 @@ SOURCE_COLUMNS = {
 }
 
 
-def make_spec(views: dict[str, Any], *, inclusive: bool = False, default: float = 0.0, label_source: str = "events",
-              transforms: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
-              exclude: list[str] | None = None) -> Spec:
-    sources = {
-        name: {"path": f"{name}.parquet", "timestamp": "ts", "columns": SOURCE_COLUMNS}
-        for name in ("events", "history")
-    }
+def make_spec(
+    views: dict[str, Any],
+    *,
+    inclusive: bool = False,
+    default: float = 0.0,
+    label_source: str = "events",
+    transforms: dict[str, Any] | None = None,
+    request: dict[str, Any] | None = None,
+    exclude: list[str] | None = None,
+) -> Spec:
+    sources = {name: {"path": f"{name}.parquet", "timestamp": "ts", "columns": SOURCE_COLUMNS} for name in ("events", "history")}
     return Spec.model_validate(
         {
             "project": "t",
@@ -80,17 +84,25 @@ def make_spec(views: dict[str, Any], *, inclusive: bool = False, default: float 
     )
 
 
-def view(entity: str, functions: list[str], windows: list[str], column: str = "amount", source: str = "events",
-         **extra: Any) -> dict[str, Any]:
+def view(
+    entity: str, functions: list[str], windows: list[str], column: str = "amount", source: str = "events", **extra: Any
+) -> dict[str, Any]:
     aggregation = {"column": column, "functions": functions, "windows": windows}
     return {"entity": entity, "source": source, "aggregations": [aggregation], **extra}
 
 
 def small_table(ts: list[int | None], amount: list[float | None], user: list[int | None] | None = None) -> pa.Table:
     n = len(ts)
-    return pa.table({"event_id": list(range(n)), "ts": pa.array(ts, pa.timestamp("us")),
-                     "user_id": pa.array(user or [1] * n, pa.int64()), "shop": ["a"] * n,
-                     "amount": pa.array(amount, pa.float64()), "flag": pa.array([0] * n, pa.int8())})
+    return pa.table(
+        {
+            "event_id": list(range(n)),
+            "ts": pa.array(ts, pa.timestamp("us")),
+            "user_id": pa.array(user or [1] * n, pa.int64()),
+            "shop": ["a"] * n,
+            "amount": pa.array(amount, pa.float64()),
+            "flag": pa.array([0] * n, pa.int8()),
+        }
+    )
 
 
 def build(tmp_path: Path, spec: Spec, table: pa.Table) -> pa.Table:
@@ -176,9 +188,16 @@ ALL_FUNCTIONS = ["count", "sum", "mean", "std", "min", "max", "last"]
 def test_training_set_matches_brute_force(tmp_path: Path, inclusive: bool, delay: str, ttl: str | None) -> None:
     table = events_table(260, seed=int(inclusive) + 10 * len(delay) + (0 if ttl is None else 100))
     views = {
-        "u": {"entity": "user", "source": "events", "delay": delay, "ttl": ttl,
-              "aggregations": [{"column": "amount", "functions": ALL_FUNCTIONS, "windows": ["30m", "1h", "3h"]},
-                               {"column": "flag", "functions": ["count", "mean"], "windows": ["1h"]}]},
+        "u": {
+            "entity": "user",
+            "source": "events",
+            "delay": delay,
+            "ttl": ttl,
+            "aggregations": [
+                {"column": "amount", "functions": ALL_FUNCTIONS, "windows": ["30m", "1h", "3h"]},
+                {"column": "flag", "functions": ["count", "mean"], "windows": ["1h"]},
+            ],
+        },
         "s": view("shop", ["count", "last"], ["20m"]),
     }
     spec = make_spec(views, inclusive=inclusive, default=-1.0)
@@ -196,9 +215,16 @@ def test_training_set_matches_brute_force(tmp_path: Path, inclusive: bool, delay
 @pytest.mark.parametrize("inclusive", [False, True])
 def test_view_over_another_source_uses_the_general_join(tmp_path: Path, inclusive: bool) -> None:
     history, spine = events_table(300, seed=1), events_table(120, seed=2)
-    views = {"h": {"entity": "user", "source": "history", "delay": "5m", "ttl": "2h",
-                   "aggregations": [{"column": "amount", "functions": ALL_FUNCTIONS, "windows": ["40m", "2h"]}]},
-             "e": view("user", ["sum"], ["1h"])}
+    views = {
+        "h": {
+            "entity": "user",
+            "source": "history",
+            "delay": "5m",
+            "ttl": "2h",
+            "aggregations": [{"column": "amount", "functions": ALL_FUNCTIONS, "windows": ["40m", "2h"]}],
+        },
+        "e": view("user", ["sum"], ["1h"]),
+    }
     spec = make_spec(views, inclusive=inclusive, default=float("nan"))
     paths = {"events": write(spine, tmp_path / "events.parquet"), "history": write(history, tmp_path / "history.parquet")}
     out = pq.read_table(build_training_set(spec, paths, tmp_path / "train.parquet").path)
@@ -211,8 +237,15 @@ def test_view_over_another_source_uses_the_general_join(tmp_path: Path, inclusiv
 
 def test_point_in_time_join_on_an_arbitrary_spine(tmp_path: Path) -> None:
     history = events_table(200, seed=3)
-    spec = make_spec({"h": {"entity": "user", "source": "history",
-                            "aggregations": [{"column": "amount", "functions": ["count", "mean"], "windows": ["1h"]}]}})
+    spec = make_spec(
+        {
+            "h": {
+                "entity": "user",
+                "source": "history",
+                "aggregations": [{"column": "amount", "functions": ["count", "mean"], "windows": ["1h"]}],
+            }
+        }
+    )
     con = connect()
     sources = {"history": register_source(con, "history", write(history, tmp_path / "h.parquet"))}
     times = [START + 90 * MINUTE, START + 180 * MINUTE, START + 180 * MINUTE]
@@ -235,16 +268,32 @@ def test_point_in_time_join_on_an_arbitrary_spine(tmp_path: Path) -> None:
 def boundary_table(d_us: int, w_us: int) -> pa.Table:
     t = START + 1000 * MINUTE
     ts = [t - d_us - w_us - 1, t - d_us - w_us, t - d_us - w_us + 1, t - d_us - 1, t - d_us, t - d_us + 1, t]
-    return pa.table({"event_id": list(range(7)), "ts": pa.array(ts, pa.timestamp("us")), "user_id": [1] * 7,
-                     "shop": ["a"] * 7, "amount": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "flag": pa.array([0] * 7, pa.int8())})
+    return pa.table(
+        {
+            "event_id": list(range(7)),
+            "ts": pa.array(ts, pa.timestamp("us")),
+            "user_id": [1] * 7,
+            "shop": ["a"] * 7,
+            "amount": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            "flag": pa.array([0] * 7, pa.int8()),
+        }
+    )
 
 
 @pytest.mark.parametrize(("inclusive", "count", "total"), [(False, 2, 12.0), (True, 3, 28.0)])
 def test_window_bounds_are_exact_to_the_microsecond(tmp_path: Path, inclusive: bool, count: int, total: float) -> None:
     d_us, w_us = 10 * MINUTE, 60 * MINUTE
-    spec = make_spec({"u": {"entity": "user", "source": "events", "delay": "10m",
-                            "aggregations": [{"column": "amount", "functions": ["count", "sum"], "windows": ["1h"]}]}},
-                     inclusive=inclusive)
+    spec = make_spec(
+        {
+            "u": {
+                "entity": "user",
+                "source": "events",
+                "delay": "10m",
+                "aggregations": [{"column": "amount", "functions": ["count", "sum"], "windows": ["1h"]}],
+            }
+        },
+        inclusive=inclusive,
+    )
     path = write(boundary_table(d_us, w_us), tmp_path / "events.parquet")
     out = pq.read_table(build_training_set(spec, {"events": path}, tmp_path / "train.parquet").path)
     # the last row sits at t: it sees t-d-w < s < t-d (2 rows: 4 + 8), or <= t-d (+16)
@@ -299,11 +348,20 @@ def test_snapshot_folder_keeps_file_order_for_ties(tmp_path: Path) -> None:
 
 
 def test_transforms_values() -> None:
-    spec = make_spec({}, default=-1.0, request={"when": {"type": "timestamp"}, "a": {"type": "float"}, "b": {"type": "float"}},
-                     transforms={"h": {"op": "hour", "inputs": ["when"]}, "dow": {"op": "day_of_week", "inputs": ["when"]},
-                                 "we": {"op": "is_weekend", "inputs": ["when"]}, "night": {"op": "is_night", "inputs": ["when"]},
-                                 "l": {"op": "log1p", "inputs": ["a"]}, "r": {"op": "ratio", "inputs": ["a", "b"]},
-                                 "lr": {"op": "log1p", "inputs": ["r"]}})
+    spec = make_spec(
+        {},
+        default=-1.0,
+        request={"when": {"type": "timestamp"}, "a": {"type": "float"}, "b": {"type": "float"}},
+        transforms={
+            "h": {"op": "hour", "inputs": ["when"]},
+            "dow": {"op": "day_of_week", "inputs": ["when"]},
+            "we": {"op": "is_weekend", "inputs": ["when"]},
+            "night": {"op": "is_night", "inputs": ["when"]},
+            "l": {"op": "log1p", "inputs": ["a"]},
+            "r": {"op": "ratio", "inputs": ["a", "b"]},
+            "lr": {"op": "log1p", "inputs": ["r"]},
+        },
+    )
     moments = ["2025-04-07T00:00", "2025-04-12T06:59:59", "2025-04-13T07:00", "2025-04-09T23:30", "NaT"]
     when = np.array(moments, dtype="datetime64[us]")
     a = np.array([0.0, np.e - 1, 3.0, np.nan, -1.0])
@@ -323,12 +381,18 @@ def test_transforms_values() -> None:
 
 def test_transforms_in_the_training_set(tmp_path: Path) -> None:
     table = events_table(50, seed=4, null_rate=0.0)
-    spec = make_spec({"u": {"entity": "user", "source": "events",
-                            "aggregations": [{"column": "amount", "functions": ["mean"], "windows": ["1h"]}]}},
-                     request={"amount": {"type": "float"}, "ts": {"type": "timestamp"}},
-                     transforms={"hour": {"op": "hour", "inputs": ["ts"]},
-                                 "rel": {"op": "ratio", "inputs": ["amount", "u_amount_mean_1h"]}},
-                     exclude=["u_amount_mean_1h"])
+    spec = make_spec(
+        {
+            "u": {
+                "entity": "user",
+                "source": "events",
+                "aggregations": [{"column": "amount", "functions": ["mean"], "windows": ["1h"]}],
+            }
+        },
+        request={"amount": {"type": "float"}, "ts": {"type": "timestamp"}},
+        transforms={"hour": {"op": "hour", "inputs": ["ts"]}, "rel": {"op": "ratio", "inputs": ["amount", "u_amount_mean_1h"]}},
+        exclude=["u_amount_mean_1h"],
+    )
     out = pq.read_table(build_training_set(spec, {"events": write(table, tmp_path / "e.parquet")}, tmp_path / "t.parquet").path)
     assert feature_columns(spec) == ["amount", "hour", "rel"]
     assert "u_amount_mean_1h" not in out.column_names  # excluded from the file, still usable by transforms
@@ -348,15 +412,17 @@ def fraud_like(n: int, seed: int) -> pa.Table:
     seconds = np.sort(rng.integers(0, 40 * 86_400, n))
     seconds[1::7] = seconds[::7][: len(seconds[1::7])]  # some equal timestamps
     fraud = (rng.random(n) < 0.1).astype(np.int8)
-    return pa.table({
-        "transaction_id": pa.array(np.arange(n), pa.int64()),
-        "tx_datetime": pa.array(START + np.sort(seconds) * 1_000_000, pa.timestamp("us")),
-        "customer_id": pa.array(rng.integers(0, 30, n), pa.int64()),
-        "terminal_id": pa.array(rng.integers(0, 40, n), pa.int64()),
-        "tx_amount": pa.array(np.round(rng.gamma(2.0, 30.0, n), 2), pa.float64()),
-        "tx_fraud": pa.array(fraud, pa.int8()),
-        "tx_fraud_scenario": pa.array(fraud, pa.int8()),
-    })
+    return pa.table(
+        {
+            "transaction_id": pa.array(np.arange(n), pa.int64()),
+            "tx_datetime": pa.array(START + np.sort(seconds) * 1_000_000, pa.timestamp("us")),
+            "customer_id": pa.array(rng.integers(0, 30, n), pa.int64()),
+            "terminal_id": pa.array(rng.integers(0, 40, n), pa.int64()),
+            "tx_amount": pa.array(np.round(rng.gamma(2.0, 30.0, n), 2), pa.float64()),
+            "tx_fraud": pa.array(fraud, pa.int8()),
+            "tx_fraud_scenario": pa.array(fraud, pa.int8()),
+        }
+    )
 
 
 def test_fraud_yaml_end_to_end(tmp_path: Path) -> None:
@@ -364,14 +430,27 @@ def test_fraud_yaml_end_to_end(tmp_path: Path) -> None:
     table = fraud_like(1500, seed=5)
     path = write(table, tmp_path / "transactions.parquet")
     progress: list[float] = []
-    result = build_training_set(spec, {"transactions": path}, tmp_path / "features" / "train.parquet",
-                                progress=lambda _msg, frac: progress.append(frac))
+    result = build_training_set(
+        spec, {"transactions": path}, tmp_path / "features" / "train.parquet", progress=lambda _msg, frac: progress.append(frac)
+    )
     assert result.features == [
-        "customer_count_1d", "customer_tx_amount_mean_1d", "customer_count_7d", "customer_tx_amount_mean_7d",
-        "customer_count_30d", "customer_tx_amount_mean_30d",
-        "terminal_count_1d", "terminal_tx_fraud_mean_1d", "terminal_count_7d", "terminal_tx_fraud_mean_7d",
-        "terminal_count_30d", "terminal_tx_fraud_mean_30d",
-        "tx_amount", "tx_hour", "tx_is_weekend", "tx_is_night", "amount_over_customer_mean_30d",
+        "customer_count_1d",
+        "customer_tx_amount_mean_1d",
+        "customer_count_7d",
+        "customer_tx_amount_mean_7d",
+        "customer_count_30d",
+        "customer_tx_amount_mean_30d",
+        "terminal_count_1d",
+        "terminal_tx_fraud_mean_1d",
+        "terminal_count_7d",
+        "terminal_tx_fraud_mean_7d",
+        "terminal_count_30d",
+        "terminal_tx_fraud_mean_30d",
+        "tx_amount",
+        "tx_hour",
+        "tx_is_weekend",
+        "tx_is_night",
+        "amount_over_customer_mean_30d",
     ]
     out = pq.read_table(result.path)
     assert out.num_rows == result.rows == 1500
@@ -414,16 +493,34 @@ def test_feature_name_clashing_with_a_source_column(tmp_path: Path) -> None:
         build_training_set(simple_spec(), {"events": write(table, tmp_path / "e.parquet")}, tmp_path / "t.parquet")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"aggregations": [{"column": "amount", "functions": ["mean"], "windows": [0]}]}, "windows must be positive"),
-    ({"delay": -60}, "delay: must not be negative"),
-    ({"ttl": "0s"}, "ttl: must be positive"),
-    ({"aggregations": [{"column": "shop", "functions": ["last"], "windows": ["1h"]}]}, "only count applies"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"aggregations": [{"column": "amount", "functions": ["mean"], "windows": [0]}]}, "windows must be positive"),
+        ({"delay": -60}, "delay: must not be negative"),
+        ({"ttl": "0s"}, "ttl: must be positive"),
+        ({"aggregations": [{"column": "shop", "functions": ["last"], "windows": ["1h"]}]}, "only count applies"),
+    ],
+)
 def test_definitions_the_feature_stage_cannot_compute(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     path = write(events_table(10, seed=8), tmp_path / "e.parquet")
     with pytest.raises(LoopmlError, match=message):
         build_training_set(simple_spec(**kwargs), {"events": path}, tmp_path / "t.parquet")
+
+
+def test_time_column_of_the_wrong_type(tmp_path: Path) -> None:
+    table = events_table(5, seed=10)
+    table = table.set_column(1, "ts", pa.array([str(v) for v in table.column("ts").to_pylist()]))
+    with pytest.raises(DataError, match="time column 'ts' has type VARCHAR; expected TIMESTAMP or DATE"):
+        build_training_set(simple_spec(), {"events": write(table, tmp_path / "e.parquet")}, tmp_path / "t.parquet")
+
+
+def test_spec_without_views_and_an_empty_source(tmp_path: Path) -> None:
+    spec = make_spec({}, request={"amount": {"type": "float"}}, transforms={"l": {"op": "log1p", "inputs": ["amount"]}})
+    out = build(tmp_path, spec, small_table([START, START], [np.e - 1, None]))
+    assert out.column("l").to_pylist() == [1.0, 0.0]
+    empty = build(tmp_path, simple_spec(), events_table(0, seed=11))
+    assert empty.num_rows == 0 and empty.column_names == [*SOURCE_COLUMNS, "u_amount_mean_1h"]
 
 
 def test_existing_output_is_replaced_whole(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,15 @@ AS_OF = datetime(2025, 5, 1, 12, 0)
 # --------------------------------------------------------------------------- the store contract
 
 
-@pytest.fixture(params=["sqlite"])
+#: One factory per online store backend; every backend passes the same contract tests.
+BACKENDS: dict[str, Callable[[Path], OnlineStore]] = {
+    "sqlite": lambda folder: SqliteOnlineStore(folder / "online.sqlite"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
-    """Every online store backend; each must pass the same contract tests."""
-    backend: OnlineStore = SqliteOnlineStore(tmp_path / "online.sqlite")
-    assert request.param == "sqlite"
+    backend = BACKENDS[request.param](tmp_path)
     yield backend
     backend.close()
 
@@ -48,6 +52,12 @@ def test_store_upserts(store: OnlineStore) -> None:
     store.write("customer", [(1, {"a": 1.0}, AS_OF)])
     store.write("customer", [(1, {"a": 2.0, "c": 5.0}, AS_OF + timedelta(days=1))])
     assert store.read("customer", [1]) == [({"a": 2.0, "c": 5.0}, AS_OF + timedelta(days=1))]
+
+
+def test_store_reopens_after_close(store: OnlineStore) -> None:
+    store.write("customer", [(1, {"a": 1.0}, AS_OF)])
+    store.close()
+    assert store.read("customer", [1]) == [({"a": 1.0}, AS_OF)]
 
 
 def test_store_unknown_entity_and_view(store: OnlineStore) -> None:
@@ -101,15 +111,17 @@ def fraud_like(n: int, seed: int) -> pa.Table:
     seconds[1::9] = seconds[::9][: len(seconds[1::9])]  # equal timestamps
     fraud = (rng.random(n) < 0.15).astype(np.int8)
     times = np.datetime64(START, "us") + np.sort(seconds).astype("timedelta64[s]")
-    return pa.table({
-        "transaction_id": pa.array(np.arange(n), pa.int64()),
-        "tx_datetime": pa.array(times, pa.timestamp("us")),
-        "customer_id": pa.array(rng.integers(0, 25, n), pa.int64()),
-        "terminal_id": pa.array(rng.integers(0, 30, n), pa.int64()),
-        "tx_amount": pa.array(np.round(rng.gamma(2.0, 30.0, n), 2), pa.float64()),
-        "tx_fraud": pa.array(fraud, pa.int8()),
-        "tx_fraud_scenario": pa.array(fraud, pa.int8()),
-    })
+    return pa.table(
+        {
+            "transaction_id": pa.array(np.arange(n), pa.int64()),
+            "tx_datetime": pa.array(times, pa.timestamp("us")),
+            "customer_id": pa.array(rng.integers(0, 25, n), pa.int64()),
+            "terminal_id": pa.array(rng.integers(0, 30, n), pa.int64()),
+            "tx_amount": pa.array(np.round(rng.gamma(2.0, 30.0, n), 2), pa.float64()),
+            "tx_fraud": pa.array(fraud, pa.int8()),
+            "tx_fraud_scenario": pa.array(fraud, pa.int8()),
+        }
+    )
 
 
 def fraud_spec(**changes: Any) -> Spec:
@@ -202,11 +214,13 @@ def assembler(fraud_world: World, tmp_path: Path) -> Iterator[FeatureAssembler]:
 
 def test_missing_entities_get_missing_history_values(assembler: FeatureAssembler) -> None:
     when = (START + timedelta(days=41)).isoformat()
-    batch = assembler.vectors([
-        ({"customer_id": 999_999, "terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
-        ({"terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
-        ({"customer": 3, "terminal": "1"}, {"tx_amount": "50", "tx_datetime": when}),
-    ])
+    batch = assembler.vectors(
+        [
+            ({"customer_id": 999_999, "terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
+            ({"terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
+            ({"customer": 3, "terminal": "1"}, {"tx_amount": "50", "tx_datetime": when}),
+        ]
+    )
     assert batch.missing_entities == [["customer"], ["customer"], []]
     first = batch.values(0)
     assert first["customer_count_1d"] == 0.0 and first["customer_tx_amount_mean_30d"] == 0.0  # default 0.0
@@ -239,18 +253,21 @@ def test_request_timestamps_as_iso_or_epoch(assembler: FeatureAssembler) -> None
     assert (values["tx_hour"], values["tx_is_weekend"], values["tx_is_night"]) == (23.0, 1.0, 0.0)
 
 
-@pytest.mark.parametrize(("features", "field", "message"), [
-    ({"tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "required request feature is missing"),
-    ({"tx_amount": None, "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "missing"),
-    ({"tx_amount": "abc", "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "expected a number, got 'abc'"),
-    ({"tx_amount": True, "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "got a boolean"),
-    ({"tx_amount": float("nan"), "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "finite"),
-    ({"tx_amount": [1], "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "got list"),
-    ({"tx_amount": 1.0, "tx_datetime": "yesterday"}, "features.tx_datetime", "ISO-8601"),
-    ({"tx_amount": 1.0, "tx_datetime": 1e300}, "features.tx_datetime", "out of range"),
-    ({"tx_amount": 1.0, "tx_datetime": "1e300"}, "features.tx_datetime", "out of range"),
-    ({"tx_amount": 1.0}, "features.tx_datetime", "required request feature is missing"),
-])
+@pytest.mark.parametrize(
+    ("features", "field", "message"),
+    [
+        ({"tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "required request feature is missing"),
+        ({"tx_amount": None, "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "missing"),
+        ({"tx_amount": "abc", "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "expected a number, got 'abc'"),
+        ({"tx_amount": True, "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "got a boolean"),
+        ({"tx_amount": float("nan"), "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "finite"),
+        ({"tx_amount": [1], "tx_datetime": "2025-05-10T10:00"}, "features.tx_amount", "got list"),
+        ({"tx_amount": 1.0, "tx_datetime": "yesterday"}, "features.tx_datetime", "ISO-8601"),
+        ({"tx_amount": 1.0, "tx_datetime": 1e300}, "features.tx_datetime", "out of range"),
+        ({"tx_amount": 1.0, "tx_datetime": "1e300"}, "features.tx_datetime", "out of range"),
+        ({"tx_amount": 1.0}, "features.tx_datetime", "required request feature is missing"),
+    ],
+)
 def test_bad_request_features_name_the_field(
     assembler: FeatureAssembler, features: dict[str, Any], field: str, message: str
 ) -> None:

@@ -40,7 +40,9 @@ ROWS: dict[str, list[Any]] = {
 
 
 def spec_text(path: str = "data/tx.csv", columns: str = "", table: str = "min_rows: 1", extra: str = "") -> str:
-    columns = columns or """
+    columns = (
+        columns
+        or """
       id: {type: int, nullable: false, unique: true}
       ts: {type: timestamp, nullable: false}
       amount: {type: float, min: 0}
@@ -48,6 +50,7 @@ def spec_text(path: str = "data/tx.csv", columns: str = "", table: str = "min_ro
       kind: {type: string, allowed: [a, b, c]}
       day: {type: date}
       label: {type: int, allowed: [0, 1]}"""
+    )
     return f"""
 project: t
 entities: {{thing: {{key: id}}}}

@@ -20,9 +20,11 @@ TOKEN = "test-token"
 
 @pytest.fixture
 def server(trained_copy: Path) -> Iterator[tuple[httpx.Client, Path]]:
-    with BackgroundServer(build_app(Project.load(trained_copy), admin_token=TOKEN)) as srv:
-        with httpx.Client(base_url=srv.url, timeout=10) as client:
-            yield client, trained_copy
+    with (
+        BackgroundServer(build_app(Project.load(trained_copy), admin_token=TOKEN)) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as client,
+    ):
+        yield client, trained_copy
 
 
 def live_rows(project: Path, n: int) -> list[dict[str, Any]]:
@@ -78,13 +80,38 @@ def test_unknown_entity_gets_defaults_and_a_flag(server: tuple[httpx.Client, Pat
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
-        ({"entities": {"customer_id": 1}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01T00:00:00"}}, "entities.terminal_id"),
-        ({"entities": {"customer_id": 1, "terminal_id": 2, "shop": 3}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"}}, "entities.shop"),
+        (
+            {"entities": {"customer_id": 1}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01T00:00:00"}},
+            "entities.terminal_id",
+        ),
+        (
+            {
+                "entities": {"customer_id": 1, "terminal_id": 2, "shop": 3},
+                "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"},
+            },
+            "entities.shop",
+        ),
         ({"entities": {"customer_id": [1], "terminal_id": 2}, "features": {}}, "entities.customer_id"),
-        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_datetime": "2025-06-01T00:00:00"}}, "features.tx_amount"),
-        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": "lots", "tx_datetime": "2025-06-01"}}, "features.tx_amount"),
-        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": 1.0, "tx_datetime": "yesterday"}}, "features.tx_datetime"),
-        ({"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"}, "x": 1}, "x"),
+        (
+            {"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_datetime": "2025-06-01T00:00:00"}},
+            "features.tx_amount",
+        ),
+        (
+            {"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": "lots", "tx_datetime": "2025-06-01"}},
+            "features.tx_amount",
+        ),
+        (
+            {"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": 1.0, "tx_datetime": "yesterday"}},
+            "features.tx_datetime",
+        ),
+        (
+            {
+                "entities": {"customer_id": 1, "terminal_id": 2},
+                "features": {"tx_amount": 1.0, "tx_datetime": "2025-06-01"},
+                "x": 1,
+            },
+            "x",
+        ),
         ({"features": {}}, "entities"),
     ],
 )
@@ -95,7 +122,9 @@ def test_bad_bodies_are_422_naming_the_field(server: tuple[httpx.Client, Path], 
     assert field in [d["field"] for d in r.json()["details"]], r.json()
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": NaN}}', b"[]", b""])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b'{"entities": {"customer_id": 1, "terminal_id": 2}, "features": {"tx_amount": NaN}}', b"[]", b""]
+)
 def test_malformed_json_and_nan_are_4xx(server: tuple[httpx.Client, Path], raw: bytes) -> None:
     client, _ = server
     r = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})

@@ -54,10 +54,20 @@ def test_wrong_type_names_the_key() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "key", "words"),
     [
-        ("{column: tx_amount, functions: [count, mean]", "{column: tx_amt, functions: [count, mean]", "features.views.customer.aggregations.0.column", "tx_amt"),
+        (
+            "{column: tx_amount, functions: [count, mean]",
+            "{column: tx_amt, functions: [count, mean]",
+            "features.views.customer.aggregations.0.column",
+            "tx_amt",
+        ),
         ("entity: terminal\n", "entity: merchant\n", "features.views.terminal.entity", "merchant"),
         ("column: tx_fraud\n", "column: is_fraud\n", "label.column", "is_fraud"),
-        ("inputs: [tx_amount, customer_tx_amount_mean_30d]", "inputs: [tx_amount, customer_mean_30d]", "features.transforms.amount_over_customer_mean_30d.inputs", "customer_mean_30d"),
+        (
+            "inputs: [tx_amount, customer_tx_amount_mean_30d]",
+            "inputs: [tx_amount, customer_mean_30d]",
+            "features.transforms.amount_over_customer_mean_30d.inputs",
+            "customer_mean_30d",
+        ),
     ],
 )
 def test_references_to_unknown_columns_views_and_features(old: str, new: str, key: str, words: str) -> None:

@@ -71,8 +71,12 @@ def _progress(enabled: bool = True) -> Iterator[Callable[[str, float], None]]:
         yield quiet
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-        console=err, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("starting", total=1.0)
 
@@ -144,8 +148,15 @@ def init(
                 raise LoopmlError(f"init: unknown example {example!r} (available: fraud)")
             with _progress() as progress:
                 rows = init_example(
-                    folder, days=days, seed=seed, drift_day=drift_day, live_days=live_days,
-                    customers=customers, terminals=terminals, force=force, progress=progress,
+                    folder,
+                    days=days,
+                    seed=seed,
+                    drift_day=drift_day,
+                    live_days=live_days,
+                    customers=customers,
+                    terminals=terminals,
+                    force=force,
+                    progress=progress,
                 )
             err.print(f"wrote {folder / 'loopml.yaml'} and {rows:,} simulated transactions under {folder / 'data'}")
         else:
@@ -333,7 +344,9 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run: Annotated[str, typer.Argument(help="run id")], project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+def runs_show(
+    run: Annotated[str, typer.Argument(help="run id")], project: ProjectOpt = Path("."), as_json: JsonOpt = False
+) -> None:
     """Everything recorded about one run."""
 
     def go() -> None:
@@ -404,8 +417,13 @@ def serve(
 
     def go() -> None:
         p = Project.load(project)
-        run_server(p, host or p.spec.serving.host, port or p.spec.serving.port, workers or p.spec.serving.workers,
-                   admin_token=os.environ.get("LOOPML_ADMIN_TOKEN"))
+        run_server(
+            p,
+            host or p.spec.serving.host,
+            port or p.spec.serving.port,
+            workers or p.spec.serving.workers,
+            admin_token=os.environ.get("LOOPML_ADMIN_TOKEN"),
+        )
 
     _run(go)
 
@@ -420,8 +438,12 @@ def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
             _emit_json(report)
             return
         rows = [[d["feature"], d["test"], _fmt(d["statistic"]), d["rows"], d["status"]] for d in report["drift"]]
-        out.print(_table(f"drift of model version {report['model_version']}", ["feature", "test", "statistic", "rows", "status"], rows))
-        out.print(f"{report['predictions']:,} predictions logged, {report['labelled']:,} labelled; {len(report['alerts'])} alert(s)")
+        out.print(
+            _table(f"drift of model version {report['model_version']}", ["feature", "test", "statistic", "rows", "status"], rows)
+        )
+        out.print(
+            f"{report['predictions']:,} predictions logged, {report['labelled']:,} labelled; {len(report['alerts'])} alert(s)"
+        )
 
     _run(go)
 
@@ -448,4 +470,3 @@ def demo(
 
 def main() -> None:
     app()
-

@@ -68,7 +68,9 @@ def _replay(url: str, live: list[dict[str, Any]], console: Console) -> tuple[lis
     return ids, scores, latencies
 
 
-def run_demo(workdir: Path, days: int = 90, requests: int = 2000, live_days: int = 14, console: Console | None = None) -> dict[str, Any]:
+def run_demo(
+    workdir: Path, days: int = 90, requests: int = 2000, live_days: int = 14, console: Console | None = None
+) -> dict[str, Any]:
     """Run the story in ``workdir`` (recreated); return the summary that is also written to ``summary.json``."""
     console = console or Console(stderr=True)
     clock = _Clock(console)

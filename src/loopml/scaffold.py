@@ -63,9 +63,7 @@ def init_example(
     if live_days < 0 or live_days >= days:
         raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
     try:
-        config = FraudWorldConfig(
-            n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day
-        )
+        config = FraudWorldConfig(n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day)
     except ValueError as exc:
         raise LoopmlError(f"init: {exc}") from None
     data = folder / "data"

@@ -32,6 +32,7 @@ from loopml.spec.model import Spec
 __all__ = [
     "ROW_ID",
     "TIME_TYPES",
+    "check_view_sources",
     "column_types",
     "connect",
     "pit_sql",
@@ -42,10 +43,10 @@ __all__ = [
     "spine_span",
 ]
 
+#: The row-id column of a registered source (its position in the snapshot) and of the training spine.
 ROW_ID = "__rid"
 #: DuckDB types a time column may have (snapshots hold TIMESTAMP or DATE); all are cast to TIMESTAMP.
 TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"})
-
 
 
 def connect(temp_directory: Path | None = None) -> duckdb.DuckDBPyConnection:
@@ -109,6 +110,19 @@ def require(columns: Sequence[str], needed: Sequence[str], where: str, why: str)
     for column in needed:
         if column not in columns:
             raise DataError(f"{where}: column {column!r} is missing (needed by {why})")
+
+
+def check_view_sources(
+    con: duckdb.DuckDBPyConnection, spec: Spec, views: Sequence[str], tables: Mapping[str, str], paths: Mapping[str, Path]
+) -> None:
+    """Raise :class:`DataError` when a view's source snapshot lacks a column the view needs."""
+    for name in views:
+        source = spec.features.views[name].source
+        types = column_types(con, tables[source])
+        timestamp = spec.sources[source].timestamp or ""
+        needed = [view_key(spec, name), timestamp, *view_value_columns(spec, name)]
+        require(list(types), needed, str(paths[source]), f"features.views.{name}")
+        require_time(types, timestamp, str(paths[source]))
 
 
 def _union_sql(

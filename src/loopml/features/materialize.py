@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from loopml.errors import DataError
 from loopml.features.definitions import LAST_EVENT_KEY, check_features, view_key, view_outputs
-from loopml.features.join import connect, point_in_time_join, register_source
+from loopml.features.join import check_view_sources, connect, point_in_time_join, register_source
 from loopml.features.offline import Progress
 from loopml.features.online import EntityKey, OnlineStore
 from loopml.features.windows import last_event_column, quote
@@ -104,6 +104,7 @@ def materialize(
                 raise DataError(f"source {view.source!r} has no snapshot (run 'loopml ingest' first)")
             if view.source not in tables:
                 tables[view.source] = register_source(con, view.source, snapshot_paths[view.source])
+            check_view_sources(con, spec, [view_name], tables, snapshot_paths)
             timestamp = spec.sources[view.source].timestamp or ""
             latest = _latest(con, tables[view.source], timestamp)
             moment = _naive_utc(as_of) if as_of is not None else (latest + _ONE_US if latest is not None else None)
@@ -119,8 +120,8 @@ def materialize(
             point_in_time_join(
                 con, "__mat_spine", spec, sources=tables, timestamp="__as_of", views=[view_name], last_event=True
             ).create_view("__mat_features", replace=True)
-            result = con.sql(f"SELECT s.{key}, f.* FROM __mat_spine s JOIN __mat_features f USING (__rid)").to_arrow_table()
-            batch = _rows(result, spec, view_name, view_key(spec, view_name), moment)
+            result = con.sql(f"SELECT s.{key}, f.* EXCLUDE (__rid) FROM __mat_spine s JOIN __mat_features f USING (__rid)")
+            batch = _rows(result.to_arrow_table(), spec, view_name, view_key(spec, view_name), moment)
             for start in range(0, len(batch), WRITE_CHUNK):
                 store.write(view_name, batch[start : start + WRITE_CHUNK])
             rows[view_name] = len(batch)

@@ -32,12 +32,13 @@ per source row in file order (a row id from the Parquet file row number).
 Views over that same source are computed with window functions over the
 source (one ``RANGE BETWEEN ... PRECEDING AND ... PRECEDING`` frame per window;
 see :mod:`loopml.features.windows`). Views over another source, and any other
-spine of (entity, time) rows, go through
-:func:`loopml.features.join.point_in_time_join`, which
-unions the spine into the event stream and windows over the union. Nothing is
-merged and then filtered, so memory grows with the table, not with
-entity x time pairs (the Feast pitfall). The result is streamed batch by batch
-into a Parquet file that appears atomically.
+spine of (entity, time) rows, go through :func:`loopml.features.join.point_in_time_join`,
+which unions the spine into the event stream and windows over the union.
+Nothing is merged and then filtered, so memory grows with the table, not with
+entity x time pairs (the Feast pitfall). DuckDB orders the result by row id
+(spilling to a scratch folder next to the output if it must), and it is
+streamed batch by batch, through the transforms, into a Parquet file that
+appears atomically (temporary file + rename).
 """
 
 from __future__ import annotations
@@ -50,15 +51,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loopml.errors import DataError, LoopmlError
-from loopml.features.definitions import check_features, feature_columns, view_key, view_outputs, view_value_columns
-from loopml.features.join import ROW_ID, column_types, connect, pit_sql, register_source, require, require_time, spine_span
+from loopml.features.definitions import check_features, feature_columns, view_key, view_outputs
+from loopml.features.join import (
+    ROW_ID,
+    check_view_sources,
+    column_types,
+    connect,
+    pit_sql,
+    register_source,
+    require,
+    require_time,
+    spine_span,
+)
 from loopml.features.transforms import apply_transforms
 from loopml.features.windows import quote, view_sql
 from loopml.spec.model import Spec
@@ -77,17 +87,6 @@ class BuildResult:
     rows: int
     features: list[str]
     seconds: float
-
-
-def _check_source_columns(
-    con: duckdb.DuckDBPyConnection, spec: Spec, tables: Mapping[str, str], paths: Mapping[str, Path]
-) -> None:
-    for name, view in spec.features.views.items():
-        columns = column_types(con, tables[view.source])
-        timestamp = spec.sources[view.source].timestamp or ""
-        needed = [view_key(spec, name), timestamp, *view_value_columns(spec, name)]
-        require(list(columns), needed, str(paths[view.source]), f"features.views.{name}")
-        require_time(columns, timestamp, str(paths[view.source]))
 
 
 def _fast_path_sql(spec: Spec, table: str, spine_columns: Sequence[str], general: str | None) -> str:
@@ -185,7 +184,7 @@ def build_training_set(
             spine_columns = [c for c in spine_types if c != ROW_ID]
             require_time(spine_types, spec.sources[spine_source].timestamp or "", str(paths[spine_source]))
             _check_spine(spec, spine_columns, paths[spine_source])
-            _check_source_columns(con, spec, tables, paths)
+            check_view_sources(con, spec, list(spec.features.views), tables, paths)
             other = [v for v, view in spec.features.views.items() if view.source != spine_source]
             general = None
             if other:

@@ -43,9 +43,7 @@ def current_values(log: PredictionLog, version: int, since: datetime | None = No
     scores = np.array([r[1] for r in rows], dtype=np.float64)
     parsed = [json.loads(r[0]) for r in rows]
     names = list(parsed[0]) if parsed else []
-    columns = {
-        name: np.array([np.nan if p.get(name) is None else p[name] for p in parsed], dtype=np.float64) for name in names
-    }
+    columns = {name: np.array([np.nan if p.get(name) is None else p[name] for p in parsed], dtype=np.float64) for name in names}
     return columns, scores
 
 

@@ -63,7 +63,16 @@ class _Metrics:
         dropped.set_function(lambda: float(logger.dropped) if logger else 0.0)
 
 
-_UNION_TAGS = {"int", "float", "bool", "str", "none", "constrained-str", "constrained-float", "json-or-python[json=float,python=float]"}
+_UNION_TAGS = {
+    "int",
+    "float",
+    "bool",
+    "str",
+    "none",
+    "constrained-str",
+    "constrained-float",
+    "json-or-python[json=float,python=float]",
+}
 
 
 def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]]:

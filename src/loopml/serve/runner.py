@@ -37,8 +37,9 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     spec = project.spec
     log = project.prediction_log()
     logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
-    service = PredictionService(spec, FeatureAssembler(spec, project.online_store()), project.registry(), logger,
-                                alias=spec.rollout.alias)
+    service = PredictionService(
+        spec, FeatureAssembler(spec, project.online_store()), project.registry(), logger, alias=spec.rollout.alias
+    )
     service.reload()
     return create_app(service, log, logger, ServeOptions(admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes))
 
@@ -54,8 +55,9 @@ def app_from_environment() -> FastAPI:
 def run_server(project: Project, host: str, port: int, workers: int = 1, admin_token: str | None = None) -> None:
     if workers > 1:
         os.environ[_PROJECT_ENV] = str(project.layout.root)
-        uvicorn.run("loopml.serve.runner:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
+        uvicorn.run(
+            "loopml.serve.runner:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning"
+        )
         return
     uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
 

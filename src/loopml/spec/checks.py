@@ -22,7 +22,9 @@ def _source_problems(spec: Spec) -> list[tuple[Loc, str]]:
             if col is None:
                 problems.append((("sources", name, "timestamp"), f"column {source.timestamp!r} is not declared under columns"))
             elif col.type not in ("timestamp", "date"):
-                problems.append((("sources", name, "timestamp"), f"column {source.timestamp!r} must have type timestamp, not {col.type}"))
+                problems.append(
+                    (("sources", name, "timestamp"), f"column {source.timestamp!r} must have type timestamp, not {col.type}")
+                )
         for key in source.table.duplicate_keys or []:
             if key not in source.columns:
                 problems.append((("sources", name, "table", "duplicate_keys"), f"unknown column {key!r}"))
@@ -51,33 +53,37 @@ def _feature_problems(spec: Spec) -> list[tuple[Loc, str]]:
         entity = spec.entities.get(view.entity)
         source = spec.sources.get(view.source)
         if entity is None:
-            problems.append((loc + ("entity",), f"unknown entity {view.entity!r} (known: {', '.join(spec.entities)})"))
+            problems.append(((*loc, "entity"), f"unknown entity {view.entity!r} (known: {', '.join(spec.entities)})"))
         if source is None:
-            problems.append((loc + ("source",), f"unknown source {view.source!r} (known: {', '.join(spec.sources)})"))
+            problems.append(((*loc, "source"), f"unknown source {view.source!r} (known: {', '.join(spec.sources)})"))
             continue
         if source.timestamp is None:
-            problems.append((loc + ("source",), f"source {view.source!r} has no timestamp column"))
+            problems.append(((*loc, "source"), f"source {view.source!r} has no timestamp column"))
         if entity is not None and entity.key not in source.columns:
-            problems.append((loc + ("entity",), f"entity key {entity.key!r} is not a column of source {view.source!r}"))
+            problems.append(((*loc, "entity"), f"entity key {entity.key!r} is not a column of source {view.source!r}"))
         for i, agg in enumerate(view.aggregations):
             rule = source.columns.get(agg.column)
             if rule is None:
-                problems.append((loc + ("aggregations", i, "column"), f"unknown column {agg.column!r} in source {view.source!r}"))
+                problems.append(((*loc, "aggregations", i, "column"), f"unknown column {agg.column!r} in source {view.source!r}"))
             elif rule.type not in _NUMERIC and set(agg.functions) - {"count", "last"}:
-                problems.append((loc + ("aggregations", i, "functions"), f"column {agg.column!r} is {rule.type}; only count/last apply"))
+                problems.append(
+                    ((*loc, "aggregations", i, "functions"), f"column {agg.column!r} is {rule.type}; only count/last apply")
+                )
             if not agg.windows:
-                problems.append((loc + ("aggregations", i, "windows"), "at least one window is needed"))
+                problems.append(((*loc, "aggregations", i, "windows"), "at least one window is needed"))
         for fname, *_ in view.outputs(vname):
             known[fname] = "float"
     for tname, transform in spec.features.transforms.items():
         loc = ("features", "transforms", tname)
         if len(transform.inputs) != _ARITY[transform.op]:
-            problems.append((loc + ("inputs",), f"{transform.op} takes {_ARITY[transform.op]} input(s)"))
+            problems.append(((*loc, "inputs"), f"{transform.op} takes {_ARITY[transform.op]} input(s)"))
         for inp in transform.inputs:
             if inp not in known:
-                problems.append((loc + ("inputs",), f"unknown feature {inp!r} (not a request feature, view output or earlier transform)"))
+                problems.append(
+                    ((*loc, "inputs"), f"unknown feature {inp!r} (not a request feature, view output or earlier transform)")
+                )
             elif transform.op in _TIME_OPS and known[inp] != "timestamp":
-                problems.append((loc + ("inputs",), f"{transform.op} needs a timestamp input; {inp!r} is {known[inp]}"))
+                problems.append(((*loc, "inputs"), f"{transform.op} needs a timestamp input; {inp!r} is {known[inp]}"))
         known[tname] = "float"
     for i, name in enumerate(spec.features.exclude):
         if name not in known:

@@ -88,9 +88,7 @@ def _label(spec: Spec, column: pa.ChunkedArray, where: str) -> npt.NDArray[Any]:
     return encoded
 
 
-def load_training_set(
-    spec: Spec, path: Path, feature_columns: list[str], optional_columns: Iterable[str] = ()
-) -> TrainingData:
+def load_training_set(spec: Spec, path: Path, feature_columns: list[str], optional_columns: Iterable[str] = ()) -> TrainingData:
     """Load label, timestamp, first entity key and ``feature_columns`` (+ any numeric ``optional_columns``)."""
     try:
         schema = pq.read_schema(path)

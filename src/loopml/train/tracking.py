@@ -192,9 +192,7 @@ class RunStore:
         with closing(self._connect()) as con:
             query = "SELECT * FROM runs ORDER BY run_id DESC LIMIT ? OFFSET ?"
             rows = con.execute(query, (max(limit, 0), max(offset, 0))).fetchall()
-        return [
-            RunSummary(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bool(r[5]), r[6], r[7], r[8]) for r in rows
-        ]
+        return [RunSummary(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bool(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def get(self, run_id: str) -> RunRecord:
         path = self.root / run_id / RUN_FILE
