@@ -25,6 +25,7 @@ from rich.table import Table
 
 from loopml.demo import run_demo
 from loopml.errors import LoopmlError, SpecError
+from loopml.features.definitions import LAST_EVENT_KEY
 from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example, init_from_data
 from loopml.serve.runner import run_server
@@ -163,8 +164,6 @@ def init(
             assert data is not None
             if label is None:
                 raise LoopmlError("init: --data needs --label COL")
-            if task not in (None, "binary", "regression"):
-                raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
             path = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
             err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'")
 
@@ -282,7 +281,7 @@ def online_features(p: Project, store: Any, pairs: dict[str, str]) -> dict[str, 
         if key not in pairs:
             continue
         got = store.read(vname, [pairs[key]])[0]
-        values = {} if got is None else {k: v for k, v in got[0].items() if not k.startswith("__")}
+        values = {} if got is None else {k: v for k, v in got[0].items() if k != LAST_EVENT_KEY}
         result[vname] = None if got is None else {"values": values, "as_of": got[1].isoformat()}
     return result
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loopml.data.infer import infer_spec
+from loopml.data.infer import Task, infer_spec
 from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
 from loopml.spec.load import SPEC_FILE, parse_spec
@@ -94,8 +94,11 @@ def init_from_data(
     force: bool = False,
 ) -> Path:
     """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written."""
+    if task not in (None, "binary", "regression"):
+        raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
+    kind: Task | None = "binary" if task == "binary" else "regression" if task == "regression" else None
     target = _prepare(folder, force)
-    text = infer_spec(data.resolve(), label, positive, task, timestamp, entities, folder.resolve())  # type: ignore[arg-type]
+    text = infer_spec(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
     parse_spec(text, str(target))
     _write_text(target, text)
     return target
