@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "loopml demo" in done.stdout and "test average_precision" in done.stdout
-    assert str(workdir / "report.html") in done.stdout.replace("\n", "").replace(" ", "") or "report.html" in done.stdout
+    assert f"report: {workdir / 'report.html'}" in done.stdout.splitlines()
     result = json.loads((workdir / "summary.json").read_text())
     summary = result["summary"]
     assert summary["live requests"] == 400

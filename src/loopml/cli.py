@@ -461,8 +461,9 @@ def demo(
         if as_json:
             _emit_json(summary)
             return
-        rows = [[k, _fmt(v)] for k, v in summary["summary"].items()]
+        rows = [[k, _fmt(v)] for k, v in summary["summary"].items() if k != "report"]
         out.print(_table("loopml demo", ["step", "result"], rows))
+        out.print(f"report: {summary['summary']['report']}", soft_wrap=True, highlight=False)
 
     _run(go)
 
