@@ -9,14 +9,16 @@ the same work, and the ratio is printed:
   in the style of the reference handbook (run on a slice of the customers and
   scaled per transaction, since the full loop takes minutes);
 * ingest: ``loopml ingest`` (read, type checks, rules, quarantine, content
-  hash, snapshot) vs pandas reading the same Parquet and evaluating the same
-  rules (nulls, ranges, allowed values, uniqueness) without writing anything;
-* demo: wall time of ``loopml demo`` with its defaults (target < 3 minutes).
+  hash, snapshot) vs pandas reading the same Parquet, evaluating the same
+  rules (nulls, ranges, allowed values, uniqueness) with a reason per bad row,
+  writing valid and quarantined rows and hashing the result;
+* demo: wall time of ``loopml demo`` with its defaults (the contract's limit: 10 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -59,16 +61,27 @@ def loop_simulation(config: FraudWorldConfig, customers: int) -> int:
     return len(frame)
 
 
-def pandas_checks(path: Path) -> int:
+def pandas_ingest(path: Path, out: Path) -> int:
+    """The same work by hand in pandas: read, the same rules, quarantine with a reason, write, hash."""
     df = pd.read_parquet(path)
-    bad = pd.Series(False, index=df.index)
+    reasons = pd.Series("", index=df.index)
     for col in ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount", "tx_fraud"]:
-        bad |= df[col].isna()
-    bad |= (df["customer_id"] < 0) | (df["terminal_id"] < 0)
-    bad |= (df["tx_amount"] < 0) | (df["tx_amount"] > 100000)
-    bad |= ~df["tx_fraud"].isin([0, 1])
-    bad |= df["transaction_id"].duplicated()
+        reasons = reasons.where(~df[col].isna(), reasons + f"{col}: null;")
+    reasons = reasons.where(~((df["customer_id"] < 0) | (df["terminal_id"] < 0)), reasons + "id < 0;")
+    reasons = reasons.where(~((df["tx_amount"] < 0) | (df["tx_amount"] > 100000)), reasons + "tx_amount out of range;")
+    reasons = reasons.where(df["tx_fraud"].isin([0, 1]), reasons + "tx_fraud not allowed;")
+    reasons = reasons.where(~df["transaction_id"].duplicated(keep=False), reasons + "transaction_id duplicated;")
+    bad = reasons != ""
+    out.mkdir(parents=True, exist_ok=True)
+    df[bad].assign(reason=reasons[bad]).to_parquet(out / "quarantine.parquet")
+    df[~bad].to_parquet(out / "valid.parquet")
+    hashlib.sha256((out / "valid.parquet").read_bytes()).hexdigest()
     return int((~bad).sum())
+
+
+def ratio(reference_s: float, loopml_s: float) -> str:
+    r = reference_s / loopml_s
+    return f"{r:.1f}x faster" if r >= 1 else f"{1 / r:.1f}x slower"
 
 
 def timed(fn):  # type: ignore[no-untyped-def]
@@ -99,7 +112,7 @@ def main() -> None:
             "simulate default world",
             f"{sim_s:.2f} s ({table.num_rows:,} tx, fraud {fraud_rate:.2%})",
             f"loop: {loop_per_row * table.num_rows:.1f} s est. ({loop_rows:,} tx in {loop_s:.1f} s)",
-            f"{loop_per_row / sim_per_row:.0f}x faster",
+            ratio(loop_per_row, sim_per_row),
         )
     )
 
@@ -109,14 +122,14 @@ def main() -> None:
         (folder / "loopml.yaml").write_text(example_spec_text())
         project = Project.load(folder)
         result, ingest_s = timed(project.ingest)
-        valid, pandas_s = timed(lambda: pandas_checks(folder / "data" / "transactions.parquet"))
+        valid, pandas_s = timed(lambda: pandas_ingest(folder / "data" / "transactions.parquet", Path(tmp) / "pandas"))
         assert valid == result.rows_valid, (valid, result.rows_valid)
         results.append(
             (
                 "ingest + validate + snapshot",
                 f"{ingest_s:.2f} s ({result.rows_in:,} rows)",
-                f"pandas checks only: {pandas_s:.2f} s",
-                f"{pandas_s / ingest_s:.2f}x",
+                f"pandas, same rules + write + hash: {pandas_s:.2f} s",
+                ratio(pandas_s, ingest_s),
             )
         )
         built, build_s = timed(project.build_features)
@@ -132,7 +145,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            results.append(("loopml demo (defaults)", f"{time.perf_counter() - started:.1f} s", "target: 180 s", "-"))
+            results.append(("loopml demo (defaults)", f"{time.perf_counter() - started:.1f} s", "target: 600 s", "-"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
