@@ -233,6 +233,15 @@ def train(
     return result
 
 
+def _groups(spec: Spec, training_set: Path) -> npt.NDArray[Any] | None:
+    """The ``split.group`` column of the training set (random splits keep each value in one split)."""
+    if spec.split.group is None or spec.split.method != "random":
+        return None
+    if spec.split.group not in pq.read_schema(training_set).names:
+        raise LoopmlError(f"{training_set}: split.group column {spec.split.group!r} is not in the training set")
+    return np.asarray(pq.read_table(training_set, columns=[spec.split.group]).column(0).to_numpy(zero_copy_only=False))
+
+
 def _run(
     spec: Spec,
     layout: Layout,
@@ -259,7 +268,7 @@ def _run(
     data = load_training_set(spec, training_set, feature_columns, champion.feature_names if champion else ())
     notes.extend(data.warnings)
     say("splitting", 0.1)
-    split = split_rows(spec, data.y, data.timestamps)
+    split = split_rows(spec, data.y, data.timestamps, _groups(spec, training_set))
 
     say(f"fitting {spec.model.type}", 0.15)
     model, scores, threshold, fit_notes = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params)

@@ -91,6 +91,18 @@ def _feature_problems(spec: Spec) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _split_problems(spec: Spec) -> list[tuple[Loc, str]]:
+    group = spec.split.group
+    if group is None:
+        return []
+    if spec.split.method != "random":
+        return [(("split", "group"), "group applies to method: random (a time split keeps entities across splits by design)")]
+    source = spec.sources.get(spec.label.source)
+    if source is not None and group not in source.columns:
+        return [(("split", "group"), f"column {group!r} is not declared in source {spec.label.source!r}")]
+    return []
+
+
 def cross_reference_problems(spec: Spec) -> list[tuple[Loc, str]]:
     """Every reference in the spec that points at nothing."""
-    return _source_problems(spec) + _label_problems(spec) + _feature_problems(spec)
+    return _source_problems(spec) + _label_problems(spec) + _feature_problems(spec) + _split_problems(spec)

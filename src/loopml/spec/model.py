@@ -169,6 +169,7 @@ class Split(_Strict):
     gap: Duration | None = None
     valid_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    group: str | None = None  # random split: keep every value of this column (an entity key) in one split
 
 
 class Serving(_Strict):

@@ -15,7 +15,15 @@ split; no row is ever in two splits.
 
 Random split (``split.method: random``) is for data without time: seeded, and
 stratified on the label for binary tasks so every split keeps the class
-balance. scikit-learn's ``train_test_split`` does the drawing.
+balance. scikit-learn's ``train_test_split`` does the drawing. With
+``split.group: COLUMN`` (an entity key) the draw is by group instead
+(``GroupShuffleSplit``): all rows of one entity land in one split, and
+:func:`check_entity_leakage` proves that no entity sits in two splits.
+
+Cross-validation folds for model selection: :func:`kfold_splits` (stratified
+or grouped k-fold for data without time) and :func:`rolling_origin_splits`
+(prequential validation for time data: the origin moves forward by a step,
+each fold trains on the window before it and tests after a gap).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedKFold, train_test_split
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Spec
@@ -82,8 +90,15 @@ class SplitResult:
         return out
 
 
-def split_rows(spec: Spec, y: npt.NDArray[Any], timestamps: npt.NDArray[np.datetime64] | None) -> SplitResult:
+def split_rows(
+    spec: Spec,
+    y: npt.NDArray[Any],
+    timestamps: npt.NDArray[np.datetime64] | None,
+    groups: npt.NDArray[Any] | None = None,
+) -> SplitResult:
     """Split rows according to ``spec.split``; ``y`` is the (already encoded) label.
+
+    ``groups`` holds the ``split.group`` column per row (random splits only).
 
     Raises :class:`LoopmlError` for too little time span, an empty split or a
     binary train split holding a single class.
@@ -92,6 +107,9 @@ def split_rows(spec: Spec, y: npt.NDArray[Any], timestamps: npt.NDArray[np.datet
         if timestamps is None:
             raise LoopmlError("split.method: 'time' needs a timestamp column on the label source; use method: random")
         result = time_split(timestamps, spec.split.train_days, spec.split.valid_days, spec.split.test_days, _gap(spec))
+    elif groups is not None:
+        result = group_split(len(y), spec.split.valid_fraction, spec.split.test_fraction, spec.model.seed, groups)
+        check_entity_leakage(result, groups, spec.split.group or "group")
     else:
         result = random_split(
             len(y), spec.split.valid_fraction, spec.split.test_fraction, spec.model.seed, y if spec.task == "binary" else None
@@ -204,3 +222,127 @@ def check_two_classes(result: SplitResult, y: npt.NDArray[Any]) -> None:
             f"split: train split ({result.bounds['train'].label()}) has only label {only}; "
             "a binary model needs both classes (widen split.train_days or check label.positive)"
         )
+
+
+def group_split(n: int, valid_fraction: float, test_fraction: float, seed: int, groups: npt.NDArray[Any]) -> SplitResult:
+    """Seeded random split by group: every group's rows land in exactly one split."""
+    if valid_fraction + test_fraction >= 1:
+        raise LoopmlError(
+            f"split: valid_fraction {valid_fraction:g} + test_fraction {test_fraction:g} must leave rows for training (sum < 1)"
+        )
+    if len(groups) != n:
+        raise LoopmlError(f"split: {len(groups)} group values for {n} rows")
+    all_rows = np.arange(n, dtype=np.int64)
+    if len(np.unique(groups)) < 3:
+        raise LoopmlError(f"split: a group split needs at least 3 distinct groups, got {len(np.unique(groups))}")
+    rest, test = next(GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed).split(all_rows, groups=groups))
+    inner = GroupShuffleSplit(n_splits=1, test_size=valid_fraction / (1 - test_fraction), random_state=seed)
+    train_pos, valid_pos = next(inner.split(rest, groups=groups[rest]))
+    parts = {"train": np.sort(rest[train_pos]), "valid": np.sort(rest[valid_pos]), "test": np.sort(test)}
+    for name, idx in parts.items():
+        if len(idx) == 0:
+            raise LoopmlError(f"split: {name} split is empty ({n} rows in total); add data or change split.*_fraction")
+    bounds = {name: SplitBounds(rows=len(idx)) for name, idx in parts.items()}
+    return SplitResult(
+        "random", parts["train"].astype(np.int64), parts["valid"].astype(np.int64), parts["test"].astype(np.int64), bounds
+    )
+
+
+def check_entity_leakage(result: SplitResult, groups: npt.NDArray[Any], column: str) -> None:
+    """Raise when one value of ``column`` has rows in two splits."""
+    seen: dict[str, set[Any]] = {name: set(np.unique(groups[result.indices(name)]).tolist()) for name in SPLITS}
+    for i, first in enumerate(SPLITS):
+        for second in SPLITS[i + 1 :]:
+            shared = seen[first] & seen[second]
+            if shared:
+                example = sorted(shared, key=str)[0]
+                raise LoopmlError(
+                    f"split: {column} {example!r} (and {len(shared) - 1} more) has rows in both the {first} and {second} splits"
+                )
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold: training and evaluation rows (sorted, disjoint)."""
+
+    train: IndexArray
+    test: IndexArray
+    bounds: dict[str, SplitBounds]
+
+
+def kfold_splits(
+    n: int, k: int, seed: int, stratify: npt.NDArray[Any] | None = None, groups: npt.NDArray[Any] | None = None
+) -> list[Fold]:
+    """k folds for data without time: grouped when ``groups`` is given, else stratified when ``stratify`` is."""
+    if k < 2:
+        raise LoopmlError(f"split: k-fold needs k >= 2, got {k}")
+    rows = np.arange(n, dtype=np.int64)
+    splitter: Any
+    try:
+        if groups is not None:
+            splitter = GroupKFold(n_splits=k).split(rows, groups=groups)
+        elif stratify is not None:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, stratify)
+        else:
+            splitter = KFold(n_splits=k, shuffle=True, random_state=seed).split(rows)
+        folds = list(splitter)
+    except ValueError as exc:
+        raise LoopmlError(f"split: cannot make {k} folds of {n} row(s): {exc}") from None
+    return [
+        Fold(
+            np.sort(train).astype(np.int64),
+            np.sort(test).astype(np.int64),
+            {"train": SplitBounds(len(train)), "test": SplitBounds(len(test))},
+        )
+        for train, test in folds
+    ]
+
+
+def rolling_origin_splits(
+    timestamps: npt.NDArray[np.datetime64],
+    train_days: float,
+    test_days: float,
+    gap: timedelta,
+    step_days: float | None = None,
+    folds: int | None = None,
+) -> list[Fold]:
+    """Prequential folds: ``[origin - gap - train_days, origin - gap)`` trains, ``[origin, origin + test_days)`` tests.
+
+    The first origin is the earliest day that leaves ``train_days + gap`` of
+    history; origins then advance by ``step_days`` (default ``test_days``)
+    while a full test window fits; ``folds`` keeps the latest that many.
+    """
+    ts = timestamps.astype("datetime64[us]")
+    if len(ts) == 0 or np.isnat(ts).any():
+        raise LoopmlError("split: rolling-origin validation needs a timestamp on every row")
+    first = ts.min().astype("datetime64[D]").astype("datetime64[us]")
+    end = (ts.max().astype("datetime64[D]") + _DAY).astype("datetime64[us]")
+    gap_td = np.timedelta64(int(gap.total_seconds() * 1_000_000), "us")
+    step = _days(step_days if step_days is not None else test_days)
+    if step <= np.timedelta64(0, "us"):
+        raise LoopmlError("split: rolling-origin step_days must be positive")
+    origins = []
+    origin = first + _days(train_days) + gap_td
+    while origin + _days(test_days) <= end:
+        origins.append(origin)
+        origin = origin + step
+    if folds is not None:
+        origins = origins[-folds:]
+    if not origins:
+        span = float((end - first) / _DAY)
+        raise LoopmlError(
+            f"split: the data spans {span:g} days but one rolling-origin fold needs "
+            f"{train_days:g} + gap {gap.total_seconds() / 86_400:g} + {test_days:g} days"
+        )
+    out = []
+    for origin in origins:
+        train_start, train_end = origin - gap_td - _days(train_days), origin - gap_td
+        test_end = origin + _days(test_days)
+        train = np.flatnonzero((ts >= train_start) & (ts < train_end)).astype(np.int64)
+        test = np.flatnonzero((ts >= origin) & (ts < test_end)).astype(np.int64)
+        bounds = {
+            "train": SplitBounds(len(train), train_start, train_end),
+            "test": SplitBounds(len(test), origin, test_end),
+        }
+        out.append(Fold(train, test, bounds))
+    return out
