@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from loopml.registry import (
     evaluate_gate,
     open_registry,
 )
+from loopml.registry.postgres import PostgresRegistry
+from loopml.serve.runner import free_port
 from loopml.spec.model import Spec
 from loopml.train.artifact import LinearModel, LinearPredictor, Predictor, sha256_file
 
@@ -33,15 +34,20 @@ SIGNATURE = [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}]
 REFERENCE = {"bins": 10, "features": {"a": {"edges": [0.0], "fractions": [0.5, 0.5, 0.0]}}}
 
 # -- backends ---------------------------------------------------------------------------
-# Every backend gets the same contract tests; a PostgreSQL factory joins this dict later.
-BACKENDS: dict[str, Callable[[Path], Registry]] = {
-    "sqlite": lambda tmp: SqliteRegistry(tmp / "state" / "registry.sqlite", tmp / "state" / "artifacts"),
-}
+# Every backend gets the same contract tests: SQLite in a file, PostgreSQL on a real
+# server started for the session (tests/postgres_server.py), one empty database per test.
+BACKENDS = ("postgres", "sqlite")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+def make_registry(backend: str, request: pytest.FixtureRequest, tmp: Path) -> SqliteRegistry:
+    if backend == "postgres":
+        return PostgresRegistry(request.getfixturevalue("postgres_url"), tmp / "state" / "artifacts")
+    return SqliteRegistry(tmp / "state" / "registry.sqlite", tmp / "state" / "artifacts")
+
+
+@pytest.fixture(params=BACKENDS)
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
-    return BACKENDS[request.param](tmp_path)
+    return make_registry(request.param, request, tmp_path)
 
 
 def linear_artifact(folder: Path, coef: tuple[float, float] = (1.0, -1.0), name: str = "model.json") -> Path:
@@ -113,8 +119,13 @@ def test_tampered_artifact_is_refused(registry: Registry, tmp_path: Path) -> Non
     with pytest.raises(LoopmlError, match="does not match the registry's"):
         registry.load_predictor(1)
     path.unlink()
-    with pytest.raises(LoopmlError, match="cannot read model artifact"):
-        registry.load_predictor(1)
+    if isinstance(registry, PostgresRegistry):
+        # a host without the file fetches the database's copy, checked against the same hash
+        assert registry.load_predictor(1).predict(np.array([[1.0, 2.0]])).shape == (1,)
+        assert path.is_file()
+    else:
+        with pytest.raises(LoopmlError, match="cannot read model artifact"):
+            registry.load_predictor(1)
 
 
 def test_aliases_and_history(registry: Registry, tmp_path: Path) -> None:
@@ -194,9 +205,13 @@ _CRASH = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
+    from loopml.registry.postgres import PostgresRegistry
     from loopml.registry.store import SqliteRegistry
 
-    registry = SqliteRegistry(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1].startswith("postgresql://"):
+        registry = PostgresRegistry(sys.argv[1], Path(sys.argv[2]))
+    else:
+        registry = SqliteRegistry(Path(sys.argv[1]), Path(sys.argv[2]))
     staged = registry._stage(Path(sys.argv[3]), "linear")
     if sys.argv[4] == "after-stage":
         os._exit(1)
@@ -208,13 +223,17 @@ _CRASH = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("moment", ["after-stage", "after-rename"])
-def test_crash_mid_register_leaves_a_consistent_registry(tmp_path: Path, moment: str) -> None:
-    registry = SqliteRegistry(tmp_path / "registry.sqlite", tmp_path / "artifacts")
+def test_crash_mid_register_leaves_a_consistent_registry(
+    request: pytest.FixtureRequest, tmp_path: Path, moment: str, backend: str
+) -> None:
+    registry = make_registry(backend, request, tmp_path)
+    where = registry.url if isinstance(registry, PostgresRegistry) else str(registry.path)
     register(registry, tmp_path, (1.0, 1.0))
     artifact = linear_artifact(tmp_path, (5.0, 5.0), name="crash.json")
     proc = subprocess.run(
-        [sys.executable, "-c", _CRASH, str(registry.path), str(registry.artifacts), str(artifact), moment],
+        [sys.executable, "-c", _CRASH, where, str(registry.artifacts), str(artifact), moment],
         capture_output=True,
         text=True,
         timeout=60,
@@ -228,8 +247,39 @@ def test_crash_mid_register_leaves_a_consistent_registry(tmp_path: Path, moment:
         registry.load_predictor(version.version)
     assert register(registry, tmp_path, (5.0, 5.0)) == 2  # the version number is reused, the file is fine
     assert registry.load_predictor(2).predict(np.array([[1.0, 1.0]])).shape == (1,)
-    with sqlite3.connect(registry.path) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if backend == "sqlite":
+        with sqlite3.connect(registry.path) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_postgres_unreachable_is_one_clear_line(tmp_path: Path) -> None:
+    registry = PostgresRegistry(f"postgresql://u:secret@127.0.0.1:{free_port()}/x", tmp_path)
+    with pytest.raises(LoopmlError, match=r"^registry postgresql://u:\*\*\*@127\.0\.0\.1:\d+/x: cannot connect") as err:
+        registry.list()
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_two_processes_registering_at_once_get_distinct_versions(postgres_url: str, tmp_path: Path) -> None:
+    first = PostgresRegistry(postgres_url, tmp_path / "a")
+    second = PostgresRegistry(postgres_url, tmp_path / "b")
+    register(first, tmp_path)
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from loopml.registry.postgres import PostgresRegistry
+        registry = PostgresRegistry(sys.argv[1], Path(sys.argv[2]))
+        for _ in range(5):
+            registry.register(Path(sys.argv[3]), "linear", {}, {}, [{"name": "a", "type": "float"}], {})
+        """
+    )
+    artifact = linear_artifact(tmp_path, (2.0, 2.0), name="both.json")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, postgres_url, str(tmp_path / name), str(artifact)]) for name in ("a", "b")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert [v.version for v in second.list()] == list(range(1, 12))
+    assert second.load_predictor(1).predict(np.array([[1.0, 2.0]])).shape == (1,)  # fetched from the database
 
 
 def test_open_registry_uses_the_spec_backend(tmp_path: Path) -> None:
@@ -243,6 +293,28 @@ def test_open_registry_uses_the_spec_backend(tmp_path: Path) -> None:
     )
     registry = open_registry(spec, Layout.for_project(tmp_path, spec))
     assert isinstance(registry, SqliteRegistry) and registry.path == tmp_path.resolve() / ".loopml" / "registry.sqlite"
+
+
+def test_open_registry_postgres_from_spec_or_environment(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = {
+        "project": "p",
+        "entities": {},
+        "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
+        "label": {"source": "s", "column": "y"},
+        "storage": {"registry": "postgres"},
+    }
+    spec = Spec.model_validate(raw)
+    monkeypatch.delenv("LOOPML_REGISTRY_URL", raising=False)
+    with pytest.raises(LoopmlError, match=r"storage\.registry_url: the postgres registry needs a URL"):
+        open_registry(spec, Layout.for_project(tmp_path, spec))
+    monkeypatch.setenv("LOOPML_REGISTRY_URL", postgres_url)
+    registry = open_registry(spec, Layout.for_project(tmp_path, spec))
+    assert isinstance(registry, PostgresRegistry) and registry.list() == []
+    monkeypatch.delenv("LOOPML_REGISTRY_URL")
+    spec = Spec.model_validate({**raw, "storage": {"registry": "postgres", "registry_url": postgres_url}})
+    assert register(open_registry(spec, Layout.for_project(tmp_path, spec)), tmp_path) == 1
 
 
 # -- artifacts --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
@@ -88,6 +88,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class Connection(Protocol):
+    """What the registry needs of a DB-API connection: ``sqlite3`` as is, psycopg through an adapter."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class StagedArtifact:
     """An artifact copied into the artifacts folder under a temporary name, with its hash."""
@@ -103,6 +111,7 @@ class SqliteRegistry:
     def __init__(self, path: Path, artifacts: Path) -> None:
         self.path = path
         self.artifacts = artifacts
+        self.where = str(path)  # names the registry in error messages
 
     @classmethod
     def for_layout(cls, layout: Layout) -> SqliteRegistry:
@@ -110,18 +119,18 @@ class SqliteRegistry:
 
     # -- connection and transactions -------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             con.execute("PRAGMA foreign_keys = ON")
             con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise LoopmlError(f"{self.path}: cannot open the model registry ({exc})") from None
+            raise LoopmlError(f"{self.where}: cannot open the model registry ({exc})") from None
         return con
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Connection]:
         """One write transaction holding the database lock; rolled back on any error."""
         with closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE")
@@ -147,7 +156,7 @@ class SqliteRegistry:
         return StagedArtifact(tmp, sha256_file(tmp), kind)
 
     @staticmethod
-    def _next_version(con: sqlite3.Connection) -> int:
+    def _next_version(con: Connection) -> int:
         row = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions").fetchone()
         return int(row[0])
 
@@ -185,9 +194,13 @@ class SqliteRegistry:
                     " reference_stats, tags, run_id, gate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                     (version, _now(), kind, final.name, staged.sha256, *encoded, run_id),
                 )
+                self._store_artifact(con, final)
         finally:
             staged.path.unlink(missing_ok=True)
         return self.get(version)
+
+    def _store_artifact(self, con: Connection, final: Path) -> None:
+        """Keep a copy of the artifact in the database (the SQLite registry keeps files only)."""
 
     def orphans(self) -> builtins.list[Path]:
         """Files in the artifacts folder that no version row points at (left by a crash)."""
@@ -216,18 +229,18 @@ class SqliteRegistry:
             tags=json.loads(tags),
         )
 
-    def _aliases(self, con: sqlite3.Connection) -> dict[int, builtins.list[str]]:
+    def _aliases(self, con: Connection) -> dict[int, builtins.list[str]]:
         out: dict[int, builtins.list[str]] = {}
         for name, version in con.execute("SELECT name, version FROM aliases ORDER BY name"):
             out.setdefault(int(version), []).append(name)
         return out
 
-    def _get(self, con: sqlite3.Connection, version: int) -> ModelVersion:
+    def _get(self, con: Connection, version: int) -> ModelVersion:
         row = con.execute(f"SELECT {_COLUMNS} FROM versions WHERE version = ?", (version,)).fetchone()
         if row is None:
             count = con.execute("SELECT COUNT(*), MIN(version), MAX(version) FROM versions").fetchone()
             known = f"versions {count[1]}..{count[2]}" if count[0] else "the registry is empty"
-            raise LoopmlError(f"{self.path}: model version {version} does not exist ({known})")
+            raise LoopmlError(f"{self.where}: model version {version} does not exist ({known})")
         return self._row_to_version(row, self._aliases(con).get(version, []))
 
     def get(self, version: int) -> ModelVersion:
@@ -266,7 +279,7 @@ class SqliteRegistry:
 
     # -- aliases and gate ---------------------------------------------------------------
 
-    def _move(self, con: sqlite3.Connection, name: str, version: int, action: str, reason: str) -> None:
+    def _move(self, con: Connection, name: str, version: int, action: str, reason: str) -> None:
         row = con.execute("SELECT version FROM aliases WHERE name = ?", (name,)).fetchone()
         previous = None if row is None else int(row[0])
         now = _now()
@@ -300,9 +313,9 @@ class SqliteRegistry:
                 else:
                     stack.append(int(version))
             if not stack:
-                raise LoopmlError(f"{self.path}: alias {alias!r} is not set; nothing to roll back")
+                raise LoopmlError(f"{self.where}: alias {alias!r} is not set; nothing to roll back")
             if len(stack) < 2:
-                raise LoopmlError(f"{self.path}: alias {alias!r} (v{stack[-1]}) has no previous holder to roll back to")
+                raise LoopmlError(f"{self.where}: alias {alias!r} (v{stack[-1]}) has no previous holder to roll back to")
             target = stack[-2]
             self._move(con, alias, target, "rollback", f"rollback from v{stack[-1]}")
             return self._get(con, target)
@@ -313,12 +326,13 @@ class SqliteRegistry:
             con.execute("UPDATE versions SET gate = ? WHERE version = ?", (_dumps(verdict.to_json(), "gate verdict"), version))
 
 
-BACKENDS = {"sqlite": SqliteRegistry.for_layout}
-
-
 def open_registry(spec: Spec, layout: Layout) -> Registry:
     """The registry backend named by ``storage.registry``."""
-    factory = BACKENDS.get(spec.storage.registry)
-    if factory is None:
-        raise LoopmlError(f"storage.registry: unknown backend {spec.storage.registry!r} (choices: {', '.join(BACKENDS)})")
-    return factory(layout)
+    if spec.storage.registry == "postgres":
+        from loopml.registry.postgres import PostgresRegistry
+
+        url = os.environ.get("LOOPML_REGISTRY_URL") or spec.storage.registry_url
+        if not url:
+            raise LoopmlError("storage.registry_url: the postgres registry needs a URL (or set LOOPML_REGISTRY_URL)")
+        return PostgresRegistry(url, layout.artifacts)
+    return SqliteRegistry.for_layout(layout)

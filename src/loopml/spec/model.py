@@ -207,7 +207,9 @@ class Gate(_Strict):
 class Storage(_Strict):
     root: str = ".loopml"
     online: Literal["sqlite"] = "sqlite"
-    registry: Literal["sqlite"] = "sqlite"
+    registry: Literal["sqlite", "postgres"] = "sqlite"
+    #: PostgreSQL registry: a libpq URL; ``${VAR}`` is not expanded, use ``LOOPML_REGISTRY_URL`` to keep secrets out of the file
+    registry_url: str | None = None
     prediction_log: Literal["duckdb"] = "duckdb"
 
 
