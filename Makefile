@@ -12,7 +12,7 @@ APT    := $(shell command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && ech
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[redis,postgres,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[redis,postgres,xgboost,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,7 +16,7 @@ from loopml.project import Project
 from loopml.scaffold import init_example
 
 # Real servers for backend tests, started on demand on free loopback ports (fixtures in these modules).
-pytest_plugins = ("postgres_server",)
+pytest_plugins = ("postgres_server", "servers")
 
 SMALL_WORLD = {"days": 75, "customers": 800, "terminals": 1600, "seed": 3, "live_days": 10}
 

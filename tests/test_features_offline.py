@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import statistics
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,10 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from loopml.cli import app
 from loopml.errors import DataError, LoopmlError
 from loopml.features import apply_transforms, build_training_set, feature_columns, point_in_time_join
 from loopml.features.join import connect, register_source
+from loopml.features.offline import build_spine_training_set
+from loopml.project import Project
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
 
@@ -25,6 +31,11 @@ START = (datetime(2025, 4, 1) - EPOCH) // timedelta(microseconds=1)
 FRAUD_YAML = Path(__file__).resolve().parents[1] / "src" / "loopml" / "datasets" / "fraud.yaml"
 
 # --------------------------------------------------------------------------- helpers
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
 
 
 def events_table(n: int, seed: int, null_rate: float = 0.15) -> pa.Table:
@@ -529,3 +540,351 @@ def test_existing_output_is_replaced_whole(tmp_path: Path) -> None:
     path = write(events_table(20, seed=9), tmp_path / "e.parquet")
     result = build_training_set(simple_spec(), {"events": path}, out)
     assert pq.read_table(out).num_rows == result.rows == 20
+
+
+# --------------------------------------------------------------------------- string request features
+
+
+def test_string_request_features_are_text_columns_not_model_inputs(tmp_path: Path) -> None:
+    table = events_table(30, seed=12)  # shop is a string column, flag an int one
+    spec = make_spec(
+        {"u": view("user", ["count"], ["1h"])},
+        request={"shop": {"type": "string"}, "flag": {"type": "string"}, "amount": {"type": "float"}},
+    )
+    out = build(tmp_path, spec, table)
+    assert feature_columns(spec) == ["u_count_1h", "amount"]
+    assert out.schema.field("shop").type == pa.string() and out.schema.field("flag").type == pa.string()
+    assert out.column("shop").to_pylist() == table.column("shop").to_pylist()
+    assert out.column("flag").to_pylist() == [str(v) for v in table.column("flag").to_pylist()]
+    with pytest.raises(DataError, match=r"column 'merchant' is missing \(needed by features.request\)"):
+        build(tmp_path, make_spec({}, request={"merchant": {"type": "string"}}), table)
+
+
+# --------------------------------------------------------------------------- null indicator
+
+
+def test_null_indicator_marks_no_history_out_of_window_and_expired_ttl(tmp_path: Path) -> None:
+    # user 1: events at 0, 10 and 100 minutes; one spine row per event plus user 2 with no history
+    table = small_table([START, START + 10 * MINUTE, START + 100 * MINUTE, START], [1.0, 2.0, 4.0, 8.0], user=[1, 1, 1, 2])
+    views = {
+        "u": view("user", ["count", "sum"], ["30m", "1h"], ttl="5m", indicator=True),
+        "v": view("user", ["sum"], ["1h"]),
+        "w": view("user", ["sum"], ["1h"], indicator=False),
+    }
+    spec = make_spec(views, default=-1.0).model_copy(update={})
+    spec = Spec.model_validate(spec.model_dump() | {"features": spec.features.model_dump() | {"null_indicators": True}})
+    assert feature_columns(spec) == [
+        "u_count_30m",
+        "u_amount_sum_30m",
+        "u_count_1h",
+        "u_amount_sum_1h",
+        "u_missing",
+        "v_amount_sum_1h",
+        "v_missing",
+        "w_amount_sum_1h",
+    ]
+    out = build(tmp_path, spec, table)
+    # row 0: nothing before; row 1: the event at 0 is 10 min old > ttl 5m; row 2: 90 min > the 1h window; row 3: new user
+    assert out.column("u_missing").to_pylist() == [1.0, 1.0, 1.0, 1.0]
+    assert out.column("u_count_1h").to_pylist() == [0.0, 0.0, 0.0, 0.0]  # ttl expired: the missing values
+    assert out.column("v_missing").to_pylist() == [1.0, 0.0, 1.0, 1.0]  # no ttl: row 1 sees the event 10 min ago
+    assert out.column("v_amount_sum_1h").to_pylist() == [0.0, 1.0, 0.0, 0.0]
+    assert "w_missing" not in out.column_names
+
+
+# --------------------------------------------------------------------------- spine files
+
+
+def test_spine_in_any_order_gets_the_training_rows_of_the_same_moments(tmp_path: Path) -> None:
+    table = events_table(150, seed=13, null_rate=0.0)
+    spec = make_spec(
+        {"u": view("user", ALL_FUNCTIONS, ["30m", "2h"], delay="5m", ttl="1h"), "s": view("shop", ["count", "mean"], ["1h"])},
+        request={"amount": {"type": "float"}, "ts": {"type": "timestamp"}, "shop": {"type": "string"}},
+        transforms={"hour": {"op": "hour", "inputs": ["ts"]}},
+    )
+    path = write(table, tmp_path / "events.parquet")
+    train = pq.read_table(build_training_set(spec, {"events": path}, tmp_path / "train.parquet").path)
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    spine = table.select(["user_id", "shop", "ts", "amount", "flag"]).take(order)
+    write(spine, tmp_path / "spine.parquet")
+    progress: list[tuple[str, float]] = []
+    result = build_spine_training_set(
+        spec, {"events": path}, tmp_path / "spine.parquet", tmp_path / "s.parquet", progress=lambda m, f: progress.append((m, f))
+    )
+    out = pq.read_table(result.path)
+    assert result.rows == out.num_rows == table.num_rows and result.filled == ()
+    assert progress[0] == ("features: reading the spine", 0.0) and progress[-1] == ("features: writing", 1.0)
+    assert out.column_names == ["user_id", "shop", "ts", "amount", "flag", *[f for f in feature_columns(spec) if f != "amount"]]
+    expected = train.take(order)
+    for name in feature_columns(spec):
+        np.testing.assert_allclose(out.column(name).to_numpy(), expected.column(name).to_numpy(), rtol=1e-12, err_msg=name)
+
+
+def test_csv_spine_with_text_keys_and_request_features_it_lacks(tmp_path: Path) -> None:
+    table = small_table([START, START + MINUTE, START + 2 * MINUTE], [1.0, 2.0, 4.0], user=[7, 7, 8])
+    spec = make_spec(
+        {"u": view("user", ["count", "sum"], ["1h"])},
+        request={"ts": {"type": "timestamp"}, "amount": {"type": "float"}, "shop": {"type": "string"}},
+        transforms={"hour": {"op": "hour", "inputs": ["ts"]}, "l": {"op": "log1p", "inputs": ["amount"]}},
+    )
+    path = write(table, tmp_path / "events.parquet")
+    (tmp_path / "spine.csv").write_text('user_id,when,label\n"7",2025-04-01 03:00:00,1\n7,2025-04-01 00:01:00,0\n9,,1\n')
+    result = build_spine_training_set(spec, {"events": path}, tmp_path / "spine.csv", tmp_path / "out.parquet", spine_time="when")
+    out = pq.read_table(result.path)
+    assert result.filled == ("ts", "amount", "shop")
+    assert out.column_names[:6] == ["user_id", "when", "label", "ts", "amount", "shop"]
+    assert out.column("u_count_1h").to_pylist() == [0.0, 1.0, 0.0]  # 03:00 is 3 h after the events; 00:01 sees 00:00 only
+    assert out.column("u_amount_sum_1h").to_pylist() == [0.0, 1.0, 0.0]
+    assert out.column("hour").to_pylist() == [3.0, 0.0, 0.0]  # the request time is the spine's time; none -> default
+    assert out.column("l").to_pylist() == [0.0, 0.0, 0.0]  # amount is not in the spine: NULL -> default
+    assert out.column("shop").to_pylist() == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("content", "time", "message"),
+    [
+        (
+            "when,label\n2025-04-01,1\n",
+            "when",
+            r"spine\.csv: column 'user_id' is missing \(needed as the entity key of features\.views\.u",
+        ),
+        ("user_id,label\n1,1\n", "ts", r"spine\.csv: column 'ts' is missing \(needed as the spine's time, --spine-time"),
+        (
+            "user_id,ts\n1,2025-04-01 00:00:00\n2,yesterday\n",
+            "ts",
+            r"spine\.csv: row 2: column 'ts' value 'yesterday' is not a TIMESTAMP",
+        ),
+        ("user_id,ts\n1,2025-04-01\nx1,2025-04-02\n", "ts", r"spine\.csv: row 2: column 'user_id' value 'x1' is not a BIGINT"),
+        ("user_id,ts\n1,7\n", "ts", r"spine\.csv: time column 'ts' has type BIGINT; expected TIMESTAMP or DATE"),
+        ("", "ts", r"spine\.csv: the file is empty"),
+        ("user_id,ts,__rid\n1,2025-04-01,3\n", "ts", r"spine\.csv: column '__rid' is reserved"),
+    ],
+)
+def test_bad_spine_files_are_one_line_errors_and_write_nothing(tmp_path: Path, content: str, time: str, message: str) -> None:
+    path = write(small_table([START], [1.0]), tmp_path / "events.parquet")
+    (tmp_path / "spine.csv").write_text(content)
+    out = tmp_path / "out" / "spine.parquet"
+    with pytest.raises(DataError, match=message) as info:
+        build_spine_training_set(simple_spec(), {"events": path}, tmp_path / "spine.csv", out, spine_time=time)
+    assert "\n" not in str(info.value)
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no output, no temp files
+
+
+# --------------------------------------------------------------------------- projects: check, ingest, CLI
+
+PROJECT_SPEC = """\
+project: shop
+entities:
+  customer: {key: customer_id}
+sources:
+  orders:
+    path: orders.csv
+    timestamp: ts
+    columns:
+      order_id: {type: int}
+      ts: {type: timestamp, severity: warn}
+      customer_id: {type: int}
+      amount: {type: float}
+      returned: {type: int}
+label: {source: orders, column: returned, delay: 1d}
+features:
+  null_indicators: true
+  request:
+    amount: {type: float}
+  views:
+    customer:
+      entity: customer
+      source: orders
+      ttl: 2d
+      aggregations:
+        - {column: amount, functions: [count, sum, max, last], windows: [1h, 1d]}
+    returns:
+      entity: customer
+      source: orders
+      delay: 1d
+      indicator: false
+      aggregations:
+        - {column: returned, functions: [mean], windows: [30d]}
+  transforms:
+    band: {op: bucket, inputs: [amount], edges: [10, 100]}
+"""
+
+
+def project(tmp_path: Path, orders: str, spec: str = PROJECT_SPEC) -> Path:
+    folder = tmp_path / "p"
+    folder.mkdir(parents=True)
+    (folder / "loopml.yaml").write_text(spec)
+    (folder / "orders.csv").write_text(orders)
+    return folder
+
+
+def test_rows_with_bad_timestamps_never_reach_a_window(tmp_path: Path) -> None:
+    good = [
+        "1,2025-04-01 09:00:00,7,20.0,0",
+        "2,2025-04-01 09:10:00,7,30.0,1",
+        "3,2025-04-01 09:20:00,7,40.0,0",
+        "4,2025-04-02 10:00:00,7,50.0,0",
+    ]
+    bad = ["5,not a time,7,1000000.0,1", "6,,7,2000000.0,1", "7,2025-02-30 09:15:00,7,3000000.0,1"]
+    header = "order_id,ts,customer_id,amount,returned\n"
+    folder = project(tmp_path, header + "\n".join(good[:2] + bad + good[2:]) + "\n")
+    clean = project(tmp_path / "clean", header + "\n".join(good) + "\n")
+    results = []
+    for f in (folder, clean):
+        p = Project.load(f)
+        ingested = p.ingest()
+        results.append(pq.read_table(p.build_features().path))
+        assert ingested.rows_quarantined == (3 if f == folder else 0)
+    with_bad, without = results
+    assert with_bad.num_rows == without.num_rows == 4  # the bad rows are not events, nor training rows
+    assert with_bad.equals(without)
+    amounts = [v for name in feature_columns(Project.load(folder).spec) for v in with_bad.column(name).to_pylist()]
+    assert max(amounts) < 1000  # no window ever saw the huge amounts of the bad rows
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "at", "key", "words"),
+    [
+        (
+            "delay: 1d\n      indicator",
+            "delay: 12h\n      indicator",
+            "delay: 12h",
+            "features.views.returns.delay",
+            "label.delay 1d",
+        ),
+        (
+            "{column: returned, functions",
+            "{column: returnd, functions",
+            "- {column: returnd",
+            "features.views.returns.aggregations.0.column",
+            "returnd",
+        ),
+        ("source: orders\n      ttl", "source: order\n      ttl", "source: order", "features.views.customer.source", "'order'"),
+        (
+            "amount: {type: float}\n  views",
+            "amount_usd: {type: float}\n  views",
+            "amount_usd:",
+            "features.request.amount_usd",
+            "label source",
+        ),
+        (
+            "inputs: [amount], edges",
+            "inputs: [returns_missing], edges",
+            "band:",
+            "features.transforms.band.inputs",
+            "returns_missing",
+        ),
+        ("ttl: 2d", "ttl: 0s", "ttl: 0s", "features.views.customer.ttl", "must be positive"),
+    ],
+)
+def test_check_names_the_key_and_line_of_bad_feature_definitions(
+    tmp_path: Path, old: str, new: str, at: str, key: str, words: str
+) -> None:
+    assert old in PROJECT_SPEC
+    text = PROJECT_SPEC.replace(old, new)
+    folder = project(tmp_path, "order_id,ts,customer_id,amount,returned\n", text)
+    code, out, err = invoke("check", "--project", str(folder))
+    assert code == 1 and out == ""
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.strip().startswith(at))
+    assert any(f"loopml.yaml:{line}: {key}: " in t and words in t for t in err.strip().splitlines()), err
+
+
+def test_check_accepts_a_null_indicator_as_a_transform_input(tmp_path: Path) -> None:
+    text = PROJECT_SPEC.replace("inputs: [amount], edges", "inputs: [customer_missing], edges")
+    code, _, err = invoke("check", "--project", str(project(tmp_path, "order_id,ts,customer_id,amount,returned\n", text)))
+    assert code == 0, err
+
+
+def test_features_list_json_is_the_catalogue(tmp_path: Path) -> None:
+    folder = project(tmp_path, "order_id,ts,customer_id,amount,returned\n1,2025-04-01 09:00:00,7,20.0,0\n")
+    code, out, err = invoke("features", "list", "--json", "--project", str(folder))
+    assert code == 0, err
+    before = json.loads(out)["features"]
+    assert {e["freshness"]["latest_event"] for e in before} == {None}  # nothing ingested yet
+    invoke("ingest", "--project", str(folder))
+    code, out, err = invoke("features", "list", "--json", "--project", str(folder))
+    assert code == 0, err
+    catalog = json.loads(out)["features"]
+    spec = Project.load(folder).spec
+    assert [e["name"] for e in catalog] == feature_columns(spec)
+    by_name = {e["name"]: e for e in catalog}
+    assert set(by_name["customer_amount_max_1d"]) == {
+        "name",
+        "kind",
+        "view",
+        "entity",
+        "source",
+        "definition",
+        "in_model",
+        "freshness",
+    }
+    assert by_name["customer_amount_max_1d"]["definition"] == {
+        "function": "max",
+        "column": "amount",
+        "window": "1d",
+        "delay": "0s",
+        "ttl": "2d",
+    }
+    assert by_name["customer_count_1h"]["definition"]["column"] is None
+    assert by_name["returns_returned_mean_30d"]["definition"]["delay"] == "1d"
+    assert by_name["customer_missing"]["kind"] == "indicator" and by_name["customer_missing"]["definition"]["window"] == "1d"
+    assert by_name["band"]["definition"] == {"op": "bucket", "inputs": ["amount"], "edges": [10.0, 100.0]}
+    assert by_name["amount"]["kind"] == "request" and by_name["amount"]["view"] is None
+    assert by_name["customer_count_1h"]["view"] == "customer" and by_name["customer_count_1h"]["entity"] == "customer"
+    assert all(e["freshness"]["latest_event"] == "2025-04-01T09:00:00" for e in catalog)
+    assert all(e["freshness"]["materialized_at"] is None for e in catalog)  # never materialized
+    code, out, _ = invoke("features", "list", "--project", str(folder))
+    assert code == 0 and "customer_amount_max_1d" in out
+
+
+def test_features_build_spine_from_the_command_line(tmp_path: Path) -> None:
+    folder = project(tmp_path, "order_id,ts,customer_id,amount,returned\n1,2025-04-01 09:00:00,7,20.0,0\n")
+    invoke("ingest", "--project", str(folder))
+    (folder / "spine.csv").write_text("customer_id,ts,amount\n7,2025-04-01 09:30:00,5\n8,2025-04-01 09:30:00,50\n")
+    out_file = folder / "out.parquet"
+    code, out, err = invoke(
+        "features", "build", "--spine", "spine.csv", "--output", str(out_file), "--json", "--project", str(folder)
+    )
+    assert code == 1 and out == "" and "spine.csv: no such file" in err  # relative to the current folder, said clearly
+    spine = str(folder / "spine.csv")
+    code, out, err = invoke("features", "build", "--spine", spine, "--output", str(out_file), "--json", "--project", str(folder))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["rows"] == 2 and data["filled"] == [] and data["path"] == str(out_file)
+    table = pq.read_table(out_file)
+    assert table.column("customer_amount_last_1h").to_pylist() == [20.0, 0.0]
+    assert table.column("customer_missing").to_pylist() == [0.0, 1.0]
+    assert table.column("band").to_pylist() == [0.0, 1.0]
+    (folder / "spine.csv").write_text("customer,ts\n7,2025-04-01 09:30:00\n")
+    out_file.unlink()
+    code, out, err = invoke("features", "build", "--spine", spine, "--output", str(out_file), "--project", str(folder))
+    assert code == 1 and out == ""
+    why = "needed as the entity key of features.views.customer; found: customer, ts"
+    assert err.strip() == f"error: {spine}: column 'customer_id' is missing ({why})"
+    assert not out_file.exists()
+
+
+# --------------------------------------------------------------------------- docs/features.md
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "features.md"
+
+
+def test_the_example_of_docs_features_md_runs_as_written(tmp_path: Path) -> None:
+    blocks = dict(re.findall(r"<!-- example: (\S+) -->\n```\w+\n(.*?)```", DOCS.read_text(), re.S))
+    assert set(blocks) == {"loopml.yaml", "orders.csv", "spine.csv", "expected.csv"}
+    for name in ("loopml.yaml", "orders.csv", "spine.csv"):
+        (tmp_path / name).write_text(blocks[name])
+    assert invoke("ingest", "--project", str(tmp_path))[0] == 0
+    out = tmp_path / "features.parquet"
+    code, _, err = invoke(
+        "features", "build", "--spine", str(tmp_path / "spine.csv"), "--output", str(out), "--project", str(tmp_path)
+    )
+    assert code == 0, err
+    got = pq.read_table(out)
+    lines = blocks["expected.csv"].strip().splitlines()
+    assert got.column_names == lines[0].split(",")
+    for i, line in enumerate(lines[1:]):
+        row = {name: got.column(name)[i].as_py() for name in got.column_names}
+        cells = line.split(",")
+        assert row["customer_id"] == int(cells[0]) and str(row["ts"]) == cells[1]
+        assert [row[name] for name in got.column_names[2:]] == [float(c) for c in cells[2:]], f"row {i + 1}"

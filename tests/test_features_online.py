@@ -1,108 +1,136 @@
-"""The online feature store, materialization and request-time feature vectors."""
+"""The online feature path: window arithmetic, materialization, request vectors, the push API and bad input.
+
+Backend behaviour shared by SQLite and Redis is in ``test_online_contract.py``;
+the offline/online equality on a simulated world is in ``test_online_skew.py``;
+the Redis stream consumer and an unreachable Redis are in ``test_online_redis.py``.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+import json
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from loopml.cli import app
 from loopml.errors import LoopmlError
-from loopml.features import FeatureAssembler, OnlineStore, SqliteOnlineStore, build_training_set, feature_columns, materialize
-from loopml.features.definitions import LAST_EVENT_KEY, view_outputs
+from loopml.features import FeatureAssembler, SqliteOnlineStore, build_training_set, feature_columns, materialize, push_events
+from loopml.features.online import Event, EventLog, micros
+from loopml.features.online_windows import ViewWindows, aggregate
 from loopml.features.vector import RequestFeatureError
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
 
 FRAUD_YAML = Path(__file__).resolve().parents[1] / "src" / "loopml" / "datasets" / "fraud.yaml"
 START = datetime(2025, 4, 1)
-AS_OF = datetime(2025, 5, 1, 12, 0)
-
-# --------------------------------------------------------------------------- the store contract
-
-
-#: One factory per online store backend; every backend passes the same contract tests.
-BACKENDS: dict[str, Callable[[Path], OnlineStore]] = {
-    "sqlite": lambda folder: SqliteOnlineStore(folder / "online.sqlite"),
-}
+HOUR = 3_600_000_000
+DAY = 24 * HOUR
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
-    backend = BACKENDS[request.param](tmp_path)
-    yield backend
-    backend.close()
+def fraud_spec(features: dict[str, Any] | None = None, **views: dict[str, Any]) -> Spec:
+    data = parse_spec(FRAUD_YAML.read_text(encoding="utf-8")).model_dump(mode="json")
+    data["features"].update(features or {})
+    for view, fields in views.items():
+        data["features"]["views"][view].update(fields)
+    return Spec.model_validate(data)
 
 
-def test_store_round_trip(store: OnlineStore) -> None:
-    later = AS_OF + timedelta(seconds=1)
-    store.write("customer", [(1, {"a": 1.5, "b": 0.0}, AS_OF), (2, {"a": -2.0, "b": 3.25}, later)])
-    assert store.read("customer", [2, 1]) == [({"a": -2.0, "b": 3.25}, later), ({"a": 1.5, "b": 0.0}, AS_OF)]
-    assert store.read("customer", [1, 1]) == [({"a": 1.5, "b": 0.0}, AS_OF)] * 2
-    assert store.read("customer", []) == []
+def log_of(*events: tuple[int, float | None]) -> EventLog:
+    """An entity's events (time, amount), ids in order."""
+    rows = [Event(t, i, (v,)) for i, (t, v) in enumerate(events)]
+    return EventLog(tuple(e.ts for e in rows), tuple(e.id for e in rows), (tuple(e.values[0] for e in rows),))
 
 
-def test_store_upserts(store: OnlineStore) -> None:
-    store.write("customer", [(1, {"a": 1.0}, AS_OF)])
-    store.write("customer", [(1, {"a": 2.0, "c": 5.0}, AS_OF + timedelta(days=1))])
-    assert store.read("customer", [1]) == [({"a": 2.0, "c": 5.0}, AS_OF + timedelta(days=1))]
+def values_at(spec: Spec, view: str, log: EventLog | None, at: int) -> dict[str, float]:
+    windows = ViewWindows.from_spec(spec, view)
+    return dict(zip(windows.names, windows.values(log, at), strict=True))
 
 
-def test_store_reopens_after_close(store: OnlineStore) -> None:
-    store.write("customer", [(1, {"a": 1.0}, AS_OF)])
-    store.close()
-    assert store.read("customer", [1]) == [({"a": 1.0}, AS_OF)]
+# --------------------------------------------------------------------------- window arithmetic
 
 
-def test_store_unknown_entity_and_view(store: OnlineStore) -> None:
-    store.write("customer", [(1, {"a": 1.0}, AS_OF)])
-    assert store.read("customer", [3, 1, 4]) == [None, ({"a": 1.0}, AS_OF), None]
-    assert store.read("terminal", [1]) == [None]  # views do not share rows
+def test_window_bounds_are_exact_to_the_microsecond() -> None:
+    t = 100 * DAY
+    log = log_of((t - DAY, 1.0), (t - DAY + 1, 2.0), (t - 1, 4.0), (t, 8.0))
+    exclusive = values_at(fraud_spec(), "customer", log, t)
+    assert exclusive["customer_count_1d"] == 2.0  # t - 1d is outside (lower bound open), t itself is not visible
+    assert exclusive["customer_tx_amount_mean_1d"] == 3.0
+    inclusive = values_at(fraud_spec({"inclusive": True}), "customer", log, t)
+    assert inclusive["customer_count_1d"] == 3.0  # s <= t
+    assert inclusive["customer_tx_amount_mean_1d"] == pytest.approx(14 / 3, rel=1e-15)
+    # a request one microsecond later sees the event at t, and t - 1d + 1 drops out
+    assert values_at(fraud_spec(), "customer", log, t + 1)["customer_count_1d"] == 2.0
 
 
-def test_store_int_and_str_keys(store: OnlineStore) -> None:
-    store.write("shop", [("s-1", {"a": 1.0}, AS_OF), (42, {"a": 2.0}, AS_OF), (np.int64(7), {"a": 3.0}, AS_OF)])  # type: ignore[list-item]
-    assert store.read("shop", ["s-1"]) == [({"a": 1.0}, AS_OF)]
-    # "42" (as typed on the command line) finds the row written with 42
-    assert store.read("shop", [42, "42", 7]) == [({"a": 2.0}, AS_OF), ({"a": 2.0}, AS_OF), ({"a": 3.0}, AS_OF)]
-    with pytest.raises(LoopmlError, match="entity key"):
-        store.read("shop", [1.5])  # type: ignore[list-item]
+def test_delay_shifts_every_window() -> None:
+    spec = fraud_spec()  # terminal: delay 7d
+    t = 100 * DAY
+    log = log_of((t - 8 * DAY, 0.0), (t - 7 * DAY - 1, 1.0), (t - 7 * DAY, 1.0))
+    got = values_at(spec, "terminal", log, t)
+    assert got["terminal_count_1d"] == 1.0  # (t-8d, t-7d): only t-7d-1us; t-8d is the open lower bound
+    assert got["terminal_count_7d"] == 2.0
+    assert got["terminal_tx_fraud_mean_7d"] == 0.5
 
 
-def test_store_timezone_aware_as_of_is_stored_in_utc(store: OnlineStore) -> None:
-    store.write("customer", [(1, {"a": 1.0}, datetime(2025, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))))])
-    assert store.read("customer", [1]) == [({"a": 1.0}, datetime(2025, 5, 1, 12, 0))]
+def test_ttl_boundary_and_null_indicator() -> None:
+    spec = fraud_spec({"null_indicators": True}, customer={"ttl": "2d"})
+    t = 100 * DAY
+    log = log_of((t, 10.0))
+    fresh = values_at(spec, "customer", log, t + 2 * DAY)  # exactly 2 days old: still within the ttl
+    assert fresh["customer_count_30d"] == 1.0 and fresh["customer_missing"] == 0.0
+    stale = values_at(spec, "customer", log, t + 2 * DAY + 1)
+    assert stale["customer_count_30d"] == 0.0 and stale["customer_tx_amount_mean_30d"] == 0.0
+    assert stale["customer_missing"] == 1.0
+    assert values_at(spec, "customer", None, t)["customer_missing"] == 1.0  # unknown entity
+    assert values_at(spec, "customer", log, t)["customer_missing"] == 1.0  # nothing visible yet
 
 
-def test_sqlite_store_persists_and_reads_fast(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "online.sqlite"
-    with SqliteOnlineStore(path) as first:
-        first.write("customer", [(k, {"a": float(k)}, AS_OF) for k in range(5000)])
-    second = SqliteOnlineStore(path)
-    assert second.read("customer", [4999]) == [({"a": 4999.0}, AS_OF)]
-    started = time.perf_counter()
-    for k in range(2000):
-        second.read("customer", [k])
-    per_read = (time.perf_counter() - started) / 2000
-    assert per_read < 0.001, f"single-entity read took {per_read * 1e3:.3f} ms"
-    second.close()
-    second.close()  # closing twice is harmless
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.5, None, 2.5, 10.0],
+        [None, None],
+        [3.0],
+        [0.1, 0.1, 0.1],
+        [math.nan, 2.0, None],
+        [math.inf, 2.0],
+        [math.inf, -math.inf],
+        [-math.inf, 5.0, 1e300, -1e300],
+    ],
+)
+def test_aggregates_match_duckdb(values: list[float | None]) -> None:
+    con = duckdb.connect()
+    rows = ", ".join(f"({'NULL' if v is None else repr(str(v))}::DOUBLE, {i})" for i, v in enumerate(values))
+    sql = "SELECT count(*), sum(v), avg(v), stddev_samp(v), min(v), max(v), arg_max(v, CASE WHEN v IS NOT NULL THEN o END)"
+    expected = con.execute(f"{sql} FROM (VALUES {rows}) t(v, o)").fetchone()
+    assert expected is not None
+    for function, want in zip(["count", "sum", "mean", "std", "min", "max", "last"], expected, strict=True):
+        got = aggregate(function, values)  # type: ignore[arg-type]
+        if want is None or got is None:
+            assert got is None and want is None, function
+        elif math.isnan(want):
+            assert math.isnan(got), function
+        else:
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12), function
 
 
 def test_sqlite_store_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "online.sqlite"
     path.write_text("this is not sqlite" * 100)
-    with pytest.raises(LoopmlError, match="cannot open the online store"):
-        SqliteOnlineStore(path).read("customer", [1])
+    with pytest.raises(LoopmlError, match=f"{path}: cannot open the online store"):
+        SqliteOnlineStore(path).read_events("customer", [1])
 
 
-# --------------------------------------------------------------------------- offline/online skew
+# --------------------------------------------------------------------------- materialization
 
 
 def fraud_like(n: int, seed: int) -> pa.Table:
@@ -124,80 +152,67 @@ def fraud_like(n: int, seed: int) -> pa.Table:
     )
 
 
-def fraud_spec(**changes: Any) -> Spec:
-    spec = parse_spec(FRAUD_YAML.read_text(encoding="utf-8"))
-    if not changes:
-        return spec
-    data = spec.model_dump(mode="json")
-    for view, fields in changes.items():
-        data["features"]["views"][view].update(fields)
-    return Spec.model_validate(data)
-
-
 World = tuple[pa.Table, Path, pa.Table]
 
 
 @pytest.fixture(scope="module")
 def fraud_world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    """A small fraud-like table, its snapshot and its offline training set (ttl on the customer view)."""
+    """A small fraud-like table (customer 24 has only old events), its snapshot and its offline training set."""
     folder = tmp_path_factory.mktemp("fraud")
     table = fraud_like(1200, seed=11)
+    customers = np.asarray(table.column("customer_id"))
+    old = np.where(customers == 24)[0]
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[old[3:]] = False  # customer 24 keeps only its first events: nothing in any window at the end
+    table = table.filter(pa.array(keep))
     path = folder / "transactions.parquet"
     pq.write_table(table, path)
-    spec = fraud_spec(customer={"ttl": "2d"})
-    train = pq.read_table(build_training_set(spec, {"transactions": path}, folder / "train.parquet").path)
+    train = pq.read_table(
+        build_training_set(fraud_spec(customer={"ttl": "2d"}), {"transactions": path}, folder / "t.parquet").path
+    )
     return table, path, train
 
 
-def entities_of(table: pa.Table, row: int) -> dict[str, Any]:
-    return {"customer_id": table.column("customer_id")[row].as_py(), "terminal_id": table.column("terminal_id")[row].as_py()}
+def test_materialize_loads_each_entitys_recent_events(fraud_world: World, tmp_path: Path) -> None:
+    table, path, _ = fraud_world
+    spec = fraud_spec()
+    latest = max(table.column("tx_datetime").to_pylist())
+    stages: list[tuple[str, float]] = []
+    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
+        result = materialize(spec, {"transactions": path}, store, progress=lambda s, f: stages.append((s, f)))
+        assert result.as_of == {"customer": latest + timedelta(microseconds=1), "terminal": latest + timedelta(microseconds=1)}
+        assert result.rows == {"customer": 25, "terminal": 30}
+        assert stages[-1] == ("materializing terminal", 1.0) and all(0 <= f <= 1 for _, f in stages)
+        end = micros(latest)
+        rows = table.to_pylist()
+        for view, key, horizon in (("customer", "customer_id", 30 * DAY), ("terminal", "terminal_id", 37 * DAY)):
+            expected = {r["transaction_id"] for r in rows if micros(r["tx_datetime"]) > end + 1 - horizon}
+            logs = store.read_events(view, sorted({r[key] for r in rows}))
+            loaded = {i for log in logs if log is not None for i in log.ids}
+            assert loaded == expected  # the horizon, and nothing older
+            assert result.events[view] == len(expected)
+        assert store.materialized_as_of("customer") == latest + timedelta(microseconds=1)
+        (quiet,) = store.read_events("customer", [24])
+        assert quiet is not None and quiet.ts == ()  # known entity, no recent events
 
 
-def test_materialize_equals_offline_features_at_the_same_time(fraud_world: World, tmp_path: Path) -> None:
-    table, path, train = fraud_world
-    spec = fraud_spec(customer={"ttl": "2d"})
-    for row in (5, 400, 401, 1199):  # 400/401 share a timestamp with their neighbours
-        when = table.column("tx_datetime")[row].as_py()
-        with SqliteOnlineStore(tmp_path / f"online-{row}.sqlite") as store:
-            result = materialize(spec, {"transactions": path}, store, as_of=when)
-            assert result.rows == {"customer": 25, "terminal": 30}
-            assert result.as_of == {"customer": when, "terminal": when}
-            for view, key in (("customer", "customer_id"), ("terminal", "terminal_id")):
-                got = store.read(view, [table.column(key)[row].as_py()])[0]
-                assert got is not None and got[1] == when
-                values = {k: v for k, v in got[0].items() if k != LAST_EVENT_KEY}
-                expected = {name: train.column(name)[row].as_py() for name in values}
-                assert values == pytest.approx(expected, rel=1e-9, abs=1e-9)
-                assert list(values) == [o.name for o in view_outputs(spec, view)]
-
-
-def test_assembler_gives_the_offline_row(fraud_world: World, tmp_path: Path) -> None:
+def test_materialize_at_an_earlier_time_then_read_equals_offline(fraud_world: World, tmp_path: Path) -> None:
     table, path, train = fraud_world
     spec = fraud_spec(customer={"ttl": "2d"})
     columns = feature_columns(spec)
-    for row in (3, 600, 1100):
+    for row in (5, 400, 401, 1100):  # 400/401 share a timestamp with a neighbour
         when = table.column("tx_datetime")[row].as_py()
         with SqliteOnlineStore(tmp_path / f"online-{row}.sqlite") as store:
             materialize(spec, {"transactions": path}, store, as_of=when)
-            entities = entities_of(table, row)
+            entities = {
+                "customer_id": table.column("customer_id")[row].as_py(),
+                "terminal_id": table.column("terminal_id")[row].as_py(),
+            }
             features = {"tx_amount": table.column("tx_amount")[row].as_py(), "tx_datetime": when.isoformat()}
             batch = FeatureAssembler(spec, store).vectors([(entities, features)])
-        assert batch.matrix.shape == (1, len(columns))
-        assert batch.missing_entities == [[]]
+        assert batch.missing_entities == [[]] and list(batch.values(0)) == columns
         expected = np.array([train.column(c)[row].as_py() for c in columns], dtype=float)
-        np.testing.assert_allclose(batch.matrix[0], expected, rtol=1e-9, atol=1e-9)
-        assert list(batch.values(0)) == columns
-
-
-def test_default_as_of_is_just_after_the_latest_event(fraud_world: World, tmp_path: Path) -> None:
-    table, path, _ = fraud_world
-    latest = max(table.column("tx_datetime").to_pylist())
-    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
-        result = materialize(fraud_spec(), {"transactions": path}, store)
-        assert result.as_of == {"customer": latest + timedelta(microseconds=1), "terminal": latest + timedelta(microseconds=1)}
-        last_customer = table.column("customer_id")[table.num_rows - 1].as_py()
-        got = store.read("customer", [last_customer])[0]
-        assert got is not None and got[0][LAST_EVENT_KEY] == (latest - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+        np.testing.assert_allclose(batch.matrix[0], expected, rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- request handling
@@ -212,6 +227,27 @@ def assembler(fraud_world: World, tmp_path: Path) -> Iterator[FeatureAssembler]:
     store.close()
 
 
+def test_values_slide_with_the_request_time(fraud_world: World, assembler: FeatureAssembler) -> None:
+    table = fraud_world[0]
+    last = table.num_rows - 1
+    latest = table.column("tx_datetime")[last].as_py()
+    entities = {
+        "customer_id": table.column("customer_id")[last].as_py(),
+        "terminal_id": table.column("terminal_id")[last].as_py(),
+    }
+
+    def at(moment: datetime) -> dict[str, float]:
+        return assembler.vectors([(entities, {"tx_amount": 10.0, "tx_datetime": moment.isoformat()})]).values(0)
+
+    now = at(latest + timedelta(microseconds=1))
+    later = at(latest + timedelta(days=1, microseconds=1))
+    assert now["customer_count_1d"] >= 1 and later["customer_count_1d"] == 0  # the 1-day window slid past every event
+    assert later["customer_count_7d"] == now["customer_count_7d"]  # the 7-day one did not
+    stale = at(latest + timedelta(days=2, microseconds=1))
+    assert stale["customer_count_30d"] == 0.0  # the latest event is older than the 2-day ttl
+    assert stale["terminal_count_30d"] > 0  # no ttl on terminals
+
+
 def test_missing_entities_get_missing_history_values(assembler: FeatureAssembler) -> None:
     when = (START + timedelta(days=41)).isoformat()
     batch = assembler.vectors(
@@ -219,28 +255,16 @@ def test_missing_entities_get_missing_history_values(assembler: FeatureAssembler
             ({"customer_id": 999_999, "terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
             ({"terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
             ({"customer": 3, "terminal": "1"}, {"tx_amount": "50", "tx_datetime": when}),
+            ({"customer_id": 24, "terminal_id": 1}, {"tx_amount": 50, "tx_datetime": when}),
         ]
     )
-    assert batch.missing_entities == [["customer"], ["customer"], []]
+    assert batch.missing_entities == [["customer"], ["customer"], [], []]  # 24 is known, just quiet
     first = batch.values(0)
     assert first["customer_count_1d"] == 0.0 and first["customer_tx_amount_mean_30d"] == 0.0  # default 0.0
     assert first["amount_over_customer_mean_30d"] == 0.0  # ratio over a missing mean -> default
-    assert batch.values(1) == first
+    assert batch.values(1) == first == batch.values(3)
     assert batch.values(2)["terminal_count_30d"] == first["terminal_count_30d"]  # entity names work, "1" is 1
-
-
-def test_ttl_is_honoured_at_request_time(fraud_world: World, assembler: FeatureAssembler) -> None:
-    table = fraud_world[0]
-    last = table.num_rows - 1
-    latest = table.column("tx_datetime")[last].as_py()
-    entities = entities_of(table, last)
-    fresh = assembler.vectors([(entities, {"tx_amount": 10.0, "tx_datetime": (latest + timedelta(days=2)).isoformat()})])
-    assert fresh.values(0)["customer_count_30d"] > 0  # exactly 2 days old: still within the ttl
-    late = latest + timedelta(days=2, microseconds=1)
-    stale = assembler.vectors([(entities, {"tx_amount": 10.0, "tx_datetime": late.isoformat()})])
-    assert stale.values(0)["customer_count_30d"] == 0.0  # latest event older than the 2-day ttl
-    assert stale.values(0)["terminal_count_30d"] == fresh.values(0)["terminal_count_30d"]  # no ttl on terminals
-    assert stale.missing_entities == [[]]  # known entity, just stale
+    assert batch.fallback is False
 
 
 def test_request_timestamps_as_iso_or_epoch(assembler: FeatureAssembler) -> None:
@@ -251,6 +275,36 @@ def test_request_timestamps_as_iso_or_epoch(assembler: FeatureAssembler) -> None
     assert all(np.array_equal(batch.matrix[0], batch.matrix[i]) for i in range(len(forms)))
     values = batch.values(0)
     assert (values["tx_hour"], values["tx_is_weekend"], values["tx_is_night"]) == (23.0, 1.0, 0.0)
+
+
+def test_string_request_features_are_handed_over_as_text(fraud_world: World, tmp_path: Path) -> None:
+    data = fraud_spec().model_dump(mode="json")
+    data["features"]["request"]["merchant"] = {"type": "string", "required": False}
+    spec = Spec.model_validate(data)
+    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
+        batch = FeatureAssembler(spec, store).vectors(
+            [
+                ({"customer_id": 1, "terminal_id": 1}, {"tx_amount": 1, "tx_datetime": "2025-05-10", "merchant": "grocer"}),
+                ({"customer_id": 1, "terminal_id": 1}, {"tx_amount": 1, "tx_datetime": "2025-05-10"}),
+            ]
+        )
+    assert batch.strings["merchant"].dtype == object and batch.strings["merchant"].tolist() == ["grocer", None]
+    assert "merchant" not in batch.columns
+
+
+def test_request_time_is_now_without_a_time_feature(fraud_world: World, tmp_path: Path) -> None:
+    table, path, _ = fraud_world
+    data = fraud_spec().model_dump(mode="json")
+    del data["features"]["request"]["tx_datetime"]
+    data["features"]["transforms"] = {}
+    data["features"]["exclude"] = []
+    spec = Spec.model_validate(data)
+    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
+        materialize(spec, {"transactions": path}, store)
+        values = FeatureAssembler(spec, store).vectors([({"customer_id": 3, "terminal_id": 1}, {"tx_amount": 1})]).values(0)
+    # the simulated events are from 2025-04/05: long out of every window now
+    assert datetime.now() - max(table.column("tx_datetime").to_pylist()) > timedelta(days=40)
+    assert values["customer_count_30d"] == 0.0 and values["terminal_count_30d"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -289,7 +343,7 @@ def test_bad_input_in_a_batch_names_the_instance(assembler: FeatureAssembler) ->
     assert entity.value.field == "entities.customer_id"
 
 
-def test_optional_request_features_and_empty_batches(fraud_world: World, tmp_path: Path) -> None:
+def test_optional_request_features_and_empty_batches(tmp_path: Path) -> None:
     data = fraud_spec().model_dump(mode="json")
     data["features"]["request"]["tx_amount"]["required"] = False
     spec = Spec.model_validate(data)
@@ -302,3 +356,99 @@ def test_optional_request_features_and_empty_batches(fraud_world: World, tmp_pat
         assert batch.missing_entities == [["customer", "terminal"]]  # nothing materialized yet
         empty = assembler.vectors([])
         assert empty.matrix.shape == (0, len(feature_columns(spec)))
+
+
+# --------------------------------------------------------------------------- the push API
+
+
+def tx(i: int, when: str, customer: Any = 1, terminal: Any = 2, amount: Any = 10.0, fraud: Any = 0) -> dict[str, Any]:
+    return {
+        "transaction_id": i,
+        "tx_datetime": when,
+        "customer_id": customer,
+        "terminal_id": terminal,
+        "tx_amount": amount,
+        "tx_fraud": fraud,
+    }
+
+
+def test_push_appends_events_and_quarantines_bad_rows(tmp_path: Path) -> None:
+    spec = fraud_spec()
+    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
+        rows = [
+            tx(1, "2025-05-01T10:00:00", amount=10.0),
+            tx(2, "2025-05-01T11:00:00+02:00", amount="30.5"),  # 09:00 UTC; text numbers as from a stream
+            tx(3, None),  # type: ignore[arg-type]
+            tx(4, "not a time"),
+            tx(5, "2025-05-01T12:00:00", amount="lots"),
+            tx(6, "2025-05-01T12:00:00", customer=[1]),
+            tx(7, "2025-05-01T12:00:00", customer=None, amount=None),  # NULL key: terminal only; NULL amount
+            {**tx(0, "2025-05-01T12:00:00"), "transaction_id": "x"},
+        ]
+        result = push_events(spec, store, "transactions", rows)
+        assert [i for i, _ in result.quarantined] == [2, 3, 4, 5, 7]
+        reasons = dict(result.quarantined)
+        assert reasons[2] == "tx_datetime: missing timestamp"
+        assert reasons[3].startswith("tx_datetime: expected an ISO-8601 time")
+        assert reasons[4] == "tx_amount: expected a number, got 'lots'"
+        assert reasons[5].startswith("customer_id: ")
+        assert reasons[7] == "transaction_id: expected an integer event id, got 'x'"
+        assert result.written == {"customer": 2, "terminal": 3}
+        customer, terminal = store.read_events("customer", [1])[0], store.read_events("terminal", [2])[0]
+        assert customer is not None and customer.ids == (2, 1) and customer.values == ((30.5, 10.0),)  # sorted by time
+        assert terminal is not None and terminal.ids == (2, 1, 7)
+        again = push_events(spec, store, "transactions", rows[:2])  # a redelivery counts once
+        assert again.written == {"customer": 0, "terminal": 0}
+        values = FeatureAssembler(spec, store).vectors(
+            [({"customer_id": 1, "terminal_id": 2}, {"tx_amount": 1, "tx_datetime": "2025-05-01T10:00:01"})]
+        )
+        assert values.values(0)["customer_count_1d"] == 2.0 and values.values(0)["customer_tx_amount_mean_1d"] == 20.25
+
+
+def test_push_needs_a_known_source_and_event_ids(tmp_path: Path) -> None:
+    spec = fraud_spec()
+    data = spec.model_dump(mode="json")
+    data["sources"]["transactions"]["columns"]["transaction_id"]["unique"] = False
+    no_ids = Spec.model_validate(data)
+    with SqliteOnlineStore(tmp_path / "online.sqlite") as store:
+        with pytest.raises(LoopmlError, match="unknown source 'payments'"):
+            push_events(spec, store, "payments", [tx(1, "2025-05-01")])
+        with pytest.raises(LoopmlError, match=r"no id column .*sources\.transactions\.columns"):
+            push_events(no_ids, store, "transactions", [tx(1, "2025-05-01")])
+        result = push_events(no_ids, store, "transactions", [tx(1, "2025-05-01"), tx(1, "2025-05-02")], event_ids=[10, 11])
+        assert result.written["customer"] == 2
+        with pytest.raises(LoopmlError, match="2 event ids for 1 rows"):
+            push_events(no_ids, store, "transactions", [tx(1, "2025-05-01")], event_ids=[1, 2])
+
+
+# --------------------------------------------------------------------------- command line
+
+runner = CliRunner()
+
+
+def test_cli_get_as_of_and_materialize_json(trained_copy: Path) -> None:
+    result = runner.invoke(app, ["features", "materialize", "--json", "--project", str(trained_copy)])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"]["customer"] > 0 and summary["events"]["customer"] > 0
+    end = summary["as_of"]["customer"]
+
+    def get(*extra: str) -> dict[str, Any]:
+        out = runner.invoke(
+            app, ["features", "get", "--entity", "customer_id=1", "--json", "--project", str(trained_copy), *extra]
+        )
+        assert out.exit_code == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    default = get()
+    assert default["customer"]["as_of"] == end  # the end of the data
+    assert set(default["customer"]["values"]) == {n for n in feature_columns(fraud_spec()) if n.startswith("customer_")}
+    much_later = get("--as-of", "2030-01-01T00:00:00")
+    assert much_later["customer"]["as_of"] == "2030-01-01T00:00:00"
+    assert much_later["customer"]["values"]["customer_count_30d"] == 0.0
+    bad = runner.invoke(app, ["features", "get", "--entity", "customer_id=1", "--as-of", "soon", "--project", str(trained_copy)])
+    assert bad.exit_code == 1 and "--as-of 'soon'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    unknown = runner.invoke(
+        app, ["features", "get", "--entity", "customer_id=99999999", "--json", "--project", str(trained_copy)]
+    )
+    assert json.loads(unknown.stdout) == {"customer": None}

@@ -323,8 +323,10 @@ def test_logistic_imputes_train_medians() -> None:
 
 def test_unknown_model_type_and_bad_params() -> None:
     X, y = np.zeros((10, 1)), np.array([0, 1] * 5)
-    with pytest.raises(LoopmlError, match=r"model.type: unknown model type 'xgboost' \(choices: lightgbm, logistic, linear\)"):
-        fit_model("xgboost", "binary", X, y, ["a"])
+    with pytest.raises(
+        LoopmlError, match=r"model.type: unknown model type 'catboost' \(choices: lightgbm, logistic, linear, xgboost"
+    ):
+        fit_model("catboost", "binary", X, y, ["a"])
     with pytest.raises(LoopmlError, match=r"model.params: invalid parameter for logistic"):
         fit_model("logistic", "binary", X, y, ["a"], {"no_such_knob": 1})
 
@@ -409,7 +411,8 @@ def test_runs_are_tracked(trained: dict[str, Any]) -> None:
     assert summary.metric == "average_precision" and summary.value == pytest.approx(first.metrics["test"]["average_precision"])
     assert len(store.list(limit=1, offset=1)) == 1
     record = store.get(first.run_id)
-    assert record.params["trials"] == 5 and any("tuning is not implemented" in w for w in record.warnings)
+    assert record.params["trials"] == 5 and len(record.params["tuning"]["trials"]) == 5
+    assert record.params["tuning"]["best_params"]["n_estimators"] == record.lineage["model_params"]["n_estimators"]
     assert record.lineage["snapshot"] == "snap-1" and record.duration_s is not None and record.seed == 0
     assert record.baseline_metrics is not None and "model.txt" in record.artifacts
     with pytest.raises(LoopmlError, match="no run '20990101T000000-000000'"):
@@ -432,14 +435,14 @@ def test_champion_needing_missing_features_fails_safe(trained: dict[str, Any], t
 
 
 def test_unknown_model_type_fails_the_run_and_registers_nothing(tmp_path: Path) -> None:
-    spec = make_spec(model={"type": "xgboost"})
+    spec = make_spec(model={"type": "catboost"})
     layout, registry = project(tmp_path, spec)
     data = write(synthetic_table(n=500), tmp_path / "t.parquet")
-    with pytest.raises(LoopmlError, match=r"model.type: unknown model type 'xgboost'"):
+    with pytest.raises(LoopmlError, match=r"model.type: unknown model type 'catboost'"):
         train(spec, layout, data, FEATURES, LINEAGE, registry)
     assert registry.list() == []
     [run] = RunStore(layout.runs).list()
-    assert run.status == "failed" and "xgboost" in (RunStore(layout.runs).get(run.run_id).error or "")
+    assert run.status == "failed" and "catboost" in (RunStore(layout.runs).get(run.run_id).error or "")
 
 
 def test_bad_training_set_errors_name_file_and_column(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +26,7 @@ from rich.table import Table
 
 from loopml.demo import run_demo
 from loopml.errors import LoopmlError, SpecError
-from loopml.features.definitions import LAST_EVENT_KEY
+from loopml.features.online import datetime_from_us, timestamp_us
 from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example, init_from_data
 from loopml.serve.runner import run_server
@@ -208,46 +209,98 @@ def ingest_cmd(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> Non
 
 # --------------------------------------------------------------------------- features
 @features_app.command("build")
-def features_build(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Compute point-in-time-correct features for every event of the label source."""
+def features_build(
+    project: ProjectOpt = Path("."),
+    spine: Annotated[Path | None, typer.Option(help="Parquet/CSV of entity keys + time: one output row per spine row")] = None,
+    spine_time: Annotated[str | None, typer.Option(help="the spine's time column (default: the label source's)")] = None,
+    output: Annotated[Path | None, typer.Option(help="where to write the Parquet (default: under .loopml/features)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute point-in-time-correct features for every event of the label source, or every row of a spine."""
 
     def go() -> None:
         p = Project.load(project)
         with _progress(not as_json) as progress:
-            result = p.build_features(progress)
+            result = p.build_features(progress, spine=spine, spine_time=spine_time, output=output)
         data = {"path": str(result.path), "rows": result.rows, "features": result.features, "seconds": result.seconds}
+        if spine is not None:
+            data["filled"] = list(result.filled)
         if as_json:
             _emit_json(data)
-        else:
-            out.print(f"{result.rows:,} rows x {len(result.features)} features in {result.seconds:.1f}s -> {result.path}")
+            return
+        if result.filled:
+            missing = ", ".join(result.filled)
+            err.print(f"note: the spine has no column for request feature(s) {missing}: filled (see docs/features.md)")
+        out.print(f"{result.rows:,} rows x {len(result.features)} features in {result.seconds:.1f}s -> {result.path}")
+
+    _run(go)
+
+
+@features_app.command("list")
+def features_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
+    """The feature catalogue: each feature, its definition, owner view and freshness."""
+
+    def go() -> None:
+        catalog = Project.load(project).feature_catalog()
+        if as_json:
+            _emit_json({"features": catalog})
+            return
+        rows = []
+        for entry in catalog:
+            d = entry["definition"]
+            if entry["kind"] in ("aggregation", "indicator"):
+                text = f"{d['function']}({d['column'] or '*'}) over {d['window']}, delay {d['delay']}, ttl {d['ttl'] or '-'}"
+            elif entry["kind"] == "transform":
+                text = f"{d['op']}({', '.join(d['inputs'])})" + (f" edges {d['edges']}" if "edges" in d else "")
+            else:
+                text = f"request {d['type']}" + ("" if d["required"] else " (optional)")
+            fresh = entry["freshness"]
+            fresh_cells = [fresh["latest_event"] or "-", fresh["materialized_at"] or "-"]
+            rows.append([entry["name"], entry["view"] or "-", text, *fresh_cells, "yes" if entry["in_model"] else "no"])
+        table = _table("features", ["feature", "view", "definition", "latest event", "materialized", "model input"], rows)
+        table.columns[0].no_wrap = True  # names are what users copy; let the other columns wrap
+        out.print(table)
 
     _run(go)
 
 
 @features_app.command("materialize")
 def features_materialize(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Load the latest feature values per entity into the online store."""
+    """Load every entity's recent events, per view, from the latest snapshot into the online store."""
 
     def go() -> None:
         p = Project.load(project)
-        result = p.materialize()
+        with _progress(not as_json) as progress:
+            result = p.materialize(progress=progress)
         data = materialize_summary(result)
         if as_json:
             _emit_json(data)
         else:
             for view, rows in data["rows"].items():
-                out.print(f"{view}: {rows:,} entities as of {data['as_of'][view]}")
+                out.print(f"{view}: {rows:,} entities, {data['events'][view]:,} events, as of {data['as_of'][view]}")
 
     _run(go)
+
+
+def _as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime_from_us(timestamp_us(text))
+    except (ValueError, OverflowError) as exc:
+        raise LoopmlError(f"--as-of {text!r}: {exc}") from None
 
 
 @features_app.command("get")
 def features_get(
     entity: Annotated[list[str], typer.Option(help="KEY=VALUE, e.g. customer_id=42 (repeatable)")],
     project: ProjectOpt = Path("."),
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO time or epoch seconds (default: the end of the data in the store)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read online feature values for entities."""
+    """Read online feature values for entities, computed from their events as of a time."""
 
     def go() -> None:
         p = Project.load(project)
@@ -257,11 +310,7 @@ def features_get(
             if not sep or not key:
                 raise LoopmlError(f"--entity {item!r}: expected KEY=VALUE")
             pairs[key] = value
-        store = p.online_store()
-        try:
-            data = online_features(p, store, pairs)
-        finally:
-            store.close()
+        data = p.online_features(pairs, _as_of(as_of))
         if as_json:
             _emit_json(data)
         else:
@@ -270,20 +319,47 @@ def features_get(
     _run(go)
 
 
-def online_features(p: Project, store: Any, pairs: dict[str, str]) -> dict[str, Any]:
-    keys = {e.key: name for name, e in p.spec.entities.items()}
-    for key in pairs:
-        if key not in keys:
-            raise LoopmlError(f"--entity {key}: unknown entity key (known: {', '.join(keys)})")
-    result: dict[str, Any] = {}
-    for vname, view in p.spec.features.views.items():
-        key = p.spec.entities[view.entity].key
-        if key not in pairs:
-            continue
-        got = store.read(vname, [pairs[key]])[0]
-        values = {} if got is None else {k: v for k, v in got[0].items() if k != LAST_EVENT_KEY}
-        result[vname] = None if got is None else {"values": values, "as_of": got[1].isoformat()}
-    return result
+@features_app.command("consume")
+def features_consume(
+    stream: Annotated[str, typer.Option(help="the Redis stream of source events (at storage.redis_url)")],
+    group: Annotated[str, typer.Option(help="consumer group")] = "loopml",
+    consumer: Annotated[str | None, typer.Option(help="consumer name (default: host-pid)")] = None,
+    source: Annotated[str | None, typer.Option(help="the source the stream carries (default: the label source)")] = None,
+    max_messages: Annotated[int | None, typer.Option(help="stop after this many entries")] = None,
+    until_idle: Annotated[bool, typer.Option(help="stop when the stream has nothing new")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a Redis Stream of events to the online store (consumer group, ack after the write)."""
+
+    def go() -> None:
+        p = Project.load(project)
+
+        def report(line: str) -> None:
+            err.print(line, markup=False, highlight=False)
+
+        try:
+            stats = p.consume(
+                stream,
+                group=group,
+                consumer=consumer,
+                source=source,
+                max_messages=max_messages,
+                until_idle=until_idle,
+                report=report,
+            )
+        except KeyboardInterrupt:
+            err.print("stopped")
+            return
+        if as_json:
+            _emit_json(stats.to_json())
+        else:
+            out.print(
+                f"{stats.messages:,} entries, {stats.written:,} new events, {stats.quarantined:,} quarantined "
+                f"(in {stream}:quarantine)"
+            )
+
+    _run(go)
 
 
 def _flat(data: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
@@ -317,6 +393,8 @@ def train_cmd(
         out.print(_table(f"run {data['run_id']} -> model version {data['model_version']}", ["metric", "valid", "test"], rows))
         verdict = "promoted to champion" if data["promoted"] else "not promoted"
         out.print(f"{verdict}: {'; '.join(data.get('gate', {}).get('reasons', []))}")
+        if data.get("report"):
+            out.print(f"report: {data['report']}", soft_wrap=True, highlight=False)
 
     _run(go)
 
@@ -349,11 +427,16 @@ def runs_show(
     """Everything recorded about one run."""
 
     def go() -> None:
-        data = Project.load(project).runs().get(run)
+        store = Project.load(project).runs()
+        record = store.get(run)
+        report = store.root / record.run_id / "report.html"
+        data = {**record.to_json(), "report": str(report) if "report.html" in record.artifacts else None}
         if as_json:
             _emit_json(data)
         else:
             out.print_json(json.dumps(data, default=str))
+            if data["report"]:
+                out.print(f"report: {data['report']}", soft_wrap=True, highlight=False)
 
     _run(go)
 

@@ -8,20 +8,26 @@ configuration it needs. Stages never import this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loopml.data.ingest import IngestResult, ingest
 from loopml.data.snapshot import Snapshot, get_snapshot, latest_snapshot
+from loopml.data.sources import check_file
 from loopml.errors import LoopmlError
+from loopml.features.catalog import feature_catalog
 from loopml.features.definitions import feature_columns
 from loopml.features.materialize import MaterializeResult, materialize
-from loopml.features.offline import BuildResult, build_training_set
-from loopml.features.online import SqliteOnlineStore
+from loopml.features.offline import BuildResult, build_spine_training_set, build_training_set
+from loopml.features.online import OnlineStore, OnlineStoreUnavailable
+from loopml.features.online_backends import open_fallback, open_online_store
+from loopml.features.online_fallback import Fallback
+from loopml.features.vector import online_features
 from loopml.layout import Layout
 from loopml.loop.train import TrainResult, train
 from loopml.monitor.drift import DriftResult, current_values, psi_drift
@@ -32,13 +38,17 @@ from loopml.spec.load import load_spec, spec_hash
 from loopml.spec.model import Spec
 from loopml.train.tracking import RunStore
 
+if TYPE_CHECKING:
+    from loopml.features.stream import ConsumeStats
+
 Progress = Callable[[str, float], None]
 
 
 def materialize_summary(result: MaterializeResult) -> dict[str, Any]:
-    """JSON form of a materialization: rows and as-of time per view."""
+    """JSON form of a materialization: entities, events and as-of time per view."""
     return {
         "rows": dict(result.rows),
+        "events": dict(result.events),
         "as_of": {view: ts.isoformat() for view, ts in result.as_of.items()},
         "seconds": round(result.seconds, 3),
     }
@@ -59,8 +69,13 @@ class Project:
     def registry(self) -> Registry:
         return open_registry(self.spec, self.layout)
 
-    def online_store(self) -> SqliteOnlineStore:
-        return SqliteOnlineStore(self.layout.online_store)
+    def online_store(self, check: bool = True) -> OnlineStore:
+        """The configured online store (``storage.online``); ``check`` fails at once, naming the URL, if unreachable."""
+        return open_online_store(self.spec, self.layout, check=check)
+
+    def online_fallback(self) -> Fallback | None:
+        """The local cache the request path answers from when Redis is down (``online_unavailable: fallback``)."""
+        return open_fallback(self.spec, self.layout)
 
     def prediction_log(self) -> PredictionLog:
         return PredictionLog(self.layout.prediction_log)
@@ -87,16 +102,67 @@ class Project:
     def training_set_path(self, snapshot: Snapshot) -> Path:
         return self.layout.features / f"{snapshot.hash}-{self.features_hash()}.parquet"
 
-    def build_features(self, progress: Progress | None = None, force: bool = False) -> BuildResult:
+    def build_features(
+        self,
+        progress: Progress | None = None,
+        force: bool = False,
+        spine: Path | None = None,
+        spine_time: str | None = None,
+        output: Path | None = None,
+    ) -> BuildResult:
+        """The training set of the latest snapshot: one row per label-source event, or per ``spine`` file row."""
         snapshot = self.snapshot()
-        out = self.training_set_path(snapshot)
+        if spine is not None:
+            check_file(spine, " (--spine)")
+            digest = hashlib.sha256(spine.read_bytes() + (spine_time or "").encode()).hexdigest()[:16]
+            out = output or self.layout.features / f"{snapshot.hash}-{self.features_hash()}-spine-{digest}.parquet"
+            return build_spine_training_set(self.spec, snapshot.paths, spine, out, spine_time=spine_time, progress=progress)
+        out = output or self.training_set_path(snapshot)
         out.parent.mkdir(parents=True, exist_ok=True)
         return build_training_set(self.spec, snapshot.paths, out, progress=progress)
 
-    def materialize(self, as_of: datetime | None = None) -> MaterializeResult:
+    def feature_catalog(self) -> list[dict[str, Any]]:
+        """Every feature with its definition, owner view and freshness (``loopml features list``)."""
+        snapshot = latest_snapshot(self.layout)
+        latest = {} if snapshot is None else {name: s.max_ts for name, s in snapshot.sources.items()}
+        return feature_catalog(self.spec, latest, self.materialized_at())
+
+    def materialized_at(self) -> dict[str, datetime | None]:
+        """When each view was last materialized into the online store, where the store knows it."""
+        if self.spec.storage.online == "sqlite" and not self.layout.online_store.exists():
+            return {}  # never materialized; do not create the file just to say so
+        store = self.online_store(check=False)
+        try:
+            return {view: store.materialized_as_of(view) for view in self.spec.features.views}
+        except OnlineStoreUnavailable:
+            return {}
+        finally:
+            store.close()
+
+    def materialize(self, as_of: datetime | None = None, progress: Progress | None = None) -> MaterializeResult:
         store = self.online_store()
         try:
-            return materialize(self.spec, self.snapshot().paths, store, as_of=as_of)
+            return materialize(self.spec, self.snapshot().paths, store, as_of=as_of, progress=progress)
+        finally:
+            store.close()
+
+    def online_features(self, entities: dict[str, str], as_of: datetime | None = None) -> dict[str, Any]:
+        """``loopml features get``: online values of each view of the given entity keys."""
+        store = self.online_store()
+        try:
+            return online_features(self.spec, store, entities, as_of)
+        finally:
+            store.close()
+
+    def consume(self, stream: str, **options: Any) -> ConsumeStats:
+        """``loopml features consume``: apply a Redis Stream of events to the online store (see ``consume_stream``)."""
+        try:  # an optional extra: imported only when used
+            from loopml.features.stream import consume_stream
+        except ImportError:
+            raise LoopmlError("features consume needs the redis extra (pip install 'loopml[redis]')") from None
+        store = self.online_store()
+        try:
+            return consume_stream(self.spec, store, stream, **options)
         finally:
             store.close()
 

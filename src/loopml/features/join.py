@@ -3,10 +3,12 @@
 :func:`point_in_time_join` computes the features of any spine of (entity key,
 time) rows: it unions the spine rows (with NULL values and no event marker)
 into the event stream of each view's source, windows over the union with the
-SQL of :mod:`loopml.features.windows`, and keeps the spine rows. It serves
-views whose source is not the training spine, materialization of the online
-store (a spine of every entity at ``as_of``) and, later, batch scoring. The
-semantics are those documented in :mod:`loopml.features.offline`.
+SQL of :mod:`loopml.features.windows`, and keeps the spine rows; a view
+made only of ``last`` is instead an ``ASOF JOIN`` of the spine with its
+source (:mod:`loopml.features.asof`, same semantics, much less work). It
+serves views whose source is not the training spine, spine files
+(``features build --spine``) and, later, batch scoring. The semantics are those
+documented in :mod:`loopml.features.offline` and ``docs/features.md``.
 
 Events outside the time span the spine can see are skipped before the
 windows run, so a spine of one moment (materialization) only windows the
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loopml.errors import DataError, LoopmlError
+from loopml.features.asof import asof_view_sql, is_asof_view
 from loopml.features.definitions import view_key, view_value_columns
 from loopml.features.windows import quote, view_sql
 from loopml.spec.model import Spec
@@ -125,6 +128,17 @@ def check_view_sources(
         require_time(types, timestamp, str(paths[source]))
 
 
+def _span_condition(spec: Spec, view_names: Sequence[str], span: tuple[datetime, datetime] | None) -> str:
+    """SQL keeping only the events some spine row can see (see :func:`_union_sql`)."""
+    if span is None:
+        return "FALSE"  # no spine row has a time: no event is visible, but every spine row is kept
+    views = [spec.features.views[v] for v in view_names]
+    ts = quote(spec.sources[views[0].source].timestamp or "")
+    lookback = max(v.delay + w for v in views for agg in v.aggregations for w in agg.windows)
+    nearest = min(v.delay for v in views)
+    return f"CAST({ts} AS TIMESTAMP) BETWEEN {_timestamp(span[0], lookback)} AND {_timestamp(span[1], nearest)}"
+
+
 def _union_sql(
     spec: Spec, view_names: Sequence[str], events: str, spine_rows: str, span: tuple[datetime, datetime] | None
 ) -> str:
@@ -139,14 +153,10 @@ def _union_sql(
     views = [spec.features.views[v] for v in view_names]
     key = quote(view_key(spec, view_names[0]))
     ts = quote(spec.sources[views[0].source].timestamp or "")
-    lookback = max(v.delay + w for v in views for agg in v.aggregations for w in agg.windows)
-    nearest = min(v.delay for v in views)
     values = list(dict.fromkeys(c for v in view_names for c in view_value_columns(spec, v)))
     event_values = "".join(f", CAST({quote(c)} AS DOUBLE) AS {quote(c)}" for c in values)
     spine_values = "".join(f", NULL::DOUBLE AS {quote(c)}" for c in values)
-    in_span = "FALSE"  # no spine row has a time: no event is visible, but every spine row is kept
-    if span is not None:
-        in_span = f"CAST({ts} AS TIMESTAMP) BETWEEN {_timestamp(span[0], lookback)} AND {_timestamp(span[1], nearest)}"
+    in_span = _span_condition(spec, view_names, span)
     return (
         f"SELECT {key}, CAST({ts} AS TIMESTAMP) AS __ts, 1 AS __ev, CAST({ts} AS TIMESTAMP) AS __ets, {ROW_ID} AS __ord"
         f"{event_values}, NULL::BIGINT AS __srid FROM {quote(events)} WHERE {key} IS NOT NULL AND {in_span} "
@@ -188,14 +198,23 @@ def pit_sql(
     last_event: bool,
     span: tuple[datetime, datetime] | None,
 ) -> str:
-    parts = []
-    for g, ((source, key), names) in enumerate(_group_views(spec, views).items()):
+    parts: list[str] = []
+    for (source, key), names in _group_views(spec, views).items():
         spine_rows = (
             f"SELECT {quote(key)}, CAST({quote(timestamp)} AS TIMESTAMP) AS __spine_ts, {quote(row_id)} AS __srid "
             f"FROM {quote(spine)}"
         )
-        union = _union_sql(spec, names, sources[source], spine_rows, span)
-        pieces = [view_sql(spec, name, f"__g{g}v{i}", last_event) for i, name in enumerate(names)]
+        for name in [n for n in names if is_asof_view(spec, n)]:
+            in_span = _span_condition(spec, [name], span)
+            ts = spec.sources[source].timestamp or ""
+            asof = asof_view_sql(spec, name, spine_rows, sources[source], ts, ROW_ID, in_span, last_event)
+            parts.append(f"({asof}) g{len(parts)}")
+        windowed = [n for n in names if not is_asof_view(spec, n)]
+        if not windowed:
+            continue
+        g = len(parts)
+        union = _union_sql(spec, windowed, sources[source], spine_rows, span)
+        pieces = [view_sql(spec, name, f"__g{g}v{i}", last_event) for i, name in enumerate(windowed)]
         inner = ", ".join(e for p in pieces for e in p.inner)
         outer = ", ".join(e for p in pieces for e in p.outer)
         windows = ", ".join(w for p in pieces for w in p.windows)

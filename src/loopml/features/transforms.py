@@ -16,13 +16,18 @@ Conventions (all outputs are float64 arrays, missing or undefined -> ``features.
 - ``is_night``: 1 when the hour is 0-6, i.e. 00:00-06:59, exactly the
   ``is_night`` of the fraud-detection handbook (``tx_hour <= 6``) whose
   world the built-in example simulates;
+- ``log``: the natural logarithm ``ln(x)``, undefined for ``x <= 0``;
 - ``log1p``: ``log(1 + x)``, undefined for ``x <= -1``;
-- ``ratio``: ``a / b``, undefined when ``b`` is 0 or either side is NaN.
+- ``ratio``: ``a / b``, undefined when ``b`` is 0 or either side is NaN;
+- ``bucket``: with ``edges: [e0, e1, ..., ek]`` (strictly increasing), the
+  index of the right-open bucket holding ``x``: 0 for ``x < e0``, ``i`` for
+  ``e(i-1) <= x < e(i)``, ``k + 1`` for ``x >= ek``; undefined for NaN. An edge
+  value itself falls in the bucket it opens (``x = e0`` gives 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +35,7 @@ import numpy.typing as npt
 from loopml.errors import LoopmlError
 from loopml.spec.model import Spec
 
-__all__ = ["NIGHT_LAST_HOUR", "apply_transforms"]
+__all__ = ["NIGHT_LAST_HOUR", "apply_transforms", "bucket_edges"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -89,6 +94,28 @@ def _log1p(name: str, values: npt.NDArray[np.generic], default: float) -> FloatA
     return np.where(ok, result, default)
 
 
+def _log(name: str, values: npt.NDArray[np.generic], default: float) -> FloatArray:
+    x = _numbers(name, values)
+    ok = x > 0.0  # False for NaN too
+    with np.errstate(all="ignore"):
+        result = np.log(np.where(ok, x, 1.0))
+    return np.where(ok, result, default)
+
+
+def bucket_edges(name: str, edges: Sequence[float] | None) -> FloatArray:
+    """The validated edges of a ``bucket`` transform (non-empty, finite, strictly increasing)."""
+    array = np.asarray(edges if edges is not None else [], dtype=np.float64)
+    if array.size == 0 or not np.all(np.isfinite(array)) or np.any(np.diff(array) <= 0):
+        raise LoopmlError(f"features.transforms.{name}.edges: bucket needs finite, strictly increasing edges")
+    return array
+
+
+def _bucket(name: str, values: npt.NDArray[np.generic], edges: FloatArray, default: float) -> FloatArray:
+    x = _numbers(name, values)
+    index = np.searchsorted(edges, x, side="right").astype(np.float64)  # right-open: x == e[i] goes up
+    return np.where(np.isnan(x), default, index)
+
+
 def _ratio(names: list[str], a_values: npt.NDArray[np.generic], b_values: npt.NDArray[np.generic], default: float) -> FloatArray:
     a = _numbers(names[0], a_values)
     b = _numbers(names[1], b_values)
@@ -118,6 +145,10 @@ def apply_transforms(spec: Spec, columns: Mapping[str, npt.NDArray[np.generic]])
             result = _time_op(transform.op, transform.inputs[0], inputs[0], default)
         elif transform.op == "log1p":
             result = _log1p(transform.inputs[0], inputs[0], default)
+        elif transform.op == "log":
+            result = _log(transform.inputs[0], inputs[0], default)
+        elif transform.op == "bucket":
+            result = _bucket(transform.inputs[0], inputs[0], bucket_edges(name, transform.edges), default)
         else:
             result = _ratio(transform.inputs, inputs[0], inputs[1], default)
         out[name] = result

@@ -1,31 +1,40 @@
-"""Feature vectors for online requests: online store rows + request features + transforms.
+"""Feature vectors for online requests: online events + request features + transforms.
 
 :class:`FeatureAssembler` turns a batch of requests (entity keys and request
 features, as they arrive in a predict body) into the model matrix, in
 :func:`~loopml.features.definitions.feature_columns` order. The per-request
-path stays lean: each view is read from the store once per batch, values go
-straight into numpy columns (no DataFrame), and the transforms are computed
-by :func:`~loopml.features.transforms.apply_transforms`, the same function the
-offline builder uses.
+path stays lean: each view's events are read from the store once per batch
+(one store call per view), every view's features are computed from those
+events *as of each request's time* by
+:class:`~loopml.features.online_windows.ViewWindows` (the offline window
+semantics: delay, inclusive/exclusive, ttl, missing values), values go
+straight into numpy columns (no DataFrame), and the transforms are computed by
+:func:`~loopml.features.transforms.apply_transforms`, the same function the
+offline builder uses. String request features are not model inputs; they are
+handed over as object arrays (``AssembledBatch.strings``) for the encodings.
 
 Rules:
 
+- A request's time is its first timestamp request feature (the event time,
+  ``tx_datetime`` in the fraud example), or the current UTC time when the
+  spec has none or the request leaves it out.
 - Entities are looked up by their key column name (``customer_id``) or their
   entity name (``customer``). An entity that is absent from the request or
   unknown to the store gives its views the missing-history values (counts and
-  sums 0, the rest ``features.default``) and is listed in
-  ``missing_entities``; it never fails the request.
+  sums 0, the rest ``features.default``, null indicators 1) and is listed in
+  ``missing_entities``; it never fails the request. A known entity without
+  recent events simply has missing-history values.
 - Request features: numbers may be JSON numbers or numeric strings; booleans
   ``true``/``false``/``0``/``1``; timestamps ISO-8601 strings (an offset is
   converted to UTC; naive means UTC like the data) or epoch seconds. A missing
   required or unparsable feature raises :class:`RequestFeatureError` naming the
-  field. An optional feature left out is NaN (NaT for timestamps), as a NULL
-  would be offline. Unknown keys are ignored.
-- ttl: the request's time is its first timestamp request feature (the event
-  time, ``tx_datetime`` in the fraud example), or the current UTC time when the
-  spec has none. A view's values count as missing when the entity's latest
-  event known to the store is older than the ttl at that time, exactly as the
-  offline ttl does.
+  field. An optional feature left out is NaN (NaT for timestamps, ``None`` for
+  strings), as a NULL would be offline. Unknown keys are ignored.
+- An unreachable online store raises
+  :class:`~loopml.features.online.OnlineStoreUnavailable`, unless the
+  assembler has a :class:`~loopml.features.online_fallback.Fallback`: then
+  the views are computed from the local cache and the batch is flagged
+  ``fallback``.
 """
 
 from __future__ import annotations
@@ -33,33 +42,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from loopml.errors import LoopmlError
-from loopml.features.definitions import (
-    LAST_EVENT_KEY,
-    ViewOutput,
-    feature_columns,
-    missing_value,
-    request_time_feature,
-    view_key,
-    view_outputs,
+from loopml.features.definitions import feature_columns, request_time_feature, view_key
+from loopml.features.online import (
+    EntityKey,
+    EventLog,
+    OnlineStore,
+    OnlineStoreUnavailable,
+    datetime_from_us,
+    key_text,
+    micros,
+    timestamp_us,
 )
-from loopml.features.online import OnlineStore, key_text
+from loopml.features.online_fallback import Fallback
+from loopml.features.online_windows import ViewWindows
 from loopml.features.transforms import apply_transforms
 from loopml.spec.model import RequestFeature, Spec
 
-__all__ = ["AssembledBatch", "FeatureAssembler", "Request", "RequestFeatureError", "parse_request_feature"]
+__all__ = ["AssembledBatch", "FeatureAssembler", "Request", "RequestFeatureError", "online_features", "parse_request_feature"]
 
 Request = tuple[Mapping[str, Any], Mapping[str, Any]]
-_EPOCH = datetime(1970, 1, 1)
-_ONE_US = timedelta(microseconds=1)
-_MIN_EPOCH_SECONDS = (datetime.min - _EPOCH).total_seconds()
-_MAX_EPOCH_SECONDS = (datetime.max - _EPOCH).total_seconds()
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -104,29 +112,6 @@ def _bool(value: Any) -> float:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def _timestamp_us(value: Any) -> int:
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            try:
-                seconds = float(value)
-            except ValueError:
-                raise ValueError(f"expected an ISO-8601 time or epoch seconds, got {value!r}") from None
-            return _timestamp_us(seconds)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and _MIN_EPOCH_SECONDS <= value <= _MAX_EPOCH_SECONDS):
-            raise ValueError(f"epoch seconds out of range (years 1-9999), got {value!r}")
-        return round(value * 1_000_000)
-    else:
-        raise ValueError(f"expected an ISO-8601 time or epoch seconds, got {type(value).__name__}")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return (moment - _EPOCH) // _ONE_US
-
-
 def parse_request_feature(name: str, rule: RequestFeature, value: Any) -> float | int | str | None:
     """One request feature as the assembler uses it: float, epoch microseconds (timestamps) or text.
 
@@ -138,7 +123,7 @@ def parse_request_feature(name: str, rule: RequestFeature, value: Any) -> float 
         return None
     try:
         if rule.type == "timestamp":
-            return _timestamp_us(value)
+            return timestamp_us(value)
         if rule.type == "bool":
             return _bool(value)
         if rule.type == "string":
@@ -155,94 +140,186 @@ class AssembledBatch:
     columns: list[str]
     matrix: npt.NDArray[np.float64]
     missing_entities: list[list[str]] = field(default_factory=list)
+    #: string request features (not model inputs), object arrays with ``None`` where absent
+    strings: dict[str, npt.NDArray[np.object_]] = field(default_factory=dict)
+    #: True when the online store was unreachable and views came from the local fallback cache
+    fallback: bool = False
 
     def values(self, i: int) -> dict[str, float]:
         """Feature name -> value of request ``i``."""
         return dict(zip(self.columns, self.matrix[i].tolist(), strict=True))
 
 
+def _now_us() -> int:
+    return micros(datetime.now(UTC))
+
+
 class FeatureAssembler:
     """Builds feature vectors from an :class:`~loopml.features.online.OnlineStore` and request features."""
 
-    def __init__(self, spec: Spec, store: OnlineStore) -> None:
+    def __init__(self, spec: Spec, store: OnlineStore, fallback: Fallback | None = None) -> None:
         self.spec = spec
         self.store = store
+        self.fallback = fallback
         self.columns = feature_columns(spec)
-        self._outputs: dict[str, list[ViewOutput]] = {v: view_outputs(spec, v) for v in spec.features.views}
+        self.windows = {name: ViewWindows.from_spec(spec, name) for name in spec.features.views}
+        self._keys = {name: view_key(spec, name) for name in spec.features.views}
         self._time_feature = request_time_feature(spec)
+        # where each view's outputs go in the matrix, and which of them the transforms read
+        position = {name: j for j, name in enumerate(self.columns)}
+        transform_inputs = {i for t in spec.features.transforms.values() for i in t.inputs}
+        self._placement: dict[str, tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] = {}
+        self._view_inputs: dict[str, list[tuple[int, str]]] = {}
+        produced: set[str] = set()
+        for view_name, windows in self.windows.items():
+            placed = [(j, position[name]) for j, name in enumerate(windows.names) if name in position]
+            self._placement[view_name] = (
+                np.array([j for j, _ in placed], dtype=np.intp),
+                np.array([k for _, k in placed], dtype=np.intp),
+            )
+            self._view_inputs[view_name] = [(j, name) for j, name in enumerate(windows.names) if name in transform_inputs]
+            produced.update(windows.names)
+        self._other_columns = [(j, name) for j, name in enumerate(self.columns) if name not in produced]
 
-    def _request_columns(self, requests: Sequence[Request]) -> dict[str, npt.NDArray[np.generic]]:
+    def read(self, view: str, keys: Sequence[EntityKey]) -> tuple[list[EventLog | None], bool]:
+        """The events of ``keys`` in one store call, and whether they came from the fallback cache."""
+        try:
+            logs = self.store.read_events(view, keys)
+        except OnlineStoreUnavailable:
+            if self.fallback is None:
+                raise
+            return self.fallback.read(view, keys), True
+        if self.fallback is not None:
+            self.fallback.remember(view, keys, logs)
+        return logs, False
+
+    def view_values(self, view: str, keys: Sequence[EntityKey], at_us: int) -> tuple[list[dict[str, float] | None], bool]:
+        """Every feature of ``view`` for each key as of ``at_us`` (``None``: unknown entity), and the fallback flag."""
+        windows = self.windows[view]
+        logs, fallback = self.read(view, keys)
+        names = windows.names
+        out = [None if log is None else dict(zip(names, windows.values(log, at_us), strict=True)) for log in logs]
+        return out, fallback
+
+    def _request_columns(self, requests: Sequence[Request]) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, Any]]:
         columns: dict[str, npt.NDArray[np.generic]] = {}
+        strings: dict[str, npt.NDArray[np.object_]] = {}
         for name, rule in self.spec.features.request.items():
-            if rule.type == "string":
-                continue
             raw: list[float | int | str | None] = []
             for i, (_, features) in enumerate(requests):
                 try:
                     raw.append(parse_request_feature(name, rule, features.get(name)))
                 except RequestFeatureError as exc:
                     raise RequestFeatureError(exc.field, exc.message, i if len(requests) > 1 else None) from None
-            if rule.type == "timestamp":
+            if rule.type == "string":
+                strings[name] = np.array(raw, dtype=object)
+            elif rule.type == "timestamp":
                 nat = np.iinfo(np.int64).min  # the int64 pattern of NaT
                 columns[name] = np.array([nat if v is None else v for v in raw], dtype=np.int64).view("datetime64[us]")
             else:
                 columns[name] = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
-        return columns
+        return columns, strings
 
-    def _request_times(self, columns: Mapping[str, npt.NDArray[np.generic]], n: int) -> npt.NDArray[np.int64]:
-        now = (datetime.now(UTC).replace(tzinfo=None) - _EPOCH) // _ONE_US
+    def _request_times(self, columns: Mapping[str, npt.NDArray[np.generic]], n: int) -> list[int]:
         if self._time_feature is None:
-            return np.full(n, now, dtype=np.int64)
+            return [_now_us()] * n
         times = columns[self._time_feature]
-        return np.where(np.isnat(times), now, times.view(np.int64))
+        if not np.isnat(times).any():
+            return [int(t) for t in times.view(np.int64)]
+        now = _now_us()
+        return [now if np.isnat(t) else int(t.view(np.int64)) for t in times]
 
     def _view_columns(
-        self, requests: Sequence[Request], times: npt.NDArray[np.int64], missing: list[list[str]]
-    ) -> dict[str, npt.NDArray[np.float64]]:
-        default = self.spec.features.default
-        columns: dict[str, npt.NDArray[np.float64]] = {}
-        for view_name, outputs in self._outputs.items():
-            view = self.spec.features.views[view_name]
-            for o in outputs:
-                columns[o.name] = np.full(len(requests), missing_value(o.function, default), dtype=np.float64)
-            key_name = view_key(self.spec, view_name)
+        self,
+        requests: Sequence[Request],
+        times: Sequence[int],
+        missing: list[list[str]],
+        matrix: npt.NDArray[np.float64],
+        inputs: dict[str, npt.NDArray[np.generic]],
+    ) -> bool:
+        """Every view's features into ``matrix`` (and the transforms' inputs into ``inputs``); the fallback flag."""
+        fallback = False
+        n = len(requests)
+        for view_name, windows in self.windows.items():
+            entity = self.spec.features.views[view_name].entity
+            rows = [windows.missing()] * n
+            key_name = self._keys[view_name]
             positions: list[int] = []
             keys: list[str] = []
             for i, (entities, _) in enumerate(requests):
-                value = entities.get(key_name, entities.get(view.entity))
+                value = entities.get(key_name, entities.get(entity))
                 if value is None:
-                    if view.entity not in missing[i]:
-                        missing[i].append(view.entity)
+                    if entity not in missing[i]:
+                        missing[i].append(entity)
                     continue
                 try:
                     keys.append(key_text(value))
                 except LoopmlError as exc:
-                    raise RequestFeatureError(f"entities.{key_name}", str(exc), i if len(requests) > 1 else None) from None
+                    raise RequestFeatureError(f"entities.{key_name}", str(exc), i if n > 1 else None) from None
                 positions.append(i)
-            ttl_us = None if view.ttl is None else view.ttl // _ONE_US
-            for i, row in zip(positions, self.store.read(view_name, keys) if keys else [], strict=True):
-                if row is None:
-                    if view.entity not in missing[i]:
-                        missing[i].append(view.entity)
-                    continue
-                values = row[0]
-                last = values.get(LAST_EVENT_KEY)
-                if ttl_us is not None and last is not None and times[i] - int(last) > ttl_us:
-                    continue
-                for o in outputs:
-                    if o.name in values:
-                        columns[o.name][i] = values[o.name]
-        return columns
+            if keys:
+                logs, from_cache = self.read(view_name, keys)
+                fallback = fallback or from_cache
+                for i, log in zip(positions, logs, strict=True):
+                    if log is None:
+                        if entity not in missing[i]:
+                            missing[i].append(entity)
+                        continue
+                    rows[i] = windows.values(log, times[i])
+            table = np.array(rows, dtype=np.float64).reshape(n, len(windows.names))
+            source, target = self._placement[view_name]
+            matrix[:, target] = table[:, source]
+            for j, name in self._view_inputs[view_name]:
+                inputs[name] = table[:, j]
+        return fallback
 
     def vectors(self, requests: Sequence[Request]) -> AssembledBatch:
         """The feature matrix of ``requests`` (``(entities, request_features)`` pairs)."""
         n = len(requests)
-        request_columns = self._request_columns(requests)
+        request_columns, strings = self._request_columns(requests)
         missing: list[list[str]] = [[] for _ in range(n)]
-        view_columns = self._view_columns(requests, self._request_times(request_columns, n), missing)
-        inputs: dict[str, npt.NDArray[np.generic]] = {**request_columns, **view_columns}
-        inputs.update(apply_transforms(self.spec, inputs))
         matrix = np.empty((n, len(self.columns)), dtype=np.float64)
-        for j, name in enumerate(self.columns):
+        inputs: dict[str, npt.NDArray[np.generic]] = dict(request_columns)
+        fallback = self._view_columns(requests, self._request_times(request_columns, n), missing, matrix, inputs)
+        if self.spec.features.transforms:
+            inputs.update(apply_transforms(self.spec, inputs))
+        for j, name in self._other_columns:
             matrix[:, j] = inputs[name]
-        return AssembledBatch(columns=self.columns, matrix=matrix, missing_entities=missing)
+        return AssembledBatch(columns=self.columns, matrix=matrix, missing_entities=missing, strings=strings, fallback=fallback)
+
+
+def online_features(
+    spec: Spec, store: OnlineStore, entities: Mapping[str, str], as_of: datetime | None = None
+) -> dict[str, dict[str, Any] | None]:
+    """``loopml features get``: each view of the given entity keys, ``{"values", "as_of"}`` or None when unknown.
+
+    ``entities`` maps entity key columns (``customer_id``) to values. Values
+    are computed as of ``as_of`` when given, else as of the end of the data
+    the store holds for that entity: the later of the view's materialization
+    time and just after the entity's newest event (now for a view never
+    materialized whose entity has no event).
+    """
+    keys = {e.key: name for name, e in spec.entities.items()}
+    for key in entities:
+        if key not in keys:
+            raise LoopmlError(f"--entity {key}: unknown entity key (known: {', '.join(keys)})")
+    assembler = FeatureAssembler(spec, store)
+    result: dict[str, dict[str, Any] | None] = {}
+    for view_name in spec.features.views:
+        key = view_key(spec, view_name)
+        if key not in entities:
+            continue
+        log = assembler.read(view_name, [entities[key]])[0][0]
+        if log is None:
+            result[view_name] = None
+            continue
+        if as_of is not None:
+            at = micros(as_of)
+        else:
+            ends = [micros(m) for m in [store.materialized_as_of(view_name)] if m is not None]
+            ends += [log.ts[-1] + 1] if log.ts else []
+            at = max(ends) if ends else _now_us()
+        windows = assembler.windows[view_name]
+        values = dict(zip(windows.names, windows.values(log, at), strict=True))
+        result[view_name] = {"values": values, "as_of": datetime_from_us(at).isoformat()}
+    return result

@@ -17,6 +17,12 @@ Window frames are ``RANGE`` frames over ``__ts`` in exact microseconds. A
 of the semantics are one microsecond further in: ``t - d - w < s`` becomes
 ``s >= t - (d + w - 1us)`` and ``s < t - d`` becomes ``s <= t - (d + 1us)``.
 A frame whose start lies after its end is empty.
+
+The null indicator (``{view}_missing``, see
+:func:`loopml.features.definitions.history_missing`) is computed from the
+latest visible event time, ``max(__ets)`` over ``UNBOUNDED PRECEDING`` up to
+the upper bound, the same column the ttl uses; a view without a ttl needs no
+such frame: its indicator is "no event in the longest window", a count.
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from loopml.features.definitions import missing_value, view_key, view_outputs
+from loopml.features.definitions import (
+    has_indicator,
+    indicator_name,
+    missing_value,
+    view_horizon,
+    view_key,
+    view_outputs,
+)
 from loopml.spec.model import AggFunction, Spec
 
-__all__ = ["ViewSql", "last_event_column", "quote", "view_sql"]
+__all__ = ["ViewSql", "last_event_column", "literal_double", "quote", "view_sql"]
 
 _ONE_US = timedelta(microseconds=1)
 _ORDER_BITS = 1 << 40  # __ord < 2**40 rows, so (time, ord) packs into one HUGEINT
@@ -52,7 +65,7 @@ def _interval(value: timedelta) -> str:
     return f"INTERVAL ({_us(value)}) MICROSECONDS PRECEDING"
 
 
-def _literal(value: float) -> str:
+def literal_double(value: float) -> str:
     """A DOUBLE literal, NaN and infinities included."""
     if math.isnan(value):
         return "CAST('NaN' AS DOUBLE)"
@@ -106,6 +119,8 @@ def view_sql(spec: Spec, view_name: str, prefix: str, last_event: bool = False) 
     inner: list[str] = []
     outer: list[str] = []
     last = f"{prefix}_last"
+    indicator = has_indicator(spec, view_name)
+    # without a ttl the indicator is "no event in the longest window": a count, no extra unbounded frame
     need_last = last_event or view.ttl is not None
     window_defs: list[str] = []
     if need_last:
@@ -113,9 +128,10 @@ def view_sql(spec: Spec, view_name: str, prefix: str, last_event: bool = False) 
         window_defs.append(f"{name} AS ({partition} RANGE BETWEEN UNBOUNDED PRECEDING AND {upper})")
         inner.append(f"max(__ets) OVER {name} AS {last}")
     invalid = f"{key} IS NULL OR __ts IS NULL"
-    if view.ttl is not None:
-        invalid += f" OR epoch_us(__ts) - epoch_us({last}) > {_us(view.ttl)}"
+    expired = "" if view.ttl is None else f" OR epoch_us(__ts) - epoch_us({last}) > {_us(view.ttl)}"
+    invalid += expired
     default = spec.features.default
+    counts: dict[timedelta, str] = {}  # window -> raw alias of a count over it
     for i, output in enumerate(view_outputs(spec, view_name)):
         if output.window not in windows:
             name = f"{prefix}_w{len(windows)}"
@@ -124,10 +140,25 @@ def view_sql(spec: Spec, view_name: str, prefix: str, last_event: bool = False) 
             window_defs.append(f"{name} AS ({partition} RANGE BETWEEN {lower} AND {upper})")
         raw = f"{prefix}_{i}"
         inner.append(f"{_aggregate(output.function, output.column)} OVER {windows[output.window]} AS {raw}")
-        missing = _literal(missing_value(output.function, default))
+        if output.function == "count":
+            counts[output.window] = raw
+        missing = literal_double(missing_value(output.function, default))
         outer.append(
             f"CAST(CASE WHEN {invalid} THEN {missing} ELSE coalesce(CAST({raw} AS DOUBLE), {missing}) END AS DOUBLE)"
             f" AS {quote(output.name)}"
+        )
+    if indicator:
+        if need_last:
+            no_history = f"{last} IS NULL OR epoch_us(__ts) - epoch_us({last}) >= {_us(view_horizon(view))}"
+        else:
+            longest = max(windows)
+            if longest not in counts:
+                counts[longest] = f"{prefix}_n"
+                inner.append(f"count(__ev) OVER {windows[longest]} AS {counts[longest]}")
+            no_history = f"{counts[longest]} = 0"
+        outer.append(
+            f"CAST(CASE WHEN {key} IS NULL OR __ts IS NULL OR {no_history}{expired} THEN 1.0 ELSE 0.0 END AS DOUBLE)"
+            f" AS {quote(indicator_name(view_name))}"
         )
     if last_event:
         alias = quote(last_event_column(view_name))

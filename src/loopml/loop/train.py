@@ -1,9 +1,13 @@
 """The training pipeline: from a training set to a registered, gated model version.
 
-Steps: load the training set -> split -> fit the model and the baseline ->
+Steps: load the training set -> split -> fit the categorical encodings on
+the training split only (:mod:`loopml.features.encodings`; their columns go
+after the other features) -> fit the model and the baseline ->
 evaluate both on valid and test (decision threshold chosen on valid) ->
-reference statistics for monitoring -> single-row latency -> re-score the
-current champion on the candidate's test split -> promotion gate -> register
+reference statistics for monitoring (the fitted encoding state is stored with
+them, so the version serves with exactly its own encodings) -> single-row
+latency -> re-score the current champion, with its own encodings, on the
+candidate's test split -> promotion gate -> register
 the version with its lineage -> move the champion alias when the gate passes.
 Every run is tracked (:mod:`loopml.train.tracking`), failed ones included.
 
@@ -26,16 +30,19 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loopml.errors import LoopmlError
+from loopml.errors import DataError, LoopmlError
+from loopml.features.encodings import REFERENCE_KEY, EncodingState, apply_encodings, encode_training_set
 from loopml.layout import Layout
 from loopml.registry.base import ModelVersion, Registry
 from loopml.registry.gate import GateVerdict, evaluate_gate, higher_is_better
 from loopml.spec.model import Spec
 from loopml.train.artifact import Predictor, sha256_file
-from loopml.train.dataset import TrainingData, load_training_set
-from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, choose_threshold, evaluate, metric_names
-from loopml.train.models import FittedModel, check_model_type, fit_model
+from loopml.train.candidate import Candidate, ValidContext, fit_candidate, tuning_requested
+from loopml.train.dataset import TrainingData, column_type, load_training_set
+from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, check_metric, evaluate, metric_names
+from loopml.train.models import check_model_type, feature_warnings
 from loopml.train.reference import reference_stats
+from loopml.train.report import REPORT_HTML, ReportInputs, SplitData, write_report
 from loopml.train.split import SPLITS, SplitResult, split_rows
 from loopml.train.tracking import RunRecord, RunStore, git_commit, library_versions, new_run_id
 
@@ -43,6 +50,8 @@ FloatArray = npt.NDArray[np.float64]
 Progress = Callable[[str, float], None]
 LATENCY_CALLS = 300
 SAMPLE_ROWS = 5000
+EXPLAIN_ROWS = 1000  # test rows the explanations (importance, partial dependence) are computed on
+STUDY_FILE = "study.sqlite"
 REGRESSION_GATE_METRIC = "rmse"  # used when gate.metric is left at its (binary) default on a regression task
 _ROUND_TRIP_TOLERANCE = 1e-9
 
@@ -62,6 +71,7 @@ class TrainResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     champion_version: int | None = None
     split: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +86,7 @@ class TrainResult:
             "latency_ms": self.latency_ms,
             "champion_version": self.champion_version,
             "split": self.split,
+            "report": self.report,
         }
 
 
@@ -127,35 +138,141 @@ def _evaluate_model(
 
 
 def _fit_and_score(
-    spec: Spec, model_type: str, key: str, data: TrainingData, split: SplitResult, params: dict[str, Any]
-) -> tuple[FittedModel, dict[str, FloatArray], float | None, list[str]]:
+    spec: Spec,
+    model_type: str,
+    key: str,
+    data: TrainingData,
+    split: SplitResult,
+    params: dict[str, Any],
+    trials: int = 0,
+    study: Path | None = None,
+    tuning_metric: str | None = None,
+) -> Candidate:
+    """Tune (main model), fit, calibrate and choose the threshold: :mod:`loopml.train.candidate`."""
     names = data.feature_names
-    X_train, y_train = data.matrix(names, split.train), data.y[split.train]
-    model = fit_model(model_type, spec.task, X_train, y_train, names, params, spec.model.seed, key)
-    scores = {name: model.predict(data.matrix(names, split.indices(name))) for name in SPLITS}
-    notes = list(model.warnings)
-    threshold = None
-    if spec.task == "binary":
-        threshold, note = choose_threshold(data.y[split.valid], scores["valid"])
-        if note:
-            notes.append(f"{model.type}: {note}")
-    return model, scores, threshold, notes
+    splits = {name: (data.matrix(names, split.indices(name)), data.y[split.indices(name)]) for name in SPLITS}
+    context = ValidContext(
+        data.timestamps[split.valid] if data.timestamps is not None else None,
+        data.entity_ids[split.valid] if data.entity_ids is not None else None,
+    )
+    study_name = study.parent.name if study is not None else "loopml"
+    return fit_candidate(spec, model_type, key, splits, names, params, trials, tuning_metric, study, study_name, context)
+
+
+def _threshold(candidate: Candidate) -> float | None:
+    return candidate.threshold.threshold if candidate.threshold is not None else None
+
+
+def _evaluation_columns(spec: Spec, training_set: Path) -> tuple[list[str], list[str]]:
+    """Numeric and string columns ``evaluation.segments`` / ``evaluation.group`` read; LoopmlError naming the key if absent."""
+    wanted = [(f"evaluation.segments[{i}]", c) for i, c in enumerate(spec.evaluation.segments)]
+    if spec.evaluation.group is not None:
+        wanted.append(("evaluation.group", spec.evaluation.group))
+    if not wanted:
+        return [], []
+    schema = pq.read_schema(training_set)
+    numeric: list[str] = []
+    strings: list[str] = []
+    for key, column in wanted:
+        if column not in schema.names:
+            raise LoopmlError(f"{key}: column {column!r} is not in the training set {training_set}")
+        (numeric if column_type(schema.field(column).type) else strings).append(column)
+    return numeric, strings
+
+
+def _report(
+    spec: Spec,
+    folder: Path,
+    run: RunRecord,
+    data: TrainingData,
+    split: SplitResult,
+    candidate: Candidate,
+    metrics: dict[str, Metrics],
+    baseline: tuple[dict[str, Metrics] | None, FloatArray | None, float | None],
+    headline: str,
+    verdict: GateVerdict,
+    notes: list[str],
+) -> tuple[str, list[str]]:
+    """Write report.json / report.html / PNGs into the run folder; returns the HTML path and the files."""
+    rows = split.test
+    columns = [*spec.evaluation.segments, *([spec.evaluation.group] if spec.evaluation.group else [])]
+    test = SplitData(
+        y=data.y[rows],
+        scores=candidate.scores["test"],
+        timestamps=data.timestamps[rows] if data.timestamps is not None else None,
+        entities=data.entity_ids[rows] if data.entity_ids is not None else None,
+        columns={c: (data.columns[c] if c in data.columns else data.strings[c])[rows] for c in columns},
+    )
+    pick = np.random.default_rng(spec.model.seed).permutation(len(rows))[:EXPLAIN_ROWS]
+    inputs = ReportInputs(
+        run_id=run.run_id,
+        task=spec.task,
+        model_type=spec.model.type,
+        metric=headline,
+        metrics=metrics,
+        test=test,
+        predictor=candidate.predictor,
+        X_sample=data.matrix(data.feature_names, rows[np.sort(pick)]),
+        threshold=candidate.threshold,
+        baseline_metrics=baseline[0],
+        baseline_test_scores=baseline[1],
+        baseline_threshold=baseline[2],
+        calibration=candidate.calibration,
+        tuning=candidate.tuning.to_json() if candidate.tuning is not None else None,
+        gate=verdict.to_json(),
+        warnings=notes,
+        seed=spec.model.seed,
+    )
+    _, files = write_report(folder, inputs, spec.evaluation)
+    return str(folder / REPORT_HTML), files
+
+
+def _encode(spec: Spec, data: TrainingData, split: SplitResult) -> EncodingState:
+    """Fit ``features.encodings`` on the training split only and append the encoded columns to ``data``."""
+    needed = {enc.input: name for name, enc in spec.features.encodings.items()}
+    for column, name in needed.items():
+        if column not in data.strings:
+            raise DataError(f"{data.path}: column {column!r} (features.encodings.{name}.input) is missing from the training set")
+    if not needed:
+        return EncodingState()
+    state, encoded = encode_training_set(spec, data.strings, data.y, split.train, spec.model.seed)
+    data.add_encoded(encoded, state.encoding_of())
+    return state
+
+
+def _champion_inputs(registry: Registry, champion: ModelVersion) -> list[str]:
+    """String columns the champion's encodings read (none when its state cannot be read; the gate says why)."""
+    try:
+        return EncodingState.from_reference(registry.reference_stats(champion.version)).inputs
+    except LoopmlError:
+        return []
+
+
+def _champion_matrix(champion: ModelVersion, state: EncodingState, data: TrainingData, rows: npt.NDArray[np.int64]) -> FloatArray:
+    """The champion's own model input for ``rows``: its encodings (its fitted state) and the shared columns."""
+    encoded = apply_encodings(state, {name: data.strings[name][rows] for name in state.inputs})
+    return np.column_stack([encoded[n] if n in encoded else data.columns[n][rows] for n in champion.feature_names])
 
 
 def _rescore_champion(
     spec: Spec, registry: Registry, champion: ModelVersion, data: TrainingData, split: SplitResult
 ) -> tuple[Metrics | None, str | None]:
     """The champion's metrics on the candidate's test split, or why they cannot be computed."""
-    missing = [name for name in champion.feature_names if name not in data.columns]
+    try:
+        state = EncodingState.from_reference(registry.reference_stats(champion.version), f"model version {champion.version}")
+    except LoopmlError as exc:
+        return None, str(exc)
+    missing = [name for name in champion.feature_names if name not in data.columns and name not in state.columns]
+    missing += [f"{name} (encoded)" for name in state.inputs if name not in data.strings]
     if missing:
         return None, f"it needs feature column(s) {', '.join(missing)} that the new training set lacks"
+    rows = split.test
     try:
         predictor = registry.load_predictor(champion.version)
-        scores = predictor.predict(data.matrix(champion.feature_names, split.test))
+        scores = predictor.predict(_champion_matrix(champion, state, data, rows))
     except LoopmlError as exc:
         return None, str(exc)
     threshold = champion.metrics.get("threshold")
-    rows = split.test
     ev = evaluate(
         spec.task,
         data.y[rows],
@@ -215,6 +332,7 @@ def train(
             "trials": trials,
             "split": spec.split.model_dump(mode="json"),
             "feature_columns": list(feature_columns),
+            "encodings": {name: enc.model_dump(mode="json") for name, enc in spec.features.encodings.items()},
         },
     )
     metric = gate_metric(spec)
@@ -255,38 +373,54 @@ def _run(
     run: RunRecord,
     metric: str,
 ) -> TrainResult:
-    check_model_type(spec.model.type, "model.type")
+    check_model_type(spec.model.type, "model.type", spec.task)
     if spec.model.baseline is not None:
-        check_model_type(spec.model.baseline, "model.baseline")
+        check_model_type(spec.model.baseline, "model.baseline", spec.task)
+    headline = check_metric(spec.evaluation.metric or metric, spec.task, "evaluation.metric")
+    tuning_metric = check_metric(spec.model.tuning.metric or metric, spec.task, "model.tuning.metric")
+    numeric_eval, string_eval = _evaluation_columns(spec, training_set)
     notes: list[str] = []
-    if trials > 0:
-        notes.append(f"trials={trials} requested, but tuning is not implemented yet; trained once with model.params")
 
     alias = spec.rollout.alias
     champion = registry.alias(alias)
     say(f"loading {training_set}", 0.0)
-    data = load_training_set(spec, training_set, feature_columns, champion.feature_names if champion else ())
+    strings = [enc.input for enc in spec.features.encodings.values()]
+    if champion is not None:
+        strings += _champion_inputs(registry, champion)
+    optional = [*(champion.feature_names if champion else ()), *numeric_eval]
+    data = load_training_set(spec, training_set, feature_columns, optional, [*strings, *string_eval])
     notes.extend(data.warnings)
     say("splitting", 0.1)
     split = split_rows(spec, data.y, data.timestamps, _groups(spec, training_set))
+    say("fitting encodings on the training split", 0.12)
+    encodings = _encode(spec, data, split)
 
-    say(f"fitting {spec.model.type}", 0.15)
-    model, scores, threshold, fit_notes = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params)
-    notes.extend(fit_notes)
+    notes.extend(feature_warnings(data.matrix(data.feature_names, split.train), data.feature_names))
+
+    folder = store.run_dir(run.run_id)
+    say(f"{'tuning and ' if tuning_requested(spec, trials) else ''}fitting {spec.model.type}", 0.15)
+    args = (trials, folder / STUDY_FILE, tuning_metric)
+    candidate = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params, *args)
+    model, scores, threshold = candidate.model, candidate.scores, _threshold(candidate)
+    notes.extend(candidate.notes)
+    if candidate.tuning is not None:
+        run.params["tuning"] = candidate.tuning.to_json()
     metrics, eval_notes = _evaluate_model(spec, scores, data, split, threshold)
     notes.extend(eval_notes)
     baseline_metrics: dict[str, Metrics] | None = None
+    base_scores: FloatArray | None = None
+    base_threshold: float | None = None
     if spec.model.baseline is not None:
         say(f"fitting baseline {spec.model.baseline}", 0.5)
-        _, base_scores, base_threshold, base_notes = _fit_and_score(spec, spec.model.baseline, "model.baseline", data, split, {})
-        baseline_metrics, base_eval_notes = _evaluate_model(spec, base_scores, data, split, base_threshold)
-        notes.extend(f"baseline: {n}" for n in base_notes + base_eval_notes)
+        base = _fit_and_score(spec, spec.model.baseline, "model.baseline", data, split, {})
+        baseline_metrics, base_eval_notes = _evaluate_model(spec, base.scores, data, split, _threshold(base))
+        base_scores, base_threshold = base.scores["test"], _threshold(base)
+        notes.extend(f"baseline: {n}" for n in base.notes + base_eval_notes)
 
     say("writing the artifact and measuring latency", 0.7)
-    folder = store.run_dir(run.run_id)
-    predictor = model.predictor()
+    predictor = candidate.predictor
     artifact = folder / f"model{predictor.suffix}"
-    artifact.write_text(predictor.to_text(), encoding="utf-8")
+    artifact.write_bytes(predictor.to_bytes())
     served = Predictor.load(artifact, sha256_file(artifact))
     X_test = data.matrix(data.feature_names, split.test)
     served_scores = served.predict(X_test)
@@ -295,6 +429,8 @@ def _run(
     latency = measure_latency(served, X_test)
     X_train = data.matrix(data.feature_names, split.train)
     reference = reference_stats(X_train, data.feature_names, served_scores, spec.monitoring.psi_bins)
+    if encodings.encodings:
+        reference[REFERENCE_KEY] = encodings.to_json()
     _write_sample(folder / "predictions_sample.parquet", data, split.test, served_scores, spec.model.seed)
 
     say("gating against the champion", 0.8)
@@ -313,6 +449,9 @@ def _run(
     )
     if champion_metrics is not None:
         verdict = GateVerdict(verdict.passed, verdict.reasons, {**verdict.numbers, "champion_metrics": champion_metrics})
+    say("writing the evaluation report", 0.85)
+    report_args = (metrics, (baseline_metrics, base_scores, base_threshold), headline, verdict, notes)
+    report_path, report_files = _report(spec, folder, run, data, split, candidate, *report_args)
 
     commit = git_commit(layout.root)
     lineage: dict[str, Any] = {
@@ -336,6 +475,8 @@ def _run(
             "test": metrics["test"],
             "baseline": baseline_metrics,
             "threshold": threshold,
+            "threshold_choice": candidate.threshold.to_json() if candidate.threshold is not None else None,
+            "calibration": candidate.calibration,
             "latency_ms": latency,
         },
         lineage=lineage,
@@ -356,7 +497,9 @@ def _run(
     run.model_version = version.version
     run.promoted = verdict.passed
     run.gate = verdict.to_json()
-    run.artifacts = [artifact.name, "predictions_sample.parquet"]
+    run.artifacts = [artifact.name, "predictions_sample.parquet", *report_files]
+    if candidate.tuning is not None:
+        run.artifacts.append(STUDY_FILE)
     return TrainResult(
         run_id=run.run_id,
         model_version=version.version,
@@ -369,4 +512,5 @@ def _run(
         latency_ms=latency,
         champion_version=champion.version if champion is not None else None,
         split=split.to_json(),
+        report=report_path,
     )

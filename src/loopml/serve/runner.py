@@ -37,9 +37,8 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     spec = project.spec
     log = project.prediction_log()
     logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
-    service = PredictionService(
-        spec, FeatureAssembler(spec, project.online_store()), project.registry(), logger, alias=spec.rollout.alias
-    )
+    assembler = FeatureAssembler(spec, project.online_store(), project.online_fallback())
+    service = PredictionService(spec, assembler, project.registry(), logger, alias=spec.rollout.alias)
     service.reload()
     return create_app(service, log, logger, ServeOptions(admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes))
 

@@ -35,6 +35,9 @@ class Prediction(BaseModel):
     model_version: int
     variant: str
     missing_entities: list[str] = Field(default_factory=list)
+    fallback: bool | None = Field(
+        default=None, description="true when the online store was unreachable and features came from the local cache"
+    )
     explanation: dict[str, float] | None = None
 
 

@@ -2,7 +2,12 @@
 
 validate entities -> read online features and compute request-time features
 (the feature store's :class:`FeatureAssembler`, the same transform code as
-offline) -> score with the live model -> hand the record to the async logger.
+offline) -> the model input in the model's signature order: the assembled
+columns plus the categorical encodings of the request's string features
+(:func:`~loopml.features.encodings.apply_encodings` with the state fitted when
+that version was trained: the same code as training; an unseen category or a
+null gets the documented value, never an error) -> score with the live model
+-> hand the record, with the model input as logged features, to the async logger.
 
 The live model is one immutable :class:`LiveModel` object swapped by a single
 reference assignment, so a hot swap (``reload``) never exposes a half-loaded
@@ -20,9 +25,12 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from loopml.errors import LoopmlError
-from loopml.features.vector import FeatureAssembler
+from loopml.features.encodings import EncodingState, apply_encodings
+from loopml.features.online import OnlineStoreUnavailable
+from loopml.features.vector import AssembledBatch, FeatureAssembler
 from loopml.monitor.predlog import LoggedPrediction
 from loopml.registry.base import Registry
 from loopml.serve.logger import AsyncLogger
@@ -43,11 +51,41 @@ class ModelFailure(LoopmlError):
     """The model raised or returned a non-finite score: becomes a 503."""
 
 
+class FeaturesUnavailable(ModelFailure):
+    """The online store cannot be reached (``storage.online_unavailable: fail``): a 503 naming it."""
+
+
+class ModelInput:
+    """Builds one model version's input matrix from an assembled batch, in the model's column order."""
+
+    def __init__(self, names: list[str], assembled_columns: list[str], state: EncodingState, version: int) -> None:
+        self.names = list(names)
+        self.state = state
+        self._positions = {name: j for j, name in enumerate(assembled_columns)}
+        encoded = set(state.columns)
+        missing = [n for n in self.names if n not in encoded and n not in self._positions]
+        if missing:
+            raise LoopmlError(
+                f"model version {version} needs feature(s) {', '.join(missing[:5])} that features in loopml.yaml do not produce"
+            )
+        self._identity = not state.encodings and self.names == list(assembled_columns)
+
+    def matrix(self, assembled: AssembledBatch) -> npt.NDArray[np.float64]:
+        if self._identity:
+            return assembled.matrix
+        encoded = apply_encodings(self.state, assembled.strings) if self.state.encodings else {}
+        out = np.empty((assembled.matrix.shape[0], len(self.names)), dtype=np.float64)
+        for j, name in enumerate(self.names):
+            out[:, j] = encoded[name] if name in encoded else assembled.matrix[:, self._positions[name]]
+        return out
+
+
 @dataclass(frozen=True)
 class LiveModel:
     version: int
     predictor: Predictor
     variant: str
+    inputs: ModelInput
 
 
 class PredictionService:
@@ -76,7 +114,16 @@ class PredictionService:
         if self.live is not None and self.live.version == version.version:
             return self.live
         predictor = self.registry.load_predictor(version.version)
-        self.live = LiveModel(version=version.version, predictor=predictor, variant=self.alias)
+        state = EncodingState()
+        if any("encoding" in column for column in version.signature):
+            where = f"model version {version.version}"
+            state = EncodingState.from_reference(self.registry.reference_stats(version.version), where)
+            strings = {name for name, rf in self.spec.features.request.items() if rf.type == "string"}
+            lacking = [name for name in state.inputs if name not in strings]
+            if lacking:
+                raise LoopmlError(f"{where} encodes request feature(s) {', '.join(lacking)}; declare them under features.request")
+        inputs = ModelInput(predictor.feature_names, self.assembler.columns, state, version.version)
+        self.live = LiveModel(version=version.version, predictor=predictor, variant=self.alias, inputs=inputs)
         return self.live
 
     @property
@@ -106,10 +153,12 @@ class PredictionService:
             raise RequestError(problems)
         try:
             assembled = self.assembler.vectors([(dict(r.entities), dict(r.features)) for r in requests])
+        except OnlineStoreUnavailable as exc:
+            raise FeaturesUnavailable(str(exc)) from None
         except LoopmlError as exc:
             field = getattr(exc, "field", "features")
             raise RequestError([(str(field), str(exc))]) from None
-        matrix = assembled.matrix
+        matrix = live.inputs.matrix(assembled)
         try:
             scores = np.asarray(live.predictor.predict(matrix), dtype=float)
         except Exception as exc:
@@ -134,6 +183,7 @@ class PredictionService:
                     model_version=live.version,
                     variant=live.variant,
                     missing_entities=assembled.missing_entities[i],
+                    fallback=True if assembled.fallback else None,
                     explanation=explanation,
                 )
             )

@@ -6,12 +6,16 @@ key path into a YAML line. Checks only read the spec, never the data.
 
 from __future__ import annotations
 
-from loopml.spec.model import Spec
+import itertools
+import math
+import re
+
+from loopml.spec.model import Spec, format_duration
 
 Loc = tuple[str | int, ...]
 _NUMERIC = {"int", "float", "bool"}
 _TIME_OPS = {"hour", "day_of_week", "is_weekend", "is_night"}
-_ARITY = {"hour": 1, "day_of_week": 1, "is_weekend": 1, "is_night": 1, "log1p": 1, "ratio": 2}
+_ARITY = {"hour": 1, "day_of_week": 1, "is_weekend": 1, "is_night": 1, "log": 1, "log1p": 1, "ratio": 2, "bucket": 1}
 
 
 def _source_problems(spec: Spec) -> list[tuple[Loc, str]]:
@@ -73,8 +77,12 @@ def _feature_problems(spec: Spec) -> list[tuple[Loc, str]]:
                 problems.append(((*loc, "aggregations", i, "windows"), "at least one window is needed"))
         for fname, *_ in view.outputs(vname):
             known[fname] = "float"
+        if spec.features.null_indicators if view.indicator is None else view.indicator:
+            known[f"{vname}_missing"] = "float"
     for tname, transform in spec.features.transforms.items():
         loc = ("features", "transforms", tname)
+        if tname in known:
+            problems.append((loc, f"{tname!r} is already the name of a request feature, view output or transform"))
         if len(transform.inputs) != _ARITY[transform.op]:
             problems.append(((*loc, "inputs"), f"{transform.op} takes {_ARITY[transform.op]} input(s)"))
         for inp in transform.inputs:
@@ -84,10 +92,62 @@ def _feature_problems(spec: Spec) -> list[tuple[Loc, str]]:
                 )
             elif transform.op in _TIME_OPS and known[inp] != "timestamp":
                 problems.append(((*loc, "inputs"), f"{transform.op} needs a timestamp input; {inp!r} is {known[inp]}"))
+            elif transform.op not in _TIME_OPS and known[inp] in ("timestamp", "string"):
+                problems.append(((*loc, "inputs"), f"{transform.op} needs a number; {inp!r} is {known[inp]}"))
+        problems.extend(_edges_problems(loc, transform.op, transform.edges))
         known[tname] = "float"
     for i, name in enumerate(spec.features.exclude):
         if name not in known:
             problems.append((("features", "exclude", i), f"unknown feature {name!r}"))
+    return problems
+
+
+def _edges_problems(loc: Loc, op: str, edges: list[float] | None) -> list[tuple[Loc, str]]:
+    if op != "bucket":
+        return [] if edges is None else [((*loc, "edges"), f"edges apply to op: bucket, not {op}")]
+    if not edges:
+        return [(loc, "bucket needs edges: [e0, e1, ...] (the right-open bucket bounds)")]
+    if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
+        return [((*loc, "edges"), "edges must be finite and strictly increasing")]
+    return []
+
+
+def _leak_and_request_problems(spec: Spec) -> list[tuple[Loc, str]]:
+    """Labels must not leak into features; request features must exist in the label source."""
+    problems: list[tuple[Loc, str]] = []
+    label = spec.label
+    for vname, view in spec.features.views.items():
+        loc: Loc = ("features", "views", vname)
+        if view.delay.total_seconds() < 0:
+            problems.append(((*loc, "delay"), "must not be negative"))
+        if view.ttl is not None and view.ttl.total_seconds() <= 0:
+            problems.append(((*loc, "ttl"), "must be positive"))
+        for i, agg in enumerate(view.aggregations):
+            if any(w.total_seconds() <= 0 for w in agg.windows):
+                problems.append(((*loc, "aggregations", i, "windows"), "windows must be positive"))
+        if view.source != label.source or view.delay >= label.delay:
+            continue
+        for agg in view.aggregations:
+            if agg.column == label.column and set(agg.functions) - {"count"}:
+                problems.append(
+                    (
+                        (*loc, "delay"),
+                        f"aggregates the label column {label.column!r} with delay {format_duration(view.delay)} "
+                        f"< label.delay {format_duration(label.delay)}: labels not yet known would leak (set delay: "
+                        f"{format_duration(label.delay)} or more)",
+                    )
+                )
+                break
+    source = spec.sources.get(label.source)
+    if source is not None:
+        for name in spec.features.request:
+            if name not in source.columns:
+                problems.append(
+                    (
+                        ("features", "request", name),
+                        f"{name!r} is not a column of the label source {label.source!r}; training needs its value for every row",
+                    )
+                )
     return problems
 
 
@@ -103,6 +163,53 @@ def _split_problems(spec: Spec) -> list[tuple[Loc, str]]:
     return []
 
 
+_ENCODING_OPTIONS = {"smoothing": "target", "folds": "target", "min_frequency": "onehot", "max_categories": "onehot"}
+_ENCODABLE = {"string", "int"}
+_FEATURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _encoding_problems(spec: Spec) -> list[tuple[Loc, str]]:
+    """An encoding reads a string request feature that the label source also holds (so training sees it)."""
+    problems: list[tuple[Loc, str]] = []
+    taken = set(spec.features.request) | set(spec.features.transforms)
+    taken |= {name for vname, view in spec.features.views.items() for name, *_ in view.outputs(vname)}
+    source = spec.sources.get(spec.label.source)
+    for name, enc in spec.features.encodings.items():
+        loc: Loc = ("features", "encodings", name)
+        if not _FEATURE_NAME.match(name):
+            problems.append((loc, "an encoding name must start with a letter or _ and use only letters, digits, '_', '.', '-'"))
+        elif name in taken:
+            problems.append((loc, f"{name!r} is already the name of another feature"))
+        request = spec.features.request.get(enc.input)
+        if request is None:
+            problems.append(
+                ((*loc, "input"), f"unknown request feature {enc.input!r} (declare it under features.request with type: string)")
+            )
+        elif request.type != "string":
+            problems.append(((*loc, "input"), f"request feature {enc.input!r} is {request.type}; an encoding needs type: string"))
+        if source is not None:
+            rule = source.columns.get(enc.input)
+            if rule is None:
+                where = f"source {spec.label.source!r} (label.source)"
+                problems.append(((*loc, "input"), f"column {enc.input!r} is not declared in {where}; training could not see it"))
+            elif rule.type not in _ENCODABLE:
+                what = f"column {enc.input!r} of source {spec.label.source!r}"
+                problems.append(((*loc, "input"), f"{what} is {rule.type}; encodings take string or int columns"))
+        for option in sorted(enc.model_fields_set & set(_ENCODING_OPTIONS)):
+            if _ENCODING_OPTIONS[option] != enc.op:
+                problems.append(((*loc, option), f"{option} applies to op: {_ENCODING_OPTIONS[option]}, not {enc.op}"))
+        if enc.folds == 1:
+            problems.append(((*loc, "folds"), "folds must be 0 (off) or at least 2"))
+    return problems
+
+
 def cross_reference_problems(spec: Spec) -> list[tuple[Loc, str]]:
     """Every reference in the spec that points at nothing."""
-    return _source_problems(spec) + _label_problems(spec) + _feature_problems(spec) + _split_problems(spec)
+    return (
+        _source_problems(spec)
+        + _label_problems(spec)
+        + _feature_problems(spec)
+        + _leak_and_request_problems(spec)
+        + _split_problems(spec)
+        + _encoding_problems(spec)
+    )

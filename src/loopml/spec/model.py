@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -116,6 +116,8 @@ class FeatureView(_Strict):
     aggregations: list[Aggregation]
     delay: Duration = timedelta(0)
     ttl: Duration | None = None
+    #: add ``{view}_missing`` (1.0 without visible history or past the ttl); None follows ``features.null_indicators``
+    indicator: bool | None = None
 
     def outputs(self, view_name: str) -> list[tuple[str, Aggregation, AggFunction, timedelta]]:
         """``(feature_name, aggregation, function, window)`` for every output column.
@@ -137,28 +139,86 @@ class RequestFeature(_Strict):
     required: bool = True
 
 
-TransformOp = Literal["hour", "day_of_week", "is_weekend", "is_night", "log1p", "ratio"]
+TransformOp = Literal["hour", "day_of_week", "is_weekend", "is_night", "log", "log1p", "ratio", "bucket"]
 
 
 class Transform(_Strict):
     op: TransformOp
     inputs: list[str]
+    #: ``bucket`` only: increasing edges; the output is the index of the right-open bucket ``[e[i-1], e[i])``
+    edges: list[float] | None = None
+
+
+EncodingOp = Literal["onehot", "frequency", "target"]
+
+
+class Encoding(_Strict):
+    """A categorical encoding of a string request feature, fitted on the training split only.
+
+    Values, nulls and unseen categories: see :mod:`loopml.features.encodings`.
+    Options apply to one op each (``loopml check`` rejects the others).
+    """
+
+    input: str
+    op: EncodingOp
+    #: ``target``: the m of the m-estimate ``(sum_y + m * prior) / (n + m)``
+    smoothing: float = Field(default=10.0, ge=0)
+    #: ``target``: out-of-fold encoding of the training rows themselves (0 = off, else >= 2)
+    folds: int = Field(default=5, ge=0)
+    #: ``onehot``: a category needs this many training rows for its own column
+    min_frequency: int = Field(default=1, ge=1)
+    #: ``onehot``: at most this many category columns (the most frequent), plus ``__other__``
+    max_categories: int = Field(default=20, ge=1)
 
 
 class Features(_Strict):
     inclusive: bool = False
     default: float = 0.0
+    null_indicators: bool = False  # every view gets ``{view}_missing`` unless it sets ``indicator: false``
     views: dict[str, FeatureView] = {}
     request: dict[str, RequestFeature] = {}
     transforms: dict[str, Transform] = {}
+    encodings: dict[str, Encoding] = {}
     exclude: list[str] = []
 
 
+class Threshold(_Strict):
+    """How the decision threshold is chosen on the validation split (see :mod:`loopml.train.threshold`)."""
+
+    objective: Literal["f1", "precision", "recall", "cost"] = "f1"
+    #: ``precision`` / ``recall``: the level to reach (e.g. 0.9)
+    target: float | None = Field(default=None, gt=0, le=1)
+    #: ``cost``: the cost of one false positive / one false negative
+    cost_fp: float = Field(default=1.0, ge=0)
+    cost_fn: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _target_needed(self) -> Threshold:
+        if self.objective in ("precision", "recall") and self.target is None:
+            raise ValueError(f"objective {self.objective!r} needs a target, e.g. target: 0.9")
+        return self
+
+
+class Tuning(_Strict):
+    """Optuna hyper-parameter search (``loopml train --trials N`` overrides ``trials``)."""
+
+    trials: int = Field(default=0, ge=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    n_jobs: int = Field(default=1, ge=1)
+    #: the validation metric to optimise; defaults to ``gate.metric``
+    metric: str | None = None
+
+
 class ModelSpec(_Strict):
+    #: ``lightgbm``, ``logistic`` (``linear``), ``xgboost`` (extra) or ``sklearn:<module>.<Class>``
     type: str = "lightgbm"
     params: dict[str, Any] = {}
     baseline: str | None = "logistic"
     seed: int = 0
+    #: probability calibration fitted on the validation split (binary only)
+    calibration: Literal["none", "isotonic", "sigmoid"] = "none"
+    threshold: Threshold = Threshold()
+    tuning: Tuning = Tuning()
 
 
 class Split(_Strict):
@@ -204,9 +264,28 @@ class Gate(_Strict):
     min_improvement: float = 0.0
 
 
+class Evaluation(_Strict):
+    """The evaluation report of each run (see :mod:`loopml.train.report`)."""
+
+    #: training-set columns: metrics per value (numeric columns: quantile bins) and the largest gap between values
+    segments: list[str] = []
+    #: headline metric (bootstrap interval, segments); defaults to ``gate.metric``
+    metric: str | None = None
+    bootstrap: int = Field(default=200, ge=0)
+    #: the k of ranking metrics (precision@k, ndcg@k)
+    k: int = Field(default=100, ge=1)
+    #: ranking queries: rows sharing this column's value; unset: one query per day over entities (event data)
+    group: str | None = None
+
+
 class Storage(_Strict):
     root: str = ".loopml"
-    online: Literal["sqlite"] = "sqlite"
+    #: the online store: embedded SQLite (``.loopml/online.sqlite``) or a Redis server at ``redis_url``
+    online: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis unreachable at request time: ``fail`` answers 503 with the reason; ``fallback`` answers
+    #: from the local SQLite cache of the last events materialized, pushed or read, flagged in the response
+    online_unavailable: Literal["fail", "fallback"] = "fail"
     registry: Literal["sqlite", "postgres"] = "sqlite"
     #: PostgreSQL registry: a libpq URL; ``${VAR}`` is not expanded, use ``LOOPML_REGISTRY_URL`` to keep secrets out of the file
     registry_url: str | None = None
@@ -223,6 +302,7 @@ class Spec(_Strict):
     model: ModelSpec = ModelSpec()
     split: Split = Split()
     gate: Gate = Gate()
+    evaluation: Evaluation = Evaluation()
     serving: Serving = Serving()
     rollout: Rollout = Rollout()
     monitoring: Monitoring = Monitoring()

@@ -1,38 +1,63 @@
 """Model artifacts on disk and the :class:`Predictor` that serves them.
 
-Two formats, both plain text and neither executable (no pickle anywhere):
+One file per model version, its kind named by its suffix:
 
 * ``lightgbm`` (``.txt``): LightGBM's own model text
   (``Booster.model_to_string()``), loaded with ``lightgbm.Booster(model_str=...)``;
 * ``linear`` (``.json``): a standardised linear model (logistic or ridge)
   written by :meth:`LinearModel.to_json`: feature names, coefficients,
-  intercept, scaler mean/scale and the train medians used to impute NULLs.
+  intercept, scaler mean/scale and the train medians used to impute NULLs;
+* ``xgboost`` (``.xgb.json``): XGBoost's native JSON model
+  (``Booster.save_raw("json")``, feature names inside); needs the ``xgboost``
+  extra to load;
+* ``sklearn`` (``.joblib``): any scikit-learn-compatible estimator
+  (``model.type: sklearn:<module>.<Class>``), pickled with joblib together
+  with its feature names and task. An arbitrary estimator has no portable
+  format, and unpickling runs code chosen by whoever wrote the file, so these
+  bytes are unpickled **only** after their SHA-256 matched the hash the
+  registry recorded when it wrote them (:meth:`Predictor.load`, or
+  :meth:`Predictor.from_bytes` with ``expected_sha256``); never otherwise;
+* ``calibrated`` (``.zip``): a model of any kind above plus its probability
+  calibration (:mod:`loopml.train.calibrate`): ``manifest.json`` (the inner
+  kind, the inner file's SHA-256, the calibration map) and the inner model
+  file unchanged, so ``unzip`` gives back the native model file. Entries have
+  fixed timestamps, so the same model gives the same bytes and hash.
 
 A predictor is only ever built from a file whose SHA-256 matches the
-registry's record (:meth:`Predictor.load`). Scoring calls the LightGBM Booster
-or numpy directly, not scikit-learn wrappers, so a single row costs tens of
-microseconds.
+registry's record (:meth:`Predictor.load`). Scoring calls the LightGBM Booster,
+the XGBoost Booster or numpy directly, not scikit-learn wrappers, so a single
+row costs tens of microseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import io
 import json
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
+import joblib
 import lightgbm
 import numpy as np
 import numpy.typing as npt
-from scipy.special import expit
+import sklearn
+from scipy.special import expit, logit
 
 from loopml.errors import LoopmlError
+from loopml.train.calibrate import Calibration
 
 FloatArray = npt.NDArray[np.float64]
 LINEAR_FORMAT = "loopml.linear/1"
-SUFFIXES = {"lightgbm": ".txt", "linear": ".json"}
+SKLEARN_FORMAT = "loopml.sklearn/1"
+CALIBRATED_FORMAT = "loopml.calibrated/1"
+SUFFIXES = {"lightgbm": ".txt", "linear": ".json", "xgboost": ".xgb.json", "sklearn": ".joblib", "calibrated": ".zip"}
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SMALL_BATCH = 64  # up to this many rows LightGBM predicts on one thread (no thread start-up cost)
 
 
@@ -45,10 +70,19 @@ def sha256_file(path: Path) -> str:
 
 
 def kind_of(path: Path) -> str:
-    for kind, suffix in SUFFIXES.items():
-        if path.suffix == suffix:
+    """The artifact kind of a file name (the longest matching suffix wins: ``.xgb.json`` before ``.json``)."""
+    for kind, suffix in sorted(SUFFIXES.items(), key=lambda item: -len(item[1])):
+        if path.name.endswith(suffix):
             return kind
     raise LoopmlError(f"{path}: not a model artifact (expected a {' or '.join(SUFFIXES.values())} file)")
+
+
+def optional_module(name: str, extra: str, key: str = "model.type") -> ModuleType:
+    """Import an optional dependency, or raise naming the extra that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise LoopmlError(f"{key}: {name} is not installed; install the extra: pip install 'loopml[{extra}]'") from None
 
 
 class Predictor(ABC):
@@ -65,16 +99,29 @@ class Predictor(ABC):
             data = path.read_bytes()
         except OSError as exc:
             raise LoopmlError(f"{path}: cannot read model artifact ({exc.strerror or exc})") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected_sha256:
-            raise LoopmlError(
-                f"{path}: artifact hash {actual[:16]} does not match the registry's {expected_sha256[:16]}; refusing to load it"
-            )
+        return Predictor.from_bytes(kind_of(path), data, str(path), expected_sha256)
+
+    @staticmethod
+    def from_bytes(kind: str, data: bytes, where: str = "model artifact", expected_sha256: str | None = None) -> Predictor:
+        """Build a predictor from an artifact's bytes; ``sklearn`` content needs a matching ``expected_sha256``."""
+        if expected_sha256 is not None:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected_sha256:
+                mismatch = f"artifact hash {actual[:16]} does not match the registry's {expected_sha256[:16]}"
+                raise LoopmlError(f"{where}: {mismatch}; refusing to load it")
+        if kind == "sklearn":
+            if expected_sha256 is None:
+                raise LoopmlError(f"{where}: a pickled (sklearn) artifact is loaded only with the hash the registry recorded")
+            return SklearnPredictor.from_joblib(data, where)
+        if kind == "calibrated":
+            return CalibratedPredictor.from_zip(data, where)
+        if kind not in SUFFIXES:
+            raise LoopmlError(f"{where}: unknown artifact kind {kind!r} (known: {', '.join(SUFFIXES)})")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise LoopmlError(f"{path}: model artifact is not UTF-8 text") from None
-        return Predictor.from_text(kind_of(path), text, str(path))
+            raise LoopmlError(f"{where}: model artifact is not UTF-8 text") from None
+        return Predictor.from_text(kind, text, where)
 
     @staticmethod
     def from_text(kind: str, text: str, where: str = "model artifact") -> Predictor:
@@ -82,11 +129,19 @@ class Predictor(ABC):
             return LightGBMPredictor.from_model_text(text, where)
         if kind == "linear":
             return LinearPredictor(LinearModel.from_json(text, where))
+        if kind == "xgboost":
+            return XGBoostPredictor.from_json_text(text, where)
+        if kind in SUFFIXES:
+            raise LoopmlError(f"{where}: a {kind} artifact is binary; use Predictor.from_bytes")
         raise LoopmlError(f"{where}: unknown artifact kind {kind!r} (known: {', '.join(SUFFIXES)})")
 
     @property
     def suffix(self) -> str:
         return SUFFIXES[self.kind]
+
+    def to_bytes(self) -> bytes:
+        """The artifact's file content (text kinds: UTF-8 of :meth:`to_text`)."""
+        return self.to_text().encode("utf-8")
 
     def _check(self, X: npt.ArrayLike) -> FloatArray:
         arr = np.asarray(X, dtype=np.float64)
@@ -149,6 +204,11 @@ class LightGBMPredictor(Predictor):
 
     def to_text(self) -> str:
         return self._text
+
+    def gain(self) -> dict[str, float]:
+        """Total split gain per feature."""
+        values = self._booster.feature_importance(importance_type="gain")
+        return {name: float(v) for name, v in zip(self.feature_names, values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -232,3 +292,159 @@ class LinearPredictor(Predictor):
 
     def to_text(self) -> str:
         return self.model.to_json()
+
+
+class XGBoostPredictor(Predictor):
+    kind: ClassVar[str] = "xgboost"
+
+    def __init__(self, booster: Any, raw: bytes) -> None:
+        self._xgb = optional_module("xgboost", "xgboost", "xgboost artifact")
+        self._booster = booster
+        self._raw = raw
+        self.feature_names = list(booster.feature_names or [])
+        config = json.loads(booster.save_config())
+        objective = str(config["learner"]["objective"]["name"])
+        self.task = "binary" if objective.startswith("binary:") else "regression"
+
+    @classmethod
+    def from_json_text(cls, text: str, where: str = "model artifact") -> XGBoostPredictor:
+        xgb = optional_module("xgboost", "xgboost", where)
+        booster = xgb.Booster()
+        try:
+            booster.load_model(bytearray(text.encode("utf-8")))
+        except xgb.core.XGBoostError as exc:
+            raise LoopmlError(f"{where}: not an XGBoost model ({str(exc).splitlines()[0]})") from None
+        if not booster.feature_names:
+            raise LoopmlError(f"{where}: the XGBoost model has no feature names")
+        return cls(booster, text.encode("utf-8"))
+
+    def predict(self, X: npt.ArrayLike) -> FloatArray:
+        return np.asarray(self._booster.inplace_predict(self._check(X)), dtype=np.float64)
+
+    def raw_score(self, X: npt.ArrayLike) -> FloatArray:
+        return np.asarray(self._booster.inplace_predict(self._check(X), predict_type="margin"), dtype=np.float64)
+
+    def contributions(self, X: npt.ArrayLike) -> FloatArray:
+        matrix = self._xgb.DMatrix(self._check(X), feature_names=self.feature_names)
+        return np.asarray(self._booster.predict(matrix, pred_contribs=True), dtype=np.float64)
+
+    def to_text(self) -> str:
+        return self._raw.decode("utf-8")
+
+    def gain(self) -> dict[str, float]:
+        """Total split gain per feature (0 for features never split on)."""
+        scores = self._booster.get_score(importance_type="total_gain")
+        return {name: float(scores.get(name, 0.0)) for name in self.feature_names}
+
+
+class SklearnPredictor(Predictor):
+    """A scikit-learn-compatible estimator; ``predict_proba`` (binary) or ``predict`` (regression)."""
+
+    kind: ClassVar[str] = "sklearn"
+
+    def __init__(self, estimator: Any, feature_names: list[str], task: str, class_path: str) -> None:
+        self.estimator = estimator
+        self.feature_names = list(feature_names)
+        self.task = task
+        self.class_path = class_path
+
+    @classmethod
+    def from_joblib(cls, data: bytes, where: str = "model artifact") -> SklearnPredictor:
+        """Unpickle; callers have checked the bytes' hash against the registry's record first."""
+        try:
+            body = joblib.load(io.BytesIO(data))
+        except Exception as exc:  # unpickling can raise anything; the message names the file
+            raise LoopmlError(f"{where}: cannot load the scikit-learn model ({type(exc).__name__}: {exc})") from None
+        if not isinstance(body, dict) or body.get("format") != SKLEARN_FORMAT:
+            raise LoopmlError(f"{where}: not a {SKLEARN_FORMAT} artifact")
+        return cls(body["estimator"], list(body["feature_names"]), str(body["task"]), str(body["class"]))
+
+    def predict(self, X: npt.ArrayLike) -> FloatArray:
+        arr = self._check(X)
+        if self.task == "binary":
+            return np.asarray(self.estimator.predict_proba(arr)[:, 1], dtype=np.float64)
+        return np.asarray(self.estimator.predict(arr), dtype=np.float64)
+
+    def raw_score(self, X: npt.ArrayLike) -> FloatArray:
+        if self.task != "binary":
+            return self.predict(X)
+        return np.asarray(logit(np.clip(self.predict(X), 1e-12, 1 - 1e-12)), dtype=np.float64)
+
+    def contributions(self, X: npt.ArrayLike) -> FloatArray:
+        raise LoopmlError(f"per-feature contributions are not available for {self.class_path} (an sklearn: model)")
+
+    def to_text(self) -> str:
+        raise LoopmlError("an sklearn artifact is binary; use to_bytes()")
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        body = {
+            "format": SKLEARN_FORMAT,
+            "class": self.class_path,
+            "task": self.task,
+            "feature_names": self.feature_names,
+            "estimator": self.estimator,
+            "sklearn_version": sklearn.__version__,
+        }
+        joblib.dump(body, buffer)
+        return buffer.getvalue()
+
+
+class CalibratedPredictor(Predictor):
+    """A binary model whose probabilities go through a calibration map.
+
+    ``raw_score`` and ``contributions`` are the inner model's (they explain the
+    uncalibrated margin; the calibration is a non-decreasing map on top).
+    """
+
+    kind: ClassVar[str] = "calibrated"
+
+    def __init__(self, inner: Predictor, calibration: Calibration) -> None:
+        self.inner = inner
+        self.calibration = calibration
+        self.feature_names = list(inner.feature_names)
+        self.task = inner.task
+
+    @classmethod
+    def from_zip(cls, data: bytes, where: str = "model artifact") -> CalibratedPredictor:
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+                manifest = json.loads(bundle.read("manifest.json"))
+                if not isinstance(manifest, dict) or manifest.get("format") != CALIBRATED_FORMAT:
+                    raise LoopmlError(f"{where}: manifest.json is not a {CALIBRATED_FORMAT} manifest")
+                kind, member, sha = manifest.get("kind"), manifest.get("member"), manifest.get("sha256")
+                if kind not in SUFFIXES or kind == "calibrated" or not isinstance(member, str) or not isinstance(sha, str):
+                    raise LoopmlError(f"{where}: manifest.json needs 'kind' (a model kind), 'member' and 'sha256'")
+                inner_bytes = bundle.read(member)
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+            raise LoopmlError(f"{where}: not a calibrated model bundle ({exc})") from None
+        inner = Predictor.from_bytes(kind, inner_bytes, f"{where}:{member}", sha)
+        return cls(inner, Calibration.from_json(manifest.get("calibration"), f"{where}: manifest.json calibration"))
+
+    def predict(self, X: npt.ArrayLike) -> FloatArray:
+        return self.calibration.apply(self.inner.predict(X))
+
+    def raw_score(self, X: npt.ArrayLike) -> FloatArray:
+        return self.inner.raw_score(X)
+
+    def contributions(self, X: npt.ArrayLike) -> FloatArray:
+        return self.inner.contributions(X)
+
+    def to_text(self) -> str:
+        raise LoopmlError("a calibrated artifact is a zip file; use to_bytes()")
+
+    def to_bytes(self) -> bytes:
+        inner = self.inner.to_bytes()
+        member = f"model{self.inner.suffix}"
+        manifest = {
+            "format": CALIBRATED_FORMAT,
+            "kind": self.inner.kind,
+            "member": member,
+            "sha256": hashlib.sha256(inner).hexdigest(),
+            "calibration": self.calibration.to_json(),
+        }
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for name, content in (("manifest.json", json.dumps(manifest, indent=1).encode("utf-8")), (member, inner)):
+                bundle.writestr(zipfile.ZipInfo(name, date_time=_ZIP_TIME), content, compress_type=zipfile.ZIP_DEFLATED)
+        return buffer.getvalue()

@@ -2,9 +2,13 @@
 
 The feature store writes the training set: the label source's columns (with
 the label and the source timestamp) followed by the numeric feature columns,
-whose names the caller passes in. Rows whose label is NULL (not known yet)
-are dropped with a warning; a missing or non-numeric feature column is an
-error naming the file and the column. NULL feature values become NaN.
+whose names the caller passes in, and the string columns that categorical
+encodings read (``features.encodings``; object arrays of ``str``, ``None``
+for NULL, integer columns as their decimal text like a request's ``"5411"``).
+Rows whose label is NULL (not known yet) are dropped with a warning; a missing
+or non-numeric feature column, or a string column of another type, is an error
+naming the file and the column (the trainer reports a missing encoding input,
+naming its ``features.encodings`` key). NULL feature values become NaN.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from loopml.errors import DataError
 from loopml.spec.model import Spec
 
 FloatArray = npt.NDArray[np.float64]
+ObjectArray = npt.NDArray[np.object_]
 
 
 def column_type(arrow_type: pa.DataType) -> str | None:
@@ -50,6 +55,8 @@ class TrainingData:
     entity_ids: npt.NDArray[Any] | None = None
     entity_key: str | None = None
     warnings: list[str] = field(default_factory=list)
+    strings: dict[str, ObjectArray] = field(default_factory=dict)
+    encoded: dict[str, str] = field(default_factory=dict)
 
     def matrix(self, names: list[str], rows: npt.NDArray[np.int64] | None = None) -> FloatArray:
         """Feature matrix (float64, NaN for NULL) of ``names`` in that order."""
@@ -59,9 +66,26 @@ class TrainingData:
         out: FloatArray = np.column_stack([self.columns[c] if rows is None else self.columns[c][rows] for c in names])
         return out
 
+    def add_encoded(self, columns: dict[str, FloatArray], encoding_of: dict[str, str]) -> None:
+        """Append encoded feature columns (``encoding_of``: column -> encoding name) after the others."""
+        for name, values in columns.items():
+            if name in self.columns:
+                raise DataError(f"{self.path}: encoded column {name!r} clashes with a feature column of the same name")
+            self.columns[name] = values
+            self.types[name] = "float"
+            self.encoded[name] = encoding_of[name]
+            self.feature_names.append(name)
+
     @property
     def signature(self) -> list[dict[str, str]]:
-        return [{"name": n, "type": self.types[n]} for n in self.feature_names]
+        """Model input columns in order; an encoded column also names its encoding."""
+        out = []
+        for n in self.feature_names:
+            entry = {"name": n, "type": self.types[n]}
+            if n in self.encoded:
+                entry["encoding"] = self.encoded[n]
+            out.append(entry)
+        return out
 
 
 def _timestamps(column: pa.ChunkedArray, where: str) -> npt.NDArray[np.datetime64]:
@@ -88,8 +112,27 @@ def _label(spec: Spec, column: pa.ChunkedArray, where: str) -> npt.NDArray[Any]:
     return encoded
 
 
-def load_training_set(spec: Spec, path: Path, feature_columns: list[str], optional_columns: Iterable[str] = ()) -> TrainingData:
-    """Load label, timestamp, first entity key and ``feature_columns`` (+ any numeric ``optional_columns``)."""
+def _strings(column: pa.ChunkedArray, where: str) -> ObjectArray:
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_integer(column.type)):
+        raise DataError(f"{where}: an encoded column must hold strings (or integers), not {column.type}")
+    return np.asarray(pc.cast(column, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def load_training_set(
+    spec: Spec,
+    path: Path,
+    feature_columns: list[str],
+    optional_columns: Iterable[str] = (),
+    string_columns: Iterable[str] = (),
+) -> TrainingData:
+    """Load label, timestamp, first entity key and ``feature_columns`` (+ any numeric ``optional_columns``).
+
+    ``string_columns`` (the inputs of ``features.encodings``, plus those the
+    champion's encodings read) are loaded into ``strings`` when present; the
+    caller decides which of them are required.
+    """
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -116,6 +159,8 @@ def load_training_set(spec: Spec, path: Path, feature_columns: list[str], option
         wanted.append(ts_col)
     if entity_key is not None and entity_key in names and entity_key not in wanted:
         wanted.append(entity_key)
+    string_names = [n for n in dict.fromkeys(string_columns) if n in names]
+    wanted += [n for n in string_names if n not in wanted]
     table = pq.read_table(path, columns=wanted)
 
     warnings: list[str] = []
@@ -146,4 +191,5 @@ def load_training_set(spec: Spec, path: Path, feature_columns: list[str], option
         entity_ids=entity_ids,
         entity_key=entity_key if entity_ids is not None else None,
         warnings=warnings,
+        strings={n: _strings(table.column(n), f"{path}: column {n!r}") for n in string_names},
     )

@@ -1,18 +1,23 @@
 """Evaluation metrics: scikit-learn's, wrapped so a metric is a number or ``None``.
 
 Binary: ``roc_auc, average_precision, log_loss, brier, precision, recall,
-f1`` (the last three at a decision threshold chosen on the validation split
-to maximise F1). Regression: ``rmse, mae, r2, mape``. A metric that cannot be
-computed (one class in the labels, no predicted positive...) is reported as
-``None`` with a warning string, never as a silent NaN.
+f1`` (the last three at the decision threshold chosen on the validation split,
+:mod:`loopml.train.threshold`; ``choose_threshold`` here is its F1 rule).
+Regression: ``rmse, mae, r2, mape``. A metric that cannot be computed (one
+class in the labels, no predicted positive...) is reported as ``None`` with a
+warning string, never as a silent NaN; a metric name the spec asks for that is
+not one of these is an error naming the key (:func:`check_metric`).
 
 ``card_precision_at_k`` is the fraud-detection metric of the *Reproducible
 Machine Learning for Credit Card Fraud Detection* handbook; scikit-learn has no
-equivalent, so it is written here as one DuckDB query.
+equivalent, so it is written here as one DuckDB query. Ranking metrics over
+queries are in :mod:`loopml.train.ranking`, bootstrap intervals in
+:mod:`loopml.train.bootstrap`.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +42,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from loopml.errors import LoopmlError
+
 FloatArray = npt.NDArray[np.float64]
 Metrics = dict[str, float | None]
 
@@ -44,6 +51,7 @@ BINARY_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "precisio
 REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
 DEFAULT_THRESHOLD = 0.5
 CARD_PRECISION_K = 100
+_LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae", "mape"})
 
 
 @dataclass
@@ -147,6 +155,18 @@ def choose_threshold(y: npt.NDArray[Any], scores: FloatArray) -> tuple[float, st
     return float(thresholds[int(np.argmax(f1))]), None
 
 
+def confusion(y: npt.NDArray[Any], scores: FloatArray, threshold: float) -> dict[str, int]:
+    """Confusion-matrix counts of flagging ``scores >= threshold``."""
+    labels = np.asarray(y, dtype=np.int64) == 1
+    flagged = np.asarray(scores, dtype=np.float64) >= threshold
+    return {
+        "tn": int(np.sum(~labels & ~flagged)),
+        "fp": int(np.sum(~labels & flagged)),
+        "fn": int(np.sum(labels & ~flagged)),
+        "tp": int(np.sum(labels & flagged)),
+    }
+
+
 def card_precision_at_k(
     timestamps: npt.NDArray[np.datetime64],
     entity_ids: npt.NDArray[Any],
@@ -212,3 +232,70 @@ def evaluate(
 
 def metric_names(task: str) -> tuple[str, ...]:
     return BINARY_METRICS if task == "binary" else REGRESSION_METRICS
+
+
+def metric_value(
+    task: str, name: str, y: npt.NDArray[Any], scores: FloatArray, threshold: float = DEFAULT_THRESHOLD
+) -> float | None:
+    """One metric of :func:`evaluate`'s set (not card precision), computed alone; None where undefined.
+
+    Used by tuning trials, which may run in threads: unlike :func:`evaluate` it
+    never touches ``warnings.catch_warnings`` (process-wide state); the cases
+    where scikit-learn would warn are answered with None before calling it.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if task != "binary":
+        t = np.asarray(y, dtype=np.float64)
+        regression: dict[str, Callable[[], float]] = {
+            "rmse": lambda: float(np.sqrt(mean_squared_error(t, s))),
+            "mae": lambda: mean_absolute_error(t, s),
+            "r2": lambda: r2_score(t, s),
+            "mape": lambda: mean_absolute_percentage_error(t, s),
+        }
+        if len(t) < 2 or name not in regression:
+            return None
+        value = float(regression[name]())
+        return value if np.isfinite(value) else None
+    labels = np.asarray(y, dtype=np.int64)
+    flagged = (s >= threshold).astype(np.int64)
+    undefined = {
+        "roc_auc": len(np.unique(labels)) < 2,
+        "average_precision": len(np.unique(labels)) < 2,
+        **{k: True for k in _confusion_guard(labels.astype(np.float64), flagged.astype(np.float64))},
+    }
+    if undefined.get(name) or len(labels) == 0:
+        return None
+    binary: dict[str, Callable[[], float]] = {
+        "roc_auc": lambda: roc_auc_score(labels, s),
+        "average_precision": lambda: average_precision_score(labels, s),
+        "log_loss": lambda: log_loss(labels, np.clip(s, 0.0, 1.0), labels=[0, 1]),
+        "brier": lambda: brier_score_loss(labels, s, labels=[0, 1]),
+        "precision": lambda: precision_score(labels, flagged, zero_division=0.0),
+        "recall": lambda: recall_score(labels, flagged, zero_division=0.0),
+        "f1": lambda: f1_score(labels, flagged, zero_division=0.0),
+    }
+    if name not in binary:
+        return None
+    value = float(binary[name]())
+    return value if np.isfinite(value) else None
+
+
+def check_metric(name: str, task: str, key: str) -> str:
+    """``name`` if it is one of the task's metrics (binary: also ``card_precision@K``), else LoopmlError naming ``key``."""
+    if name in metric_names(task):
+        return name
+    if task == "binary" and re.fullmatch(r"card_precision@[1-9][0-9]*", name):
+        return name
+    choices = [*metric_names(task), *([f"card_precision@{CARD_PRECISION_K}"] if task == "binary" else [])]
+    raise LoopmlError(f"{key}: unknown {task} metric {name!r} (choices: {', '.join(choices)})")
+
+
+def higher_is_better(name: str) -> bool:
+    """Direction of a metric :func:`check_metric` accepts."""
+    return name not in _LOWER_IS_BETTER
+
+
+def card_k(name: str) -> int | None:
+    """The K of ``card_precision@K``, else None."""
+    match = re.fullmatch(r"card_precision@([1-9][0-9]*)", name)
+    return int(match.group(1)) if match else None

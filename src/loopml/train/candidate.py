@@ -1,0 +1,140 @@
+"""One candidate model from split data: tune -> fit -> calibrate -> choose the threshold.
+
+The order is fixed and every step uses the validation split only, never test:
+
+1. **tune** (main model only, when ``--trials N``, ``model.tuning.trials`` or
+   ``model.tuning.timeout_s`` asks for it): an Optuna study
+   (:mod:`loopml.train.tune`) on train/valid; its best parameters override
+   ``model.params``;
+2. **fit** on the train split (:mod:`loopml.train.models`);
+3. **calibrate** (``model.calibration``, binary only) on the validation scores
+   (:mod:`loopml.train.calibrate`); the predictor that will be saved and
+   served applies the calibration, so every later score is calibrated;
+4. **threshold** (``model.threshold``, binary only) on the calibrated
+   validation scores (:mod:`loopml.train.threshold`).
+
+``scores`` holds each split's served-path scores (after calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loopml.errors import LoopmlError
+from loopml.spec.model import Spec
+from loopml.train.artifact import CalibratedPredictor, Predictor
+from loopml.train.calibrate import fit_calibration
+from loopml.train.metrics import DEFAULT_THRESHOLD, card_k, card_precision_at_k, metric_value
+from loopml.train.models import FittedModel, fit_model
+from loopml.train.threshold import ThresholdChoice, select_threshold
+from loopml.train.tune import TuningResult, tune
+
+FloatArray = npt.NDArray[np.float64]
+Split = tuple[FloatArray, npt.NDArray[Any]]
+_THRESHOLD_METRICS = ("precision", "recall", "f1")
+
+
+@dataclass
+class Candidate:
+    """A fitted (possibly tuned and calibrated) model, its scores per split and its threshold."""
+
+    model: FittedModel
+    predictor: Predictor
+    scores: dict[str, FloatArray]
+    threshold: ThresholdChoice | None
+    tuning: TuningResult | None = None
+    calibration: str = "none"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.model.params
+
+
+@dataclass(frozen=True)
+class ValidContext:
+    """What a tuning metric may need of the validation split besides labels (card precision: time and entity)."""
+
+    timestamps: npt.NDArray[np.datetime64] | None = None
+    entity_ids: npt.NDArray[Any] | None = None
+
+
+def tuning_requested(spec: Spec, trials: int) -> bool:
+    return trials > 0 or spec.model.tuning.trials > 0 or spec.model.tuning.timeout_s is not None
+
+
+def _scorer(spec: Spec, metric: str, y_valid: npt.NDArray[Any], context: ValidContext) -> Any:
+    k = card_k(metric)
+
+    def score(scores: FloatArray) -> float | None:
+        if k is not None:
+            if context.timestamps is None or context.entity_ids is None:
+                raise LoopmlError(f"model.tuning.metric: {metric} needs a timestamp and an entity column in the training set")
+            return card_precision_at_k(context.timestamps, context.entity_ids, y_valid, scores, k)
+        threshold = DEFAULT_THRESHOLD
+        if spec.task == "binary" and metric in _THRESHOLD_METRICS:
+            threshold = select_threshold(y_valid, scores, spec.model.threshold).threshold
+        return metric_value(spec.task, metric, y_valid, scores, threshold)
+
+    return score
+
+
+def fit_candidate(
+    spec: Spec,
+    model_type: str,
+    key: str,
+    splits: Mapping[str, Split],
+    feature_names: list[str],
+    params: dict[str, Any],
+    trials: int = 0,
+    tuning_metric: str | None = None,
+    study: Path | None = None,
+    study_name: str = "loopml",
+    context: ValidContext | None = None,
+) -> Candidate:
+    """Tune (main model), fit, calibrate and choose the threshold; see the module docstring."""
+    method = spec.model.calibration
+    if method != "none" and spec.task != "binary":
+        raise LoopmlError(f"model.calibration: {method!r} applies to binary tasks only; use none for {spec.task}")
+    (X_train, y_train), (X_valid, y_valid) = splits["train"], splits["valid"]
+    tuning = None
+    if key == "model.type" and tuning_requested(spec, trials):
+        metric = tuning_metric or spec.gate.metric
+        if spec.task == "binary" and len(np.unique(y_valid)) < 2:
+            raise LoopmlError(f"model.tuning: the validation split has a single class; {metric} cannot be tuned on it")
+        tuning = tune(
+            model_type,
+            spec.task,
+            (X_train, y_train),
+            (X_valid, y_valid),
+            feature_names,
+            dict(params),
+            spec.model.seed,
+            spec.model.tuning,
+            metric,
+            _scorer(spec, metric, y_valid, context or ValidContext()),
+            trials=trials,
+            storage=study,
+            study_name=study_name,
+        )
+        params = {**params, **tuning.best_params}
+    model = fit_model(model_type, spec.task, X_train, y_train, feature_names, params, spec.model.seed, key)
+    notes = list(model.warnings)
+    predictor = model.predictor()
+    scores = {name: model.predict(X) for name, (X, _) in splits.items()}
+    if method != "none":
+        calibration = fit_calibration(method, y_valid, scores["valid"])
+        predictor = CalibratedPredictor(predictor, calibration)
+        scores = {name: calibration.apply(values) for name, values in scores.items()}
+    threshold = None
+    if spec.task == "binary":
+        threshold = select_threshold(y_valid, scores["valid"], spec.model.threshold)
+        if threshold.note:
+            notes.append(f"{model_type}: {threshold.note}")
+    return Candidate(model, predictor, scores, threshold, tuning, method, notes)

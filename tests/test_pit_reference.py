@@ -1,0 +1,348 @@
+"""Point-in-time features against a brute-force reference of the documented semantics.
+
+``reference`` below is ``docs/features.md`` written the slow, obvious way: for
+every spine row it loops over every event. The DuckDB paths (the training-set
+build over the events themselves, the spine-file build, the general join)
+must agree with it to 1e-9 on randomized data built to hit the edge cases:
+timestamps on a coarse grid (many events at the same time, spine rows exactly
+at event times and at window and delay boundaries), gaps, NULL values, NULL
+keys and times, unknown entities, ttl, availability delays, late labels,
+inclusive and exclusive windows, every aggregation function and the null
+indicator. Views made only of ``last`` take the ``ASOF JOIN`` path
+(``features/asof.py``), the others the window path; both are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from loopml.features import build_training_set, point_in_time_join
+from loopml.features.join import connect, register_source
+from loopml.features.offline import build_spine_training_set
+from loopml.spec.model import Spec
+
+US = timedelta(microseconds=1)
+MINUTE = 60_000_000
+EPOCH = datetime(1970, 1, 1)
+START = (datetime(2025, 4, 1) - EPOCH) // US
+FUNCTIONS = ["count", "sum", "mean", "std", "min", "max", "last"]
+LABEL_DELAY = "30m"
+
+# --------------------------------------------------------------------------- the reference
+
+
+@dataclass(frozen=True)
+class Event:
+    key: Any
+    ts: int | None
+    values: dict[str, float | None]
+    position: int  # row position in the source file: orders ties of ``last``
+
+
+def events_of(table: pa.Table, key: str, columns: list[str]) -> list[Event]:
+    keys, times = table.column(key).to_pylist(), micros(table.column("ts"))
+    values = {c: table.column(c).to_pylist() for c in columns}
+    return [Event(keys[i], times[i], {c: values[c][i] for c in columns}, i) for i in range(table.num_rows)]
+
+
+def micros(column: pa.ChunkedArray) -> list[int | None]:
+    return [None if v is None else (v - EPOCH) // US for v in column.to_pylist()]
+
+
+def aggregate(function: str, rows: list[Event], column: str, default: float) -> float:
+    """One function over the events of one window (``rows``), as documented."""
+    if function == "count":
+        return float(len(rows))  # rows, NULL values included
+    present = [e for e in rows if e.values[column] is not None]
+    values = [float(e.values[column]) for e in present]  # type: ignore[arg-type]
+    if function == "sum":
+        return math.fsum(values)
+    if not values or (function == "std" and len(values) < 2):
+        return default
+    if function == "mean":
+        return math.fsum(values) / len(values)
+    if function == "std":
+        return statistics.stdev(values)
+    if function == "min":
+        return min(values)
+    if function == "max":
+        return max(values)
+    latest = max(present, key=lambda e: (e.ts, e.position))  # last: latest time, ties by file position
+    return float(latest.values[column])  # type: ignore[arg-type]
+
+
+def reference(spec: Spec, view_name: str, spine: list[tuple[Any, int | None]], events: list[Event]) -> dict[str, list[float]]:
+    """Every output (and the null indicator) of one view for each ``(key, time)`` spine row."""
+    view = spec.features.views[view_name]
+    inclusive, default = spec.features.inclusive, spec.features.default
+    d = view.delay // US
+    ttl = None if view.ttl is None else view.ttl // US
+    outputs: dict[str, tuple[str, str, int]] = {}
+    for name, agg, fn, window in view.outputs(view_name):
+        outputs.setdefault(name, (fn, agg.column, window // US))
+    longest = max(w for _, _, w in outputs.values())
+    indicator = spec.features.null_indicators if view.indicator is None else view.indicator
+    out: dict[str, list[float]] = {name: [] for name in outputs}
+    if indicator:
+        out[f"{view_name}_missing"] = []
+    for key, t in spine:
+        if key is None or t is None:
+            visible: list[Event] = []
+        else:
+            visible = [
+                e
+                for e in events
+                if e.key == key and e.ts is not None and (e.ts <= t - d if inclusive else e.ts < t - d)  # availability
+            ]
+        latest = max((e.ts for e in visible if e.ts is not None), default=None)
+        expired = ttl is not None and latest is not None and t is not None and t - latest > ttl
+        for name, (fn, column, w) in outputs.items():
+            rows = [] if expired else [e for e in visible if e.ts is not None and t is not None and e.ts > t - d - w]
+            out[name].append(aggregate(fn, rows, column, default))
+        if indicator:
+            in_window = [e for e in visible if e.ts is not None and t is not None and e.ts > t - d - longest]
+            out[f"{view_name}_missing"].append(1.0 if expired or not in_window else 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------- randomized worlds
+
+COLUMNS = {
+    "event_id": {"type": "int"},
+    "ts": {"type": "timestamp"},
+    "user_id": {"type": "int"},
+    "shop": {"type": "string"},
+    "amount": {"type": "float"},
+    "flag": {"type": "int"},
+}
+
+
+def random_events(rng: np.random.Generator, n: int, users: int = 6) -> pa.Table:
+    """Events on a minute grid with gaps: many ties, some NULL values, keys and times, file order shuffled."""
+    minutes = rng.choice(np.concatenate([np.arange(0, 90), np.arange(150, 300)]), n)  # a one-hour gap
+    ts: list[int | None] = [int(START + m * MINUTE) for m in minutes]
+    user: list[int | None] = [int(u) for u in rng.integers(0, users, n)]
+    amount: list[float | None] = [float(a) for a in np.round(rng.gamma(2.0, 20.0, n), 2)]
+    for column, rate in ((ts, 0.02), (user, 0.03), (amount, 0.2)):
+        for i in np.flatnonzero(rng.random(n) < rate):
+            column[i] = None
+    return pa.table(
+        {
+            "event_id": pa.array(np.arange(n), pa.int64()),
+            "ts": pa.array(ts, pa.timestamp("us")),
+            "user_id": pa.array(user, pa.int64()),
+            "shop": pa.array([f"s{k}" for k in rng.integers(0, 3, n)], pa.string()),
+            "amount": pa.array(amount, pa.float64()),
+            "flag": pa.array(rng.integers(0, 2, n), pa.int8()),
+        }
+    )
+
+
+def random_spec(rng: np.random.Generator) -> Spec:
+    def pick(options: list[Any]) -> Any:
+        return options[int(rng.integers(len(options)))]
+
+    windows = sorted({pick(["1m", "15m", "1h", "3h", "1d"]) for _ in range(3)})
+    views = {
+        "u": {
+            "entity": "user",
+            "source": "events",
+            "delay": pick(["0s", "1m", "10m", "45m"]),
+            "ttl": pick([None, "5m", "30m", "2h"]),
+            "aggregations": [
+                {"column": "amount", "functions": FUNCTIONS, "windows": windows},
+                {"column": "flag", "functions": ["count", "mean"], "windows": ["1h"]},
+            ],
+        },
+        "h": {
+            "entity": "user",
+            "source": "history",
+            "delay": pick(["0s", "5m", "1h"]),
+            "ttl": pick([None, "20m", "3h"]),
+            "aggregations": [{"column": "amount", "functions": FUNCTIONS, "windows": [pick(["30m", "2h"])]}],
+        },
+        "label": {  # late labels: fraud-like flags only known LABEL_DELAY after the event
+            "entity": "user",
+            "source": "events",
+            "delay": LABEL_DELAY,
+            "aggregations": [{"column": "flag", "functions": ["sum", "mean", "last"], "windows": ["1h", "1d"]}],
+        },
+        "s": {
+            "entity": "shop",
+            "source": "history",
+            "indicator": bool(rng.integers(2)),
+            "aggregations": [{"column": "amount", "functions": ["count", "last", "std"], "windows": ["20m"]}],
+        },
+        # only ``last``: the ASOF JOIN path of features/asof.py
+        "latest": {
+            "entity": "user",
+            "source": "history",
+            "delay": pick(["0s", "1m", "30m"]),
+            "ttl": pick([None, "10m", "1h"]),
+            "indicator": bool(rng.integers(2)),
+            "aggregations": [
+                {"column": "amount", "functions": ["last"], "windows": [pick(["5m", "1h"]), "1d"]},
+                {"column": "flag", "functions": ["last"], "windows": ["2h"]},
+            ],
+        },
+        "recent": {
+            "entity": "shop",
+            "source": "events",
+            "delay": pick(["0s", "15m"]),
+            "aggregations": [{"column": "amount", "functions": ["last"], "windows": ["30m"]}],
+        },
+    }
+    sources = {name: {"path": f"{name}.parquet", "timestamp": "ts", "columns": COLUMNS} for name in ("events", "history")}
+    return Spec.model_validate(
+        {
+            "project": "pit",
+            "entities": {"user": {"key": "user_id"}, "shop": {"key": "shop"}},
+            "sources": sources,
+            "label": {"source": "events", "column": "flag", "delay": LABEL_DELAY},
+            "features": {
+                "inclusive": bool(rng.integers(2)),
+                "default": pick([0.0, -1.0, float("nan")]),
+                "null_indicators": True,
+                "views": views,
+            },
+        }
+    )
+
+
+def random_spine(rng: np.random.Generator, events: pa.Table, n: int) -> pa.Table:
+    """Spine rows at event times, a microsecond either side, on the grid and anywhere; unknown and NULL keys."""
+    times = [t for t in micros(events.column("ts")) if t is not None]
+    rows_t: list[int | None] = []
+    for _ in range(n):
+        kind = int(rng.integers(5))
+        base = times[int(rng.integers(len(times)))]
+        if kind == 0:
+            rows_t.append(base)
+        elif kind == 1:
+            rows_t.append(base + int(rng.choice([-1, 1])))
+        elif kind == 2:
+            rows_t.append(int(START + rng.integers(0, 330) * MINUTE))
+        elif kind == 3:
+            rows_t.append(int(START + rng.integers(0, 330 * MINUTE)))
+        else:
+            rows_t.append(None if rng.random() < 0.3 else base + 30 * MINUTE)
+    users: list[int | None] = [int(u) for u in rng.integers(0, 8, n)]  # 6 and 7 have no events
+    users[int(rng.integers(n))] = None
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.int64()),
+            "shop": pa.array([f"s{k}" for k in rng.integers(0, 4, n)], pa.string()),
+            "ts": pa.array(rows_t, pa.timestamp("us")),
+            "target": pa.array(rng.integers(0, 2, n), pa.int8()),
+        }
+    )
+
+
+def expected_for(spec: Spec, spine: pa.Table, tables: dict[str, pa.Table]) -> dict[str, list[float]]:
+    expected: dict[str, list[float]] = {}
+    spine_t = micros(spine.column("ts"))
+    for name, view in spec.features.views.items():
+        key = spec.entities[view.entity].key
+        value_columns = sorted({agg.column for agg in view.aggregations})
+        rows = list(zip(spine.column(key).to_pylist(), spine_t, strict=True))
+        expected |= reference(spec, name, rows, events_of(tables[view.source], key, value_columns))
+    return expected
+
+
+def assert_equal(got: pa.Table, expected: dict[str, list[float]], context: str) -> None:
+    for name, values in expected.items():
+        np.testing.assert_allclose(
+            got.column(name).to_numpy(), np.array(values), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"{context}: {name}"
+        )
+
+
+def world(seed: int, tmp_path: Path) -> tuple[Spec, dict[str, pa.Table], dict[str, Path]]:
+    rng = np.random.default_rng(seed)
+    tables = {"events": random_events(rng, int(rng.integers(80, 220))), "history": random_events(rng, int(rng.integers(80, 220)))}
+    paths = {}
+    for name, table in tables.items():
+        paths[name] = tmp_path / f"{name}.parquet"
+        pq.write_table(table, paths[name])
+    return random_spec(rng), tables, paths
+
+
+SEEDS = range(24)
+
+# --------------------------------------------------------------------------- the DuckDB paths against it
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_training_set_over_the_events_matches_the_reference(tmp_path: Path, seed: int) -> None:
+    spec, tables, paths = world(seed, tmp_path)
+    out = pq.read_table(build_training_set(spec, paths, tmp_path / "train.parquet").path)
+    events = tables["events"]
+    assert out.column("event_id").to_pylist() == events.column("event_id").to_pylist()  # one row per event, in order
+    assert_equal(out, expected_for(spec, events, tables), f"seed {seed} (inclusive={spec.features.inclusive})")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_spine_file_matches_the_reference_in_spine_order(tmp_path: Path, seed: int) -> None:
+    spec, tables, paths = world(seed, tmp_path)
+    spine = random_spine(np.random.default_rng(1000 + seed), tables["events"], 150)
+    pq.write_table(spine, tmp_path / "spine.parquet")
+    result = build_spine_training_set(spec, paths, tmp_path / "spine.parquet", tmp_path / "out.parquet", spine_time="ts")
+    out = pq.read_table(result.path)
+    assert result.rows == out.num_rows == spine.num_rows
+    assert out.select(spine.column_names).equals(spine)  # the spine itself, untouched and in its order
+    assert_equal(out, expected_for(spec, spine, tables), f"seed {seed} (inclusive={spec.features.inclusive})")
+
+
+@pytest.mark.parametrize("seed", SEEDS[:8])
+def test_point_in_time_join_matches_the_reference(tmp_path: Path, seed: int) -> None:
+    spec, tables, paths = world(seed, tmp_path)
+    spine = random_spine(np.random.default_rng(2000 + seed), tables["history"], 100)
+    spine = spine.append_column("rid", pa.array(np.arange(spine.num_rows) * 7 + 3, pa.int64()))
+    con = connect()
+    sources = {name: register_source(con, name, path) for name, path in paths.items()}
+    got = point_in_time_join(con, con.from_arrow(spine), spec, sources=sources, timestamp="ts", row_id="rid").order("rid")
+    table = got.to_arrow_table()
+    con.close()
+    assert table.column("rid").to_pylist() == spine.column("rid").to_pylist()
+    assert_equal(table, expected_for(spec, spine, tables), f"seed {seed}")
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_labels_inside_their_delay_never_reach_a_feature(tmp_path: Path, inclusive: bool) -> None:
+    """Flip every label not yet known at a cutoff C: no label feature of a row at or before C may move."""
+    rng = np.random.default_rng(7)
+    spec = random_spec(rng).model_copy(deep=True)
+    spec = Spec.model_validate(spec.model_dump() | {"features": spec.features.model_dump() | {"inclusive": inclusive}})
+    events = random_events(rng, 300)
+    cutoff = START + 200 * MINUTE
+    delay = spec.features.views["label"].delay // US
+    ts = micros(events.column("ts"))
+    flags = events.column("flag").to_pylist()
+    flipped = [1 - f if t is not None and t > cutoff - delay else f for f, t in zip(flags, ts, strict=True)]
+    assert flipped != flags
+    late = events.set_column(events.column_names.index("flag"), "flag", pa.array(flipped, pa.int8()))
+    spine = random_spine(rng, events, 200)
+    pq.write_table(spine, tmp_path / "spine.parquet")
+    outs = []
+    for name, table in (("known", events), ("late", late)):
+        paths = {"events": tmp_path / f"{name}.parquet", "history": tmp_path / f"{name}.parquet"}
+        pq.write_table(table, paths["events"])
+        out = tmp_path / f"{name}-out.parquet"
+        outs.append(pq.read_table(build_spine_training_set(spec, paths, tmp_path / "spine.parquet", out, "ts").path))
+    before = [t is not None and t <= cutoff for t in micros(spine.column("ts"))]
+    assert sum(before) > 50
+    label_features = [n for n in outs[0].column_names if n.startswith("label_")]
+    for name in label_features:
+        a, b = outs[0].column(name).to_numpy(), outs[1].column(name).to_numpy()
+        np.testing.assert_array_equal(a[before], b[before], err_msg=name)
+    changed = [n for n in label_features if not np.array_equal(outs[0].column(n).to_numpy(), outs[1].column(n).to_numpy())]
+    assert changed, "flipping labels changed no later row: the test would not see a leak"
