@@ -81,6 +81,15 @@ def test_parallel_trials_and_time_budget(split_data: dict[str, Any]) -> None:
     assert len(budget.trials) >= 1 and elapsed < 20 and budget.timeout_s == 2.0
 
 
+def test_trials_fit_on_a_seeded_sample_of_large_training_sets(split_data: dict[str, Any]) -> None:
+    full = run(split_data, Tuning(), trials=2, model_type="logistic")
+    sampled = run(split_data, Tuning(max_rows=2000), trials=2, model_type="logistic")
+    again = run(split_data, Tuning(max_rows=2000), trials=2, model_type="logistic")
+    assert full.rows == 8000 and sampled.rows == 2000 and sampled.to_json()["rows"] == 2000
+    assert [t["value"] for t in sampled.trials] == [t["value"] for t in again.trials]  # the sample is seeded
+    assert [t["value"] for t in sampled.trials] != [t["value"] for t in full.trials]
+
+
 def test_other_families_and_errors(split_data: dict[str, Any]) -> None:
     logistic = run(split_data, Tuning(), trials=4, model_type="logistic")
     assert set(logistic.best_params) == {"C"} and all(t["state"] == "COMPLETE" for t in logistic.trials)

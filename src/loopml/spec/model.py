@@ -207,6 +207,8 @@ class Tuning(_Strict):
     n_jobs: int = Field(default=1, ge=1)
     #: the validation metric to optimise; defaults to ``gate.metric``
     metric: str | None = None
+    #: trials fit on a seeded random sample of at most this many training rows (the final fit uses all); null: all
+    max_rows: int | None = Field(default=200_000, ge=1000)
 
 
 class ModelSpec(_Strict):
