@@ -93,7 +93,7 @@ def mlflow_python() -> Path | None:
         print(f"installing MLflow into {MLFLOW_VENV} (once)...", file=sys.stderr)
         try:
             subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "mlflow-skinny>=2.10"], check=True, timeout=900)
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "mlflow>=2.10,<4"], check=True, timeout=900)
         except (subprocess.SubprocessError, OSError) as exc:
             print(f"MLflow could not be installed ({exc}); skipping it", file=sys.stderr)
             return None

@@ -202,3 +202,23 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
         assert r.status_code == 503
         p = httpx.post(srv.url + "/v1/predict", json={"entities": {"customer_id": 1, "terminal_id": 1}, "features": {}})
         assert p.status_code == 503 and "no model" in p.json()["error"]
+
+
+def test_explain_on_a_model_without_contributions_is_a_4xx(trained_copy: Path) -> None:
+    spec_file = trained_copy / "loopml.yaml"
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("type: lightgbm", "type: sklearn:sklearn.linear_model.LogisticRegression", 1))
+    text = spec_file.read_text()
+    start, end = text.index("  params:"), text.index("  baseline:")
+    spec_file.write_text(text[:start] + text[end:])
+    project = Project.load(trained_copy)
+    project.registry().set_alias("champion", project.train().model_version, "test: an sklearn champion")
+    with (
+        BackgroundServer(build_app(Project.load(trained_copy), admin_token=TOKEN)) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as client,
+    ):
+        row = live_rows(trained_copy, 1)[0]
+        assert client.post("/v1/predict", json=body(row)).status_code == 200
+        answer = client.post("/v1/predict?explain=true", json=body(row))
+        assert answer.status_code == 422, answer.text
+        assert "query.explain" in answer.text and "cannot explain" in answer.text

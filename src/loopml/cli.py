@@ -5,6 +5,10 @@ stdout and nothing else (progress and logs go to stderr). A
 :class:`~loopml.errors.LoopmlError` becomes one line on stderr and exit code
 1; anything else is reported as an internal error in one line, with the
 traceback only under ``--debug``.
+
+The stages are imported inside the commands that use them, so that quick
+commands (``--help``, ``runs list``, ``models list``...) do not pay for
+importing scikit-learn, LightGBM and the serving stack.
 """
 
 from __future__ import annotations
@@ -17,19 +21,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loopml.demo import run_demo
 from loopml.errors import LoopmlError, SpecError
-from loopml.features.online import datetime_from_us, timestamp_us
-from loopml.project import Project, materialize_summary
-from loopml.scaffold import init_example, init_from_data
-from loopml.serve.runner import run_server
+
+if TYPE_CHECKING:
+    from loopml.project import Project
+    from loopml.train.tracking import RunStore
 
 app = typer.Typer(
     name="loopml",
@@ -44,6 +47,23 @@ models_app = typer.Typer(help="The model registry: versions, aliases, promotion 
 app.add_typer(features_app, name="features")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+
+
+def _load(folder: Path) -> Project:
+    from loopml.project import Project
+
+    return Project.load(folder)
+
+
+def _runs(folder: Path) -> RunStore:
+    """The run store, without loading the stages (listing runs stays fast)."""
+    from loopml.layout import Layout
+    from loopml.spec.load import load_spec
+    from loopml.train.tracking import RunStore
+
+    spec, _ = load_spec(folder)
+    return RunStore(Layout.for_project(folder, spec).runs)
+
 
 err = Console(stderr=True)
 out = Console()
@@ -149,6 +169,8 @@ def init(
             if example != "fraud":
                 raise LoopmlError(f"init: unknown example {example!r} (available: fraud)")
             with _progress() as progress:
+                from loopml.scaffold import init_example
+
                 rows = init_example(
                     folder,
                     days=days,
@@ -165,6 +187,8 @@ def init(
             assert data is not None
             if label is None:
                 raise LoopmlError("init: --data needs --label COL")
+            from loopml.scaffold import init_from_data
+
             path = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
             err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'")
 
@@ -176,7 +200,7 @@ def check(project: ProjectOpt = Path(".")) -> None:
     """Validate loopml.yaml; every error names its key and line."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         s = p.spec
         n_features = sum(len(v.outputs(k)) for k, v in s.features.views.items()) + len(s.features.transforms)
         err.print(f"ok: {p.layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
@@ -189,7 +213,7 @@ def ingest_cmd(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> Non
     """Read the sources, validate them, store a content-hashed snapshot; bad rows go to quarantine."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         with _progress(not as_json) as progress:
             result = p.ingest(progress)
         if as_json:
@@ -219,7 +243,7 @@ def features_build(
     """Compute point-in-time-correct features for every event of the label source, or every row of a spine."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         with _progress(not as_json) as progress:
             result = p.build_features(progress, spine=spine, spine_time=spine_time, output=output)
         data = {"path": str(result.path), "rows": result.rows, "features": result.features, "seconds": result.seconds}
@@ -241,7 +265,7 @@ def features_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> 
     """The feature catalogue: each feature, its definition, owner view and freshness."""
 
     def go() -> None:
-        catalog = Project.load(project).feature_catalog()
+        catalog = _load(project).feature_catalog()
         if as_json:
             _emit_json({"features": catalog})
             return
@@ -269,9 +293,11 @@ def features_materialize(project: ProjectOpt = Path("."), as_json: JsonOpt = Fal
     """Load every entity's recent events, per view, from the latest snapshot into the online store."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         with _progress(not as_json) as progress:
             result = p.materialize(progress=progress)
+        from loopml.project import materialize_summary
+
         data = materialize_summary(result)
         if as_json:
             _emit_json(data)
@@ -286,6 +312,8 @@ def _as_of(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
+        from loopml.features.online import datetime_from_us, timestamp_us
+
         return datetime_from_us(timestamp_us(text))
     except (ValueError, OverflowError) as exc:
         raise LoopmlError(f"--as-of {text!r}: {exc}") from None
@@ -303,7 +331,7 @@ def features_get(
     """Read online feature values for entities, computed from their events as of a time."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         pairs = {}
         for item in entity:
             key, sep, value = item.partition("=")
@@ -333,7 +361,7 @@ def features_consume(
     """Apply a Redis Stream of events to the online store (consumer group, ack after the write)."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
 
         def report(line: str) -> None:
             err.print(line, markup=False, highlight=False)
@@ -381,7 +409,7 @@ def train_cmd(
     """Train, evaluate and register a model version, then apply the promotion gate."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
         with _progress(not as_json) as progress:
             result = p.train(trials=trials, progress=progress)
         data = result.to_json()
@@ -409,7 +437,7 @@ def runs_list(
     """List tracked runs, newest first."""
 
     def go() -> None:
-        runs = Project.load(project).runs().list(limit=limit, offset=(max(page, 1) - 1) * limit)
+        runs = _runs(project).list(limit=limit, offset=(max(page, 1) - 1) * limit)
         data = [r.to_json() for r in runs]
         if as_json:
             _emit_json(data)
@@ -427,7 +455,7 @@ def runs_show(
     """Everything recorded about one run."""
 
     def go() -> None:
-        store = Project.load(project).runs()
+        store = _runs(project)
         record = store.get(run)
         report = store.root / record.run_id / "report.html"
         data = {**record.to_json(), "report": str(report) if "report.html" in record.artifacts else None}
@@ -446,7 +474,7 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
     """Model versions with their aliases and test metrics."""
 
     def go() -> None:
-        data = [v.to_json() for v in Project.load(project).registry().list()]
+        data = [v.to_json() for v in _load(project).registry().list()]
         if as_json:
             _emit_json(data)
             return
@@ -468,7 +496,7 @@ def models_promote(
     """Point an alias (default champion) at a version."""
 
     def go() -> None:
-        v = Project.load(project).registry().set_alias(alias, version, reason="promoted by hand (loopml models promote)")
+        v = _load(project).registry().set_alias(alias, version, reason="promoted by hand (loopml models promote)")
         out.print(f"{alias} -> version {v.version}")
 
     _run(go)
@@ -481,7 +509,7 @@ def models_rollback(
     """Move an alias back to the version it pointed at before."""
 
     def go() -> None:
-        v = Project.load(project).registry().rollback(alias)
+        v = _load(project).registry().rollback(alias)
         out.print(f"{alias} -> version {v.version}")
 
     _run(go)
@@ -498,7 +526,9 @@ def serve(
     """Run the online prediction service (FastAPI + uvicorn)."""
 
     def go() -> None:
-        p = Project.load(project)
+        p = _load(project)
+        from loopml.serve.runner import run_server
+
         run_server(
             p,
             host or p.spec.serving.host,
@@ -515,7 +545,7 @@ def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Drift, data quality and alerts over the prediction log."""
 
     def go() -> None:
-        report = Project.load(project).monitor_report()
+        report = _load(project).monitor_report()
         if as_json:
             _emit_json(report)
             return
@@ -540,6 +570,8 @@ def demo(
     """The whole loop end to end on the simulated card-fraud world."""
 
     def go() -> None:
+        from loopml.demo import run_demo
+
         summary = run_demo(workdir, days=days, requests=requests, console=err)
         if as_json:
             _emit_json(summary)

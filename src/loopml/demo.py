@@ -4,7 +4,8 @@ simulate history (with live days held back) -> ingest and validate -> build
 point-in-time features -> train, evaluate, register, gate -> materialize the
 online store -> serve over real HTTP on a free loopback port -> replay the
 held-back live transactions as requests -> send their labels as feedback ->
-monitor drift (PSI) over the prediction log -> write a summary and a report.
+push each replayed transaction to the online store as the event stream would, so the next
+request's windows include it -> monitor drift (PSI) over the prediction log -> write a summary and a report.
 
 Each step calls the same :class:`~loopml.project.Project` methods the CLI
 commands use, so the demo is also an end-to-end check of the CLI's plumbing.
@@ -16,6 +17,7 @@ import html
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from rich.console import Console
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from loopml.errors import LoopmlError
+from loopml.features.push import push_events
 from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example
 from loopml.serve.runner import BackgroundServer, build_app
@@ -44,7 +47,10 @@ class _Clock:
         self.console.print(f"[{time.perf_counter() - self.started:6.1f}s] {text}", highlight=False)
 
 
-def _replay(url: str, live: list[dict[str, Any]], console: Console) -> tuple[list[str], list[float], list[float]]:
+def _replay(
+    url: str, live: list[dict[str, Any]], console: Console, push: Callable[[dict[str, Any]], object]
+) -> tuple[list[str], list[float], list[float]]:
+    """Send each live transaction to ``/v1/predict``, then ``push`` it to the online store (the event stream)."""
     ids, scores, latencies = [], [], []
     with httpx.Client(base_url=url, timeout=10.0) as client:
         for row in live:
@@ -60,6 +66,7 @@ def _replay(url: str, live: list[dict[str, Any]], console: Console) -> tuple[lis
                 raise LoopmlError(f"demo: /v1/predict answered {response.status_code}: {response.text[:200]}")
             ids.append(response.json()["request_id"])
             scores.append(response.json()["score"])
+            push(row)  # the payment happened: later requests see it in their windows
         for row, request_id in zip(live, ids, strict=True):
             response = client.post("/v1/feedback", json={"request_id": request_id, "label": int(row["tx_fraud"])})
             if response.status_code != 202:
@@ -98,7 +105,13 @@ def run_demo(
     live = live_table.slice(0, min(requests, live_table.num_rows)).to_pylist()
     with BackgroundServer(build_app(project, admin_token=ADMIN_TOKEN)) as server:
         clock.step(f"serving on {server.url}; replaying {len(live):,} live transactions")
-        _, scores, latencies = _replay(server.url, live, console)
+        store = project.online_store()
+        try:
+            _, scores, latencies = _replay(
+                server.url, live, console, lambda row: push_events(project.spec, store, "transactions", [row])
+            )
+        finally:
+            store.close()
     labels = np.array([int(r["tx_fraud"]) for r in live])
     report = project.monitor_report()
     clock.step(f"prediction log: {report['predictions']:,} predictions, {report['labelled']:,} labelled")

@@ -11,8 +11,8 @@ serves views whose source is not the training spine, spine files
 documented in :mod:`loopml.features.offline` and ``docs/features.md``.
 
 Events outside the time span the spine can see are skipped before the
-windows run, so a spine of one moment (materialization) only windows the
-events of its longest lookback.
+windows run, so a spine of one moment only windows the events of its
+longest lookback.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 One builder for both ways of computing features: over the source table itself
 (the fast path, every row is an event and a spine row) and over the union of a
-spine with the event stream (the general point-in-time join, also used to
-materialize the online store). Both hand it a relation with these columns:
+spine with the event stream (the general point-in-time join of spine files;
+the tests also use it as the offline reference the online store must equal).
+Both hand it a relation with these columns:
 
 - the entity key, under its own name (``customer_id``);
 - ``__ts``: the row's time as ``TIMESTAMP`` (microseconds);

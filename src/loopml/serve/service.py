@@ -165,7 +165,12 @@ class PredictionService:
             raise ModelFailure(f"model version {live.version} failed: {type(exc).__name__}: {exc}") from None
         if scores.shape[0] != len(requests) or not np.all(np.isfinite(scores)):
             raise ModelFailure(f"model version {live.version} returned a non-finite score")
-        contributions = live.predictor.contributions(matrix) if explain else None
+        contributions = None
+        if explain:
+            try:
+                contributions = live.predictor.contributions(matrix)
+            except LoopmlError as exc:  # e.g. a scikit-learn model by import path has no per-row contributions
+                raise RequestError([("query.explain", f"model version {live.version} cannot explain: {exc}")]) from None
         latency_ms = (time.perf_counter() - started) * 1000.0 / max(len(requests), 1)
         now = datetime.now()
         names = live.predictor.feature_names
