@@ -1,10 +1,36 @@
-"""Training: splits, models and their artifacts, metrics, reference statistics and run tracking."""
+"""Training: splits, models and their artifacts, metrics, reference statistics and run tracking.
 
-from loopml.train.artifact import LightGBMPredictor, LinearModel, LinearPredictor, Predictor
-from loopml.train.metrics import card_precision_at_k
-from loopml.train.reference import psi, reference_stats
-from loopml.train.split import SplitResult, split_rows
-from loopml.train.tracking import RunRecord, RunStore, RunSummary
+The names below are loaded on first use (PEP 562), so that importing one light
+module of this package (``loopml.train.tracking`` for ``loopml runs list``)
+does not import LightGBM and scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loopml.train.artifact import LightGBMPredictor, LinearModel, LinearPredictor, Predictor
+    from loopml.train.metrics import card_precision_at_k
+    from loopml.train.reference import psi, reference_stats
+    from loopml.train.split import SplitResult, split_rows
+    from loopml.train.tracking import RunRecord, RunStore, RunSummary
+
+_HOMES = {
+    "LightGBMPredictor": "artifact",
+    "LinearModel": "artifact",
+    "LinearPredictor": "artifact",
+    "Predictor": "artifact",
+    "card_precision_at_k": "metrics",
+    "psi": "reference",
+    "reference_stats": "reference",
+    "SplitResult": "split",
+    "split_rows": "split",
+    "RunRecord": "tracking",
+    "RunStore": "tracking",
+    "RunSummary": "tracking",
+}
 
 __all__ = [
     "LightGBMPredictor",
@@ -20,3 +46,10 @@ __all__ = [
     "reference_stats",
     "split_rows",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'loopml.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"loopml.train.{home}"), name)
