@@ -123,3 +123,19 @@ def test_training_with_a_grouped_random_split(trained_copy: Path) -> None:
     spec_file.write_text(text[:start] + "split: {method: random, group: no_such_column}\n\n" + text[end:])
     with pytest.raises(LoopmlError, match=r"split\.group: column 'no_such_column' is not declared"):
         Project.load(trained_copy)
+
+
+def test_training_records_a_rolling_origin_backtest(trained_copy: Path) -> None:
+    spec_file = trained_copy / "loopml.yaml"
+    text = spec_file.read_text()
+    backtest = "  test_days: 7\n  backtest: {folds: 3, train_days: 14, test_days: 7}"
+    spec_file.write_text(text.replace("  test_days: 7", backtest, 1))
+    result = Project.load(trained_copy).train()
+    assert len(result.backtest) == 3
+    starts = [fold["test"]["start"] for fold in result.backtest]
+    assert starts == sorted(starts) and len(set(starts)) == 3
+    for fold in result.backtest:
+        assert fold["train"]["end"] < fold["test"]["start"]  # the label-delay gap sits between them
+        assert fold["metrics"]["roc_auc"] > 0.6
+    run = Project.load(trained_copy).runs().get(result.run_id)
+    assert run.metrics["backtest"] == result.backtest

@@ -232,6 +232,16 @@ class Split(_Strict):
     valid_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.15, gt=0, lt=1)
     group: str | None = None  # random split: keep every value of this column (an entity key) in one split
+    backtest: Backtest | None = None  # time split: rolling-origin (prequential) evaluation recorded with the run
+
+
+class Backtest(_Strict):
+    """Rolling-origin folds: train ``train_days``, gap (``split.gap`` or the label delay), test ``test_days``."""
+
+    folds: int = Field(default=4, ge=1)
+    train_days: float = Field(default=28, gt=0)
+    test_days: float = Field(default=7, gt=0)
+    step_days: float | None = Field(default=None, gt=0)
 
 
 class Serving(_Strict):
