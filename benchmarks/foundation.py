@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from common import ratio, timed
 from scipy.spatial import cKDTree
 
 from loopml.datasets.fraud import FraudWorldConfig, simulate, write_world
@@ -77,17 +78,6 @@ def pandas_ingest(path: Path, out: Path) -> int:
     df[~bad].to_parquet(out / "valid.parquet")
     hashlib.sha256((out / "valid.parquet").read_bytes()).hexdigest()
     return int((~bad).sum())
-
-
-def ratio(reference_s: float, loopml_s: float) -> str:
-    r = reference_s / loopml_s
-    return f"{r:.1f}x faster" if r >= 1 else f"{1 / r:.1f}x slower"
-
-
-def timed(fn):  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - started
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import venv
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import ratio, timed
 
 from loopml.features.join import connect, register_source
 from loopml.features.join import point_in_time_join as pit_join
@@ -143,17 +143,6 @@ def pandas_join(events: pd.DataFrame, spine: pd.DataFrame) -> np.ndarray:
     right = events.sort_values("ts", kind="stable")
     merged = pd.merge_asof(left, right, on="ts", by="entity_id", allow_exact_matches=False)
     return merged.sort_values("rid")["value"].to_numpy(dtype=np.float64)
-
-
-def ratio(reference_s: float, loopml_s: float) -> str:
-    r = reference_s / loopml_s
-    return f"{r:.1f}x faster" if r >= 1 else f"{1 / r:.1f}x slower"
-
-
-def timed(fn):  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - started
 
 
 def feast(folder: Path, events: Path, spine: Path, spine_rows: int) -> str:

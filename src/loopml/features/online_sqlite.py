@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -57,6 +58,20 @@ _READ_MANY = "SELECT key, events FROM online_events WHERE view = ? AND key IN (S
 _LOOKUP_CHUNK = 5000
 
 
+def _use_wal(conn: sqlite3.Connection, attempts: int = 300) -> None:
+    """Switch to WAL once; the switch does not wait on SQLite's busy timeout, so retry while another opener holds the lock."""
+    for _ in range(attempts):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.01)
+    conn.execute("PRAGMA journal_mode = WAL")
+
+
 class SqliteOnlineStore:
     """:class:`~loopml.features.online.OnlineStore` in one SQLite file."""
 
@@ -70,7 +85,7 @@ class SqliteOnlineStore:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 for statement in _SCHEMA:
                     conn.execute(statement)

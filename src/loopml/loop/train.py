@@ -37,13 +37,14 @@ from loopml.registry.base import ModelVersion, Registry
 from loopml.registry.gate import GateVerdict, evaluate_gate, higher_is_better
 from loopml.spec.model import Spec
 from loopml.train.artifact import Predictor, sha256_file
+from loopml.train.backtest import rolling_backtest
 from loopml.train.candidate import Candidate, ValidContext, fit_candidate, tuning_requested
 from loopml.train.dataset import TrainingData, column_type, load_training_set
 from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, check_metric, evaluate, metric_names
-from loopml.train.models import check_model_type, feature_warnings, fit_model
+from loopml.train.models import check_model_type, feature_warnings
 from loopml.train.reference import reference_stats
 from loopml.train.report import REPORT_HTML, ReportInputs, SplitData, write_report
-from loopml.train.split import SPLITS, SplitResult, rolling_origin_splits, split_rows
+from loopml.train.split import SPLITS, SplitResult, split_rows
 from loopml.train.tracking import RunRecord, RunStore, git_commit, library_versions, new_run_id
 
 FloatArray = npt.NDArray[np.float64]
@@ -362,59 +363,6 @@ def _groups(spec: Spec, training_set: Path) -> npt.NDArray[Any] | None:
     return np.asarray(pq.read_table(training_set, columns=[spec.split.group]).column(0).to_numpy(zero_copy_only=False))
 
 
-def _backtest(spec: Spec, data: TrainingData, params: dict[str, Any], say: Progress) -> list[dict[str, Any]]:
-    """Rolling-origin evaluation (``split.backtest``): refit the chosen model per fold, score the fold's test window.
-
-    Each fold trains on ``[origin - gap - train_days, origin - gap)`` and is
-    scored on ``[origin, origin + test_days)`` with the final model's
-    parameters (tuning is not repeated per fold) at the default threshold.
-    """
-    options = spec.split.backtest
-    if options is None:
-        return []
-    if spec.split.method != "time" or data.timestamps is None:
-        raise LoopmlError("split.backtest: rolling-origin folds need split.method: time and a timestamp column")
-    if spec.features.encodings:
-        raise LoopmlError("split.backtest: not available with features.encodings (their state is fitted on one training window)")
-    gap = spec.split.gap if spec.split.gap is not None else spec.label.delay
-    folds = rolling_origin_splits(data.timestamps, options.train_days, options.test_days, gap, options.step_days, options.folds)
-    out: list[dict[str, Any]] = []
-    for i, fold in enumerate(folds):
-        say(f"backtest fold {i + 1}/{len(folds)}", 0.85 + 0.05 * i / len(folds))
-        names = data.feature_names
-        if spec.task == "binary" and len(np.unique(data.y[fold.train])) < 2:
-            out.append(
-                {
-                    "train": fold.bounds["train"].to_json(),
-                    "test": fold.bounds["test"].to_json(),
-                    "metrics": None,
-                    "warning": "the fold's training window has a single class",
-                }
-            )
-            continue
-        fitted = fit_model(
-            spec.model.type, spec.task, data.matrix(names, fold.train), data.y[fold.train], names, params, spec.model.seed
-        )
-        ev = evaluate(
-            spec.task,
-            data.y[fold.test],
-            fitted.predict(data.matrix(names, fold.test)),
-            None,
-            f"backtest fold {i + 1}",
-            timestamps=data.timestamps[fold.test],
-            entity_ids=data.entity_ids[fold.test] if data.entity_ids is not None else None,
-        )
-        out.append(
-            {
-                "train": fold.bounds["train"].to_json(),
-                "test": fold.bounds["test"].to_json(),
-                "metrics": ev.metrics,
-                "warnings": ev.warnings,
-            }
-        )
-    return out
-
-
 def _run(
     spec: Spec,
     layout: Layout,
@@ -544,7 +492,7 @@ def _run(
     if verdict.passed:
         registry.set_alias(alias, version.version, f"run {run.run_id}: promotion gate passed ({verdict.reasons[-1]})")
 
-    backtest = _backtest(spec, data, model.params, say)
+    backtest = rolling_backtest(spec, data, model.params, say)
     run.status = "finished"
     run.metrics = {"valid": metrics["valid"], "test": metrics["test"], "threshold": threshold, "latency_ms": latency}
     if backtest:
