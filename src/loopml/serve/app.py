@@ -9,7 +9,7 @@ in one process (tests, the demo).
 
 from __future__ import annotations
 
-import hmac
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +23,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from loopml.monitor.predlog import Feedback, PredictionLog
+from loopml.monitor.predlog import Feedback, PredictionLogBackend
+from loopml.serve.admin import admin_router
 from loopml.serve.dashboard import render_dashboard
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
@@ -42,6 +43,31 @@ from loopml.serve.service import ModelFailure, PredictionService, RequestError
 class ServeOptions:
     admin_token: str | None = None
     max_body_bytes: int = 1_048_576
+    #: seconds between checks of the registry aliases (hot swap); 0: only on POST /v1/admin/reload
+    reload_seconds: float = 0.0
+
+
+class _Watcher:
+    """Reload the service's models every ``interval`` seconds, so a moved alias is served without a restart."""
+
+    def __init__(self, service: PredictionService, interval: float) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval > 0:
+            self._thread = threading.Thread(target=self._run, args=(service, interval), name="loopml-reload", daemon=True)
+            self._thread.start()
+
+    def _run(self, service: PredictionService, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                service.reload()
+            except Exception:  # a registry hiccup must not stop serving the models already loaded
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class _Metrics:
@@ -89,7 +115,7 @@ def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]
 
 def create_app(
     service: PredictionService,
-    log: PredictionLog,
+    log: PredictionLogBackend,
     logger: AsyncLogger | None,
     options: ServeOptions = ServeOptions(),
 ) -> FastAPI:
@@ -99,9 +125,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if logger is not None:
             logger.start()
+        watcher = _Watcher(service, options.reload_seconds)
         try:
             yield
         finally:
+            watcher.stop()
+            service.close()
             if logger is not None:
                 logger.close()
 
@@ -135,13 +164,6 @@ def create_app(
         metrics.model_errors.inc()
         return JSONResponse(error_body(str(exc)), status_code=503)
 
-    def check_admin(request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        token = options.admin_token
-        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
-            return JSONResponse(error_body("admin endpoints need 'Authorization: Bearer $LOOPML_ADMIN_TOKEN'"), 401)
-        return None
-
     errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
     @app.get("/healthz")
@@ -172,6 +194,7 @@ def create_app(
         item = Feedback(request_id=body.request_id, label=float(body.label), ts=datetime.now())
         if logger is None or not logger.submit(item):
             log.add_feedback([item])
+        service.feedback(body.request_id, float(body.label))
         return {"status": "accepted", "request_id": body.request_id}
 
     @app.get("/v1/models")
@@ -186,20 +209,6 @@ def create_app(
     def ui() -> HTMLResponse:
         return HTMLResponse(render_dashboard(service.models(), log))
 
-    @app.post("/v1/admin/reload", responses={401: {"model": ErrorResponse}})
-    def admin_reload(request: Request) -> JSONResponse:
-        denied = check_admin(request)
-        if denied is not None:
-            return denied
-        live = service.reload()
-        return JSONResponse({"status": "reloaded", "model_version": live.version if live else None})
-
-    @app.post("/v1/admin/flush", responses={401: {"model": ErrorResponse}})
-    def admin_flush(request: Request) -> JSONResponse:
-        denied = check_admin(request)
-        if denied is not None:
-            return denied
-        written = logger.flush() if logger is not None else 0
-        return JSONResponse({"status": "flushed", "rows": written})
+    app.include_router(admin_router(service, logger, options.admin_token))
 
     return app

@@ -38,9 +38,13 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     log = project.prediction_log()
     logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
     assembler = FeatureAssembler(spec, project.online_store(), project.online_fallback())
-    service = PredictionService(spec, assembler, project.registry(), logger, alias=spec.rollout.alias)
+    alerts = project.alerts() if hasattr(project, "alerts") else None
+    service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, state_dir=project.layout.state)
     service.reload()
-    return create_app(service, log, logger, ServeOptions(admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes))
+    options = ServeOptions(
+        admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes, reload_seconds=spec.serving.reload_seconds
+    )
+    return create_app(service, log, logger, options)
 
 
 def app_from_environment() -> FastAPI:

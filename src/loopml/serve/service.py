@@ -6,23 +6,34 @@ offline) -> the model input in the model's signature order: the assembled
 columns plus the categorical encodings of the request's string features
 (:func:`~loopml.features.encodings.apply_encodings` with the state fitted when
 that version was trained: the same code as training; an unseen category or a
-null gets the documented value, never an error) -> score with the live model
--> hand the record, with the model input as logged features, to the async logger.
+null gets the documented value, never an error) -> score with the model the rollout policy picks for each request
+(:mod:`loopml.serve.rollout`) -> hand the record, with the model input (and
+the raw string request features) as logged features, to the async logger.
+Shadow variants score the same assembled features on a background thread
+after the answer is computed; the response never waits for them.
 
-The live model is one immutable :class:`LiveModel` object swapped by a single
-reference assignment, so a hot swap (``reload``) never exposes a half-loaded
-model to a request in flight.
+The live models are immutable :class:`LiveModel` objects in a dict swapped by
+a single reference assignment, so a hot swap (``reload``, run by the admin
+endpoint and every ``serving.reload_seconds`` by the app) never exposes a
+half-loaded model to a request in flight. The rollout's decisions (canary
+step, promotion, rollback) are acted on here: the registry alias moves, the
+event is appended to ``<state>/rollout/events.jsonl``, and rollbacks and
+failing models raise alerts.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +45,9 @@ from loopml.features.vector import AssembledBatch, FeatureAssembler
 from loopml.monitor.predlog import LoggedPrediction
 from loopml.registry.base import Registry
 from loopml.serve.logger import AsyncLogger
+from loopml.serve.rollout import CHAMPION, Decision, RolloutController
 from loopml.serve.schemas import Prediction, PredictRequest
-from loopml.spec.model import Spec
+from loopml.spec.model import Rollout, Spec
 from loopml.train.artifact import Predictor
 
 
@@ -88,6 +100,23 @@ class LiveModel:
     inputs: ModelInput
 
 
+class AlertSink(Protocol):
+    """Where the service raises alerts (:class:`loopml.monitor.alerts.AlertStore`)."""
+
+    def fire(
+        self,
+        rule: str,
+        subject: str,
+        message: str,
+        value: float | None = None,
+        threshold: float | None = None,
+        severity: str = "warning",
+    ) -> Any: ...
+
+
+_MAX_SHADOW_JOBS = 64  # shadow batches waiting to be scored; beyond that they are dropped and counted
+
+
 class PredictionService:
     def __init__(
         self,
@@ -95,24 +124,37 @@ class PredictionService:
         assembler: FeatureAssembler,
         registry: Registry,
         logger: AsyncLogger | None,
-        alias: str = "champion",
+        alias: str | None = None,
+        alerts: AlertSink | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.assembler = assembler
         self.registry = registry
         self.logger = logger
-        self.alias = alias
-        self.live: LiveModel | None = None
+        self.alerts = alerts
+        self.state_dir = state_dir
+        settings = spec.rollout if alias is None else spec.rollout.model_copy(update={"alias": alias})
+        self.rollout = RolloutController(self._saved_policy() or settings, spec.serving.latency_budget_ms)
+        self.live_models: dict[str, LiveModel] = {}
         view_entities = {view.entity for view in spec.features.views.values()}
         self.entity_keys = {spec.entities[name].key: name for name in view_entities}
+        self.unit_key = spec.rollout.unit or (sorted(self.entity_keys)[0] if self.entity_keys else None)
+        self.shadow_dropped = 0
+        self._shadow_jobs = 0
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopml-shadow")
+        self._reload_lock = threading.Lock()
 
-    def reload(self) -> LiveModel | None:
-        """Load the model the alias points at; keep serving the old one until the new one is ready."""
-        version = self.registry.alias(self.alias)
-        if version is None:
-            return self.live
-        if self.live is not None and self.live.version == version.version:
-            return self.live
+    @property
+    def alias(self) -> str:
+        return self.rollout.settings.alias
+
+    # --- models ------------------------------------------------------------------
+    def _load(self, name: str, version_number: int) -> LiveModel:
+        for model in self.live_models.values():
+            if model.version == version_number:
+                return LiveModel(version=model.version, predictor=model.predictor, variant=name, inputs=model.inputs)
+        version = self.registry.get(version_number)
         predictor = self.registry.load_predictor(version.version)
         state = EncodingState()
         if any("encoding" in column for column in version.signature):
@@ -123,13 +165,34 @@ class PredictionService:
             if lacking:
                 raise LoopmlError(f"{where} encodes request feature(s) {', '.join(lacking)}; declare them under features.request")
         inputs = ModelInput(predictor.feature_names, self.assembler.columns, state, version.version)
-        self.live = LiveModel(version=version.version, predictor=predictor, variant=self.alias, inputs=inputs)
+        return LiveModel(version=version.version, predictor=predictor, variant=name, inputs=inputs)
+
+    def reload(self) -> LiveModel | None:
+        """Load the versions the rollout's aliases point at; keep serving the old ones until the new ones are ready."""
+        with self._reload_lock:
+            models: dict[str, LiveModel] = {}
+            for name, alias in self.rollout.variants().items():
+                version = self.registry.alias(alias)
+                if version is None:
+                    continue
+                current = self.live_models.get(name)
+                models[name] = (
+                    current if current is not None and current.version == version.version else self._load(name, version.version)
+                )
+            self.live_models = models
         return self.live
+
+    @property
+    def live(self) -> LiveModel | None:
+        """The champion (or, for A/B and bandit policies, the first variant with a model)."""
+        models = self.live_models
+        return models.get(CHAMPION) or next(iter(models.values()), None)
 
     @property
     def ready(self) -> bool:
         return self.live is not None
 
+    # --- the request path --------------------------------------------------------
     def _check_entities(self, index: str, req: PredictRequest) -> list[tuple[str, str]]:
         problems = []
         for key in self.entity_keys:
@@ -141,9 +204,35 @@ class PredictionService:
                 problems.append((f"{index}entities.{key}", f"unknown entity key (expected: {known})"))
         return problems
 
+    def _route(self, requests: Sequence[PredictRequest], models: dict[str, LiveModel]) -> tuple[list[str], set[str]]:
+        """Each request's variant (a variant without a model falls back to the champion) and the shadow variants."""
+        fallback = CHAMPION if CHAMPION in models else next(iter(models))
+        variants: list[str] = []
+        shadows: set[str] = set()
+        for req in requests:
+            route = self.rollout.route(req.entities.get(self.unit_key) if self.unit_key else req.request_id)
+            variants.append(route.primary if route.primary in models else fallback)
+            shadows.update(v for v in route.shadows if v in models)
+        return variants, shadows
+
+    def _score(
+        self, model: LiveModel, assembled: AssembledBatch, rows: list[int]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(model input, scores) of some rows of an assembled batch; ModelFailure if the model raises or returns NaN."""
+        matrix = model.inputs.matrix(assembled)
+        if len(rows) != matrix.shape[0]:
+            matrix = matrix[rows]
+        try:
+            scores = np.asarray(model.predictor.predict(matrix), dtype=float)
+        except Exception as exc:
+            raise ModelFailure(f"model version {model.version} failed: {type(exc).__name__}: {exc}") from None
+        if scores.shape[0] != len(rows) or not np.all(np.isfinite(scores)):
+            raise ModelFailure(f"model version {model.version} returned a non-finite score")
+        return matrix, scores
+
     def predict(self, requests: Sequence[PredictRequest], explain: bool = False, batch: bool = False) -> list[Prediction]:
-        live = self.live
-        if live is None:
+        models = self.live_models
+        if not models:
             raise ModelFailure("no model is loaded yet (train and promote one, then POST /v1/admin/reload)")
         started = time.perf_counter()
         problems: list[tuple[str, str]] = []
@@ -158,61 +247,225 @@ class PredictionService:
         except LoopmlError as exc:
             field = getattr(exc, "field", "features")
             raise RequestError([(str(field), str(exc))]) from None
-        matrix = live.inputs.matrix(assembled)
-        try:
-            scores = np.asarray(live.predictor.predict(matrix), dtype=float)
-        except Exception as exc:
-            raise ModelFailure(f"model version {live.version} failed: {type(exc).__name__}: {exc}") from None
-        if scores.shape[0] != len(requests) or not np.all(np.isfinite(scores)):
-            raise ModelFailure(f"model version {live.version} returned a non-finite score")
-        contributions = None
-        if explain:
+        request_ids = [req.request_id or uuid.uuid4().hex for req in requests]
+        variants, shadows = self._route(requests, models)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(variants):
+            groups.setdefault(name, []).append(i)
+        scores = np.empty(len(requests))
+        matrices: dict[str, npt.NDArray[np.float64]] = {}
+        for name, rows in groups.items():
+            model = models[name]
             try:
-                contributions = live.predictor.contributions(matrix)
-            except LoopmlError as exc:  # e.g. a scikit-learn model by import path has no per-row contributions
-                raise RequestError([("query.explain", f"model version {live.version} cannot explain: {exc}")]) from None
+                matrices[name], scores[rows] = self._score(model, assembled, rows)
+            except ModelFailure as exc:
+                latency = (time.perf_counter() - started) * 1000.0
+                self._failed(model, str(exc), latency)
+                raise
         latency_ms = (time.perf_counter() - started) * 1000.0 / max(len(requests), 1)
+        contributions: dict[str, npt.NDArray[np.float64]] = {}
+        if explain:
+            for name, matrix in matrices.items():
+                try:
+                    contributions[name] = models[name].predictor.contributions(matrix)
+                except LoopmlError as exc:  # e.g. a scikit-learn model by import path has no per-row contributions
+                    raise RequestError(
+                        [("query.explain", f"model version {models[name].version} cannot explain: {exc}")]
+                    ) from None
         now = datetime.now()
-        names = live.predictor.feature_names
+        position = {name: {row: k for k, row in enumerate(rows)} for name, rows in groups.items()}
         out = []
         for i, req in enumerate(requests):
-            request_id = req.request_id or uuid.uuid4().hex
+            name = variants[i]
+            model = models[name]
+            k = position[name][i]
             explanation = None
-            if contributions is not None:
-                explanation = {name: float(contributions[i, j]) for j, name in enumerate(names)}
-                explanation["bias"] = float(contributions[i, -1])
+            if name in contributions:
+                names = model.predictor.feature_names
+                row = contributions[name][k]
+                explanation = {n: float(row[j]) for j, n in enumerate(names)}
+                explanation["bias"] = float(row[-1])
             out.append(
                 Prediction(
-                    request_id=request_id,
+                    request_id=request_ids[i],
                     score=float(scores[i]),
-                    model_version=live.version,
-                    variant=live.variant,
+                    model_version=model.version,
+                    variant=name,
                     missing_entities=assembled.missing_entities[i],
                     fallback=True if assembled.fallback else None,
                     explanation=explanation,
                 )
             )
-            if self.logger is not None:
-                values = {n: float(v) for n, v in zip(names, matrix[i], strict=False)}
-                self.logger.submit(
-                    LoggedPrediction(
-                        request_id=request_id,
-                        ts=now,
-                        entities=dict(req.entities),
-                        features=values,
-                        score=float(scores[i]),
-                        model_version=live.version,
-                        variant=live.variant,
-                        latency_ms=latency_ms,
-                    )
-                )
+            self._log(req, request_ids[i], now, model, matrices[name][k], assembled, i, float(scores[i]), latency_ms)
+            self._act(self.rollout.record(name, request_ids[i], latency_ms, float(scores[i])))
+        for name in shadows:
+            self._submit_shadow(models[name], assembled, requests, request_ids, now)
         return out
+
+    def _log(
+        self,
+        req: PredictRequest,
+        request_id: str,
+        now: datetime,
+        model: LiveModel,
+        inputs: npt.NDArray[np.float64],
+        assembled: AssembledBatch,
+        i: int,
+        score: float,
+        latency_ms: float,
+    ) -> None:
+        if self.logger is None:
+            return
+        values: dict[str, Any] = {n: float(v) for n, v in zip(model.predictor.feature_names, inputs, strict=False)}
+        for name, column in assembled.strings.items():
+            values.setdefault(name, column[i])
+        self.logger.submit(
+            LoggedPrediction(
+                request_id=request_id,
+                ts=now,
+                entities=dict(req.entities),
+                features=values,
+                score=score,
+                model_version=model.version,
+                variant=model.variant,
+                latency_ms=latency_ms,
+            )
+        )
+
+    def _submit_shadow(
+        self, model: LiveModel, assembled: AssembledBatch, requests: Sequence[PredictRequest], ids: list[str], now: datetime
+    ) -> None:
+        if self._shadow_jobs >= _MAX_SHADOW_JOBS:
+            self.shadow_dropped += len(requests)
+            return
+        self._shadow_jobs += 1
+
+        def job() -> None:
+            started = time.perf_counter()
+            try:
+                matrix, scores = self._score(model, assembled, list(range(len(requests))))
+            except ModelFailure as exc:
+                self._failed(model, str(exc), (time.perf_counter() - started) * 1000.0)
+                return
+            finally:
+                self._shadow_jobs -= 1
+            latency_ms = (time.perf_counter() - started) * 1000.0 / max(len(requests), 1)
+            for i, req in enumerate(requests):
+                self._log(req, ids[i], now, model, matrix[i], assembled, i, float(scores[i]), latency_ms)
+                self.rollout.record(model.variant, None, latency_ms, float(scores[i]))
+
+        self._shadow_pool.submit(job)
+
+    def _failed(self, model: LiveModel, reason: str, latency_ms: float) -> None:
+        if self.alerts is not None:
+            self.alerts.fire("model_failure", f"version {model.version}", reason, severity="critical")
+        self._act(self.rollout.record(model.variant, None, latency_ms, None))
+
+    def feedback(self, request_id: str, label: float) -> None:
+        self._act(self.rollout.feedback(request_id, label))
+
+    # --- rollout decisions and changes --------------------------------------------
+    def _act(self, decision: Decision | None) -> None:
+        if decision is None:
+            return
+        challenger = self.live_models.get(decision.variant)
+        version = challenger.version if challenger else None
+        record = {**decision.to_json(), "version": version}
+        if decision.action == "promote" and version is not None:
+            self.registry.set_alias(self.alias, version, f"canary: {decision.reason}")
+        elif decision.action == "rollback" and self.alerts is not None:
+            message = f"canary of version {version} rolled back: {decision.reason}"
+            self.alerts.fire("canary_rollback", f"version {version}", message, severity="critical")
+        if decision.action in ("promote", "rollback"):
+            self._save_policy(self.rollout.settings)
+            self.reload()
+        self.record_event(record)
+
+    def set_policy(self, settings: Rollout) -> None:
+        """Change the rollout at run time (admin API): load the variants' models first, then switch."""
+        previous = self.rollout.settings
+        self.rollout.set_policy(settings)
+        try:
+            self.reload()
+        except LoopmlError:
+            self.rollout.set_policy(previous)
+            raise
+        missing = [f"{name} (alias {alias})" for name, alias in self.rollout.variants().items() if name not in self.live_models]
+        self._save_policy(settings)
+        self.record_event({"action": "policy", "policy": settings.policy, "missing": missing, "at": datetime.now().isoformat()})
+
+    def promote(self, version: int, reason: str) -> int:
+        """Point the champion alias at ``version`` now and serve it alone (policy ``single``)."""
+        self.registry.set_alias(self.alias, version, reason)
+        settings = self.rollout.settings.model_copy(update={"policy": "single"})
+        self.rollout.set_policy(settings)
+        self._save_policy(settings)
+        self.reload()
+        self.record_event({"action": "promote", "reason": reason, "version": version, "at": datetime.now().isoformat()})
+        return version
+
+    def rollback(self, previous: bool = False) -> int | None:
+        """Stop any experiment (policy ``single``); with ``previous``, also move the champion alias back one version."""
+        settings = self.rollout.settings.model_copy(update={"policy": "single"})
+        self.rollout.set_policy(settings)
+        self._save_policy(settings)
+        if previous:
+            self.registry.rollback(self.alias)
+        live = self.reload()
+        version = live.version if live else None
+        self.record_event({"action": "rollback", "previous": previous, "version": version, "at": datetime.now().isoformat()})
+        return version
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        if self.state_dir is None:
+            return
+        folder = self.state_dir / "rollout"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "events.jsonl").open("a") as fh:
+            fh.write(json.dumps(event) + "\n")
+
+    def _save_policy(self, settings: Rollout) -> None:
+        if self.state_dir is None:
+            return
+        folder = self.state_dir / "rollout"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".policy.json.tmp"
+        tmp.write_text(
+            json.dumps({"spec": self.spec.rollout.model_dump(mode="json"), "policy": settings.model_dump(mode="json")})
+        )
+        tmp.replace(folder / "policy.json")
+
+    def _saved_policy(self) -> Rollout | None:
+        """The policy last set at run time (admin API, a canary's end): it outlives a restart until loopml.yaml's changes."""
+        path = self.state_dir / "rollout" / "policy.json" if self.state_dir else None
+        if path is None or not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("spec") != self.spec.rollout.model_dump(mode="json"):
+            return None
+        return Rollout.model_validate(saved["policy"])
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.state_dir / "rollout" / "events.jsonl" if self.state_dir else None
+        if path is None or not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def close(self) -> None:
+        self._shadow_pool.shutdown(wait=True)
 
     def models(self) -> dict[str, Any]:
         versions = [v.to_json() for v in self.registry.list()]
-        live = self.live
-        split = {live.variant: {"version": live.version, "weight": 1.0}} if live else {}
-        return {"versions": versions, "traffic": split, "live_version": live.version if live else None}
+        live = self.live_models
+        weights = self.rollout.weights()
+        split = {name: {"version": m.version, "weight": weights.get(name, 0.0)} for name, m in live.items()}
+        champion = self.live
+        return {
+            "versions": versions,
+            "traffic": split,
+            "policy": self.rollout.policy,
+            "live_version": champion.version if champion else None,
+        }
 
 
 def finite(value: float) -> bool:

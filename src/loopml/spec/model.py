@@ -252,11 +252,68 @@ class Serving(_Strict):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     log_queue_size: int = Field(default=10_000, gt=0)
     log_flush_rows: int = Field(default=500, gt=0)
+    #: how often the server checks whether a registry alias moved (hot swap); 0 turns it off
+    reload_seconds: float = Field(default=5.0, ge=0)
+
+
+class Variant(_Strict):
+    """One arm of a rollout: the model version a registry alias points at, and its traffic weight."""
+
+    alias: str
+    weight: float = Field(default=1.0, ge=0)
+
+
+class Canary(_Strict):
+    """Canary steps and guardrails (see :mod:`loopml.serve.rollout`)."""
+
+    #: the challenger's share of traffic at each step; passing the last step promotes it
+    steps: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.05, 0.25, 1.0]
+    #: challenger requests needed before a step's guardrails are judged and the next step starts
+    min_requests: int = Field(default=200, ge=1)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    #: challenger p99 latency limit; default ``serving.latency_budget_ms``
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    #: PSI of the challenger's scores against the champion's over the same step
+    max_score_psi: float = Field(default=0.2, gt=0)
+    #: online metric (average precision on labelled requests): largest relative drop against the champion
+    max_metric_drop: float = Field(default=0.05, ge=0)
+    min_labels: int = Field(default=100, ge=1)
+
+
+class Bandit(_Strict):
+    #: every arm keeps at least this share of traffic (exploration floor)
+    min_share: float = Field(default=0.05, ge=0, le=0.5)
 
 
 class Rollout(_Strict):
-    policy: Literal["single"] = "single"
+    """How traffic is split between model versions (``loopml.serve.rollout``; changeable at run time)."""
+
+    policy: Literal["single", "ab", "shadow", "canary", "bandit", "bluegreen"] = "single"
+    #: the champion's registry alias: what ``single`` serves and what canary/blue-green fall back to
     alias: str = "champion"
+    #: the challenger's registry alias (shadow, canary, blue-green)
+    challenger: str = "challenger"
+    #: A/B and bandit arms: variant name -> alias (+ weight for A/B)
+    variants: dict[str, Variant] = {}
+    #: request entity key hashed to pick a variant (A/B, canary); default: the first entity key
+    unit: str | None = None
+    canary: Canary = Canary()
+    bandit: Bandit = Bandit()
+    #: blue-green: which side takes all traffic ("champion" or "challenger")
+    live: Literal["champion", "challenger"] = "champion"
+
+    @model_validator(mode="after")
+    def _arms(self) -> Rollout:
+        if self.policy in ("ab", "bandit"):
+            if len(self.variants) < 2:
+                raise ValueError(f"rollout.policy {self.policy} needs at least two rollout.variants")
+            if self.policy == "ab" and sum(v.weight for v in self.variants.values()) <= 0:
+                raise ValueError("rollout.variants: the weights must not all be zero")
+            if self.policy == "bandit" and self.bandit.min_share * len(self.variants) > 1:
+                raise ValueError("rollout.bandit.min_share times the number of variants must be at most 1")
+        if sorted(self.canary.steps) != self.canary.steps:
+            raise ValueError("rollout.canary.steps must increase")
+        return self
 
 
 class Monitoring(_Strict):
@@ -264,6 +321,8 @@ class Monitoring(_Strict):
     psi_bins: int = Field(default=10, ge=2)
     min_rows: int = Field(default=100, ge=1)
     window: Duration = timedelta(days=1)
+    #: POST every new alert as JSON to this URL (``LOOPML_WEBHOOK_URL`` overrides it); failures are recorded, never raised
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
 
 class Retraining(_Strict):
@@ -301,7 +360,10 @@ class Storage(_Strict):
     registry: Literal["sqlite", "postgres"] = "sqlite"
     #: PostgreSQL registry: a libpq URL; ``${VAR}`` is not expanded, use ``LOOPML_REGISTRY_URL`` to keep secrets out of the file
     registry_url: str | None = None
-    prediction_log: Literal["duckdb"] = "duckdb"
+    #: the prediction log: Parquet parts queried with DuckDB (``.loopml/predictions``) or PostgreSQL at ``prediction_log_url``
+    prediction_log: Literal["duckdb", "postgres"] = "duckdb"
+    #: PostgreSQL prediction log: a libpq URL; ``LOOPML_PREDLOG_URL`` overrides it (keeps secrets out of the file)
+    prediction_log_url: str | None = None
 
 
 class Spec(_Strict):
