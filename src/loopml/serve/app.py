@@ -135,6 +135,7 @@ def create_app(
                 logger.close()
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

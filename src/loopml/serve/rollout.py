@@ -19,7 +19,9 @@ Policies:
   a customer does not flip between models within a step); after
   ``min_requests`` challenger requests the guardrails are judged: error rate,
   p99 latency, PSI of the challenger's scores against the champion's over
-  the same step, and (once ``min_labels`` labels arrived for both) average
+  the same step (10 bins at the champion's score deciles, minus the PSI's
+  expected value between two samples of one distribution, ``(B - 1)(1/n + 1/m)``,
+  so a small step does not trip on sampling noise), and (once ``min_labels`` labels arrived for both) average
   precision relative to the champion. A breach rolls back at once (policy
   back to ``single``), records why and asks for an alert; a broken model is
   caught before the step ends, as soon as its errors alone exceed
@@ -58,6 +60,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 _SAMPLES = 5_000  # scores / latencies kept per variant for the guardrails
 _PENDING = 100_000  # request ids remembered for labels (bandit rewards, canary metric)
+_PSI_BINS = 10
 
 
 def unit_hash(value: object) -> float:
@@ -244,6 +247,9 @@ class RolloutController:
         allowed_errors = c.max_error_rate * c.min_requests
         if new.errors > allowed_errors:
             return f"error rate: {new.errors} failed of {new.requests} challenger requests (limit {c.max_error_rate:.2%})"
+        metric = self._metric_drop()  # labels arrive on their own schedule: judged whenever enough are in
+        if metric is not None and metric > c.max_metric_drop:
+            return f"average precision {metric:.1%} below the champion's on labelled requests (limit {c.max_metric_drop:.0%})"
         if new.requests - new.errors < c.min_requests:
             return None
         if new.errors / new.requests > c.max_error_rate:
@@ -253,13 +259,12 @@ class RolloutController:
         if p99 > budget:
             return f"p99 latency {p99:.2f} ms over {budget:.2f} ms"
         if len(old.scores) >= c.min_requests:
-            reference = reference_entry(np.fromiter(old.scores, float), 10)
-            value = psi(reference, np.fromiter(new.scores, float), DEFAULT_EPSILON)
+            reference = reference_entry(np.fromiter(old.scores, float), _PSI_BINS)
+            bins = len(reference["edges"]) + 1
+            noise = (bins - 1) * (1 / len(new.scores) + 1 / len(old.scores))
+            value = psi(reference, np.fromiter(new.scores, float), DEFAULT_EPSILON) - noise
             if value > c.max_score_psi:
-                return f"score PSI {value:.3f} against the champion (limit {c.max_score_psi})"
-        metric = self._metric_drop()
-        if metric is not None and metric > c.max_metric_drop:
-            return f"average precision {metric:.1%} below the champion's on labelled requests (limit {c.max_metric_drop:.0%})"
+                return f"score PSI {value:.3f} against the champion (limit {c.max_score_psi}, sampling noise removed)"
         return None
 
     def _metric_drop(self) -> float | None:
