@@ -47,6 +47,8 @@ models_app = typer.Typer(help="The model registry: versions, aliases, promotion 
 app.add_typer(features_app, name="features")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+alerts_app = typer.Typer(help="Alerts raised by monitoring and rollouts: list and resolve.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 
 
 def _load(folder: Path) -> Project:
@@ -541,6 +543,94 @@ def serve(
 
 
 @app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", "-i", help="Parquet or CSV of rows to score (entity keys, time, request features)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the scored rows: .parquet or .csv")],
+    model: Annotated[int | None, typer.Option("--model", help="model version (default: the champion alias)")] = None,
+    chunk_rows: Annotated[int, typer.Option(help="rows scored at a time (memory is bounded by this)")] = 100_000,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Batch scoring, file to file: point-in-time features as of each row's time, the input's columns + score + model_version."""
+
+    def go() -> None:
+        p = _load(project)
+        with _progress(not as_json) as progress:
+            result = p.predict_file(input, output, version=model, chunk_rows=chunk_rows, progress=progress)
+        if as_json:
+            _emit_json(result.to_json())
+            return
+        out.print(
+            f"{result.rows:,} rows scored by model version {result.model_version} in {result.seconds:.1f}s "
+            f"(features {result.feature_seconds:.1f}s, model {result.score_seconds:.1f}s) -> {result.output}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    _run(go)
+
+
+stream_app = typer.Typer(help="Score a Redis Stream of events into an output stream.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("score")
+def stream_score(
+    input: Annotated[str, typer.Option("--input", help="the Redis stream of source events (at storage.redis_url)")],
+    output: Annotated[str, typer.Option("--output", help="the stream the scores go to (entry id = the input entry's id)")],
+    group: Annotated[str, typer.Option(help="consumer group on the input stream")] = "loopml-score",
+    consumer: Annotated[str | None, typer.Option(help="consumer name (default: the host name; keep it across restarts)")] = None,
+    source: Annotated[str | None, typer.Option(help="the source the stream carries (default: the label source)")] = None,
+    model: Annotated[int | None, typer.Option("--model", help="model version (default: follow the champion alias)")] = None,
+    batch: Annotated[int, typer.Option(help="entries read at a time")] = 200,
+    max_entries: Annotated[int | None, typer.Option(help="stop after this many entries")] = None,
+    until_idle: Annotated[bool, typer.Option(help="stop when the stream has nothing new")] = False,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score each event with the live model (before applying it), apply it to the online store, write the score.
+
+    At least once, written once: an entry is acknowledged only after its score
+    is in the output stream and its event in the online store; a restarted
+    scorer redoes unacknowledged entries, and Redis refuses the second copy of
+    an output entry. Entries that cannot be scored go to OUTPUT:quarantine.
+    """
+
+    def go() -> None:
+        p = _load(project)
+
+        def report(line: str) -> None:
+            err.print(line, markup=False, highlight=False)
+
+        try:
+            stats = p.score_stream(
+                input,
+                output,
+                group=group,
+                consumer=consumer,
+                source=source,
+                version=model,
+                batch=batch,
+                max_entries=max_entries,
+                until_idle=until_idle,
+                report=report,
+            )
+        except KeyboardInterrupt:
+            err.print("stopped")
+            return
+        if as_json:
+            _emit_json(stats.to_json())
+        else:
+            out.print(
+                f"{stats.messages:,} entries, {stats.written:,} scores written to {output}, "
+                f"{stats.quarantined:,} quarantined (in {output}:quarantine)",
+                highlight=False,
+            )
+
+    _run(go)
+
+
+@app.command()
 def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
     """Drift, data quality and alerts over the prediction log."""
 
@@ -556,6 +646,141 @@ def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
         out.print(
             f"{report['predictions']:,} predictions logged, {report['labelled']:,} labelled; {len(report['alerts'])} alert(s)"
         )
+
+    _run(go)
+
+
+@app.command()
+def feedback(
+    file: Annotated[Path, typer.Option("--file", "-f", help="CSV or Parquet with columns request_id,label (optional ts)")],
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Add labels from a file to the prediction log; they join their predictions by request id, however late."""
+
+    def go() -> None:
+        from loopml.layout import Layout
+        from loopml.monitor.predlog import open_prediction_log, read_labels_file
+        from loopml.spec.load import load_spec
+
+        spec, _ = load_spec(project)
+        items = read_labels_file(file)
+        log = open_prediction_log(spec, Layout.for_project(project, spec))
+        try:
+            log.add_feedback(items)
+            matched = len(log.known_request_ids([i.request_id for i in items]))
+        finally:
+            log.close()
+        distinct = len({i.request_id for i in items})
+        result = {"file": str(file), "labels": len(items), "request_ids": distinct, "matched": matched}
+        result["pending"] = distinct - matched
+        if as_json:
+            _emit_json(result)
+            return
+        out.print(
+            f"{len(items):,} label(s) added from {file}: {matched:,} request id(s) joined with logged predictions, "
+            f"{distinct - matched:,} pending until their predictions are logged",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    _run(go)
+
+
+def _alert_store(folder: Path) -> Any:
+    """The alert store, without loading the stages (listing alerts stays fast)."""
+    from loopml.layout import Layout
+    from loopml.monitor.alerts import open_alert_store
+    from loopml.spec.load import load_spec
+
+    spec, _ = load_spec(folder)
+    return open_alert_store(spec, Layout.for_project(folder, spec))
+
+
+@alerts_app.command("list")
+def alerts_list(
+    show_all: Annotated[bool, typer.Option("--all", help="resolved alerts too (the newest first)")] = False,
+    limit: Annotated[int, typer.Option(help="with --all: at most this many alerts")] = 100,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Active alerts (critical first), or with --all the history."""
+
+    def go() -> None:
+        store = _alert_store(project)
+        alerts = store.history(limit) if show_all else store.active()
+        if as_json:
+            _emit_json([a.to_json() for a in alerts])
+            return
+        if not alerts:
+            out.print("no alerts" if show_all else "no active alerts")
+            return
+        out.print(f"{len(alerts)} alert(s)" if show_all else f"{len(alerts)} active alert(s)", highlight=False)
+        for a in alerts:
+            status = "" if a.resolved_at is None else f", resolved {a.resolved_at:%Y-%m-%d %H:%M:%S}"
+            webhook = f"; webhook failed: {a.webhook_error}" if a.webhook_error else ""
+            out.print(f"#{a.id} {a.severity} {a.rule} / {a.subject}: {a.message}", markup=False, highlight=False, soft_wrap=True)
+            out.print(
+                f"    value {_fmt(a.value)}, threshold {_fmt(a.threshold)}; seen {a.count}x from"
+                f" {a.first_seen:%Y-%m-%d %H:%M:%S} to {a.last_seen:%Y-%m-%d %H:%M:%S} UTC{status}{webhook}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    _run(go)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    alert_id: Annotated[int, typer.Argument(metavar="ID", help="the alert's id (see 'loopml alerts list')")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Mark an alert resolved; the next time its condition fires it opens a new alert."""
+
+    def go() -> None:
+        store = _alert_store(project)
+        alert = store.get(alert_id)
+        if alert is None:
+            raise LoopmlError(f"alert {alert_id}: no such alert in {store.path}")
+        if alert.resolved_at is not None:
+            out.print(f"alert {alert_id} was already resolved at {alert.resolved_at:%Y-%m-%d %H:%M:%S} UTC")
+            return
+        store.resolve_id(alert_id)
+        out.print(f"alert {alert_id} resolved ({alert.rule} {alert.subject})", highlight=False)
+
+    _run(go)
+
+
+@app.command()
+def retrain(
+    project: ProjectOpt = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="run the loop even if no trigger fires")] = False,
+    service_url: Annotated[
+        str | None, typer.Option("--service-url", help="the live service to canary through (default: retraining.service_url)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate the retraining triggers and, if one fires, run the loop: ingest, features, train, gate, canary, promote.
+
+    A run that crashed is resumed from its first unfinished step. The canary uses the live
+    service's admin API with the bearer token in LOOPML_ADMIN_TOKEN.
+    """
+
+    def go() -> None:
+        p = _load(project)
+        with _progress(not as_json) as progress:
+            token = os.environ.get("LOOPML_ADMIN_TOKEN")
+            run = p.retrain(force=force, service_url=service_url, admin_token=token, progress=progress)
+        if as_json:
+            _emit_json(run.to_json())
+            return
+        rows = [[t["trigger"], "fired" if t["fired"] else "-", t["detail"]] for t in run.triggers]
+        out.print(_table("triggers", ["trigger", "", "detail"], rows))
+        if run.steps:
+            steps = [[s.name, s.status, json.dumps(s.outputs, default=str)[:100]] for s in run.steps]
+            out.print(_table(f"loop run {run.id}", ["step", "status", "outputs"], steps))
+        out.print(f"{run.status}: {run.outcome or 'no trigger fired'}")
 
     _run(go)
 
@@ -583,5 +808,163 @@ def demo(
     _run(go)
 
 
+# --------------------------------------------------------------------------- experiments
+experiment_app = typer.Typer(help="A/B experiment statistics over the prediction log, and sample sizes.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment_defaults(p: Project) -> tuple[list[str], dict[str, float] | None, str | None]:
+    """Control candidates, expected weights and a reason to skip the sample-ratio test, from ``rollout``."""
+    rollout = p.spec.rollout
+    candidates = [name for name, v in rollout.variants.items() if v.alias == rollout.alias] + [rollout.alias, "champion"]
+    if rollout.policy == "ab":
+        return candidates, {name: v.weight for name, v in rollout.variants.items()}, None
+    if rollout.policy in ("canary", "bandit", "bluegreen"):
+        return candidates, None, f"the {rollout.policy} policy changes the split over time: give --weights to test a fixed split"
+    return candidates, None, None
+
+
+def _g(value: float | None, spec: str = ".3g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _test_row(label: str, result: Any) -> list[str]:
+    if isinstance(result, str):
+        return [label, result, "", "", ""]
+    verdict = "significant" if result.significant else "-"
+    ci = f"{result.ci_low:+.3g} .. {result.ci_high:+.3g}"
+    return [label, f"{result.estimate:+.3g}", ci, f"{result.p_value:.3g}", verdict]
+
+
+@experiment_app.command("report")
+def experiment_report_cmd(
+    project: ProjectOpt = Path("."),
+    since: Annotated[str | None, typer.Option(help="only predictions at or after this ISO date/time")] = None,
+    control: Annotated[str | None, typer.Option(help="control variant (default: the champion's, else the first)")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="expected split for the sample-ratio test, e.g. a=0.5,b=0.5 (default: rollout weights, else equal)"),
+    ] = None,
+    metric: Annotated[str, typer.Option(help="numeric prediction-log column compared with Welch's t-test")] = "score",
+    alpha: Annotated[float, typer.Option(help="significance level of the tests and intervals")] = 0.05,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-variant counts and metrics, and each variant against the control: z-test, Welch, mSPRT, SRM."""
+
+    def go() -> None:
+        from loopml.experiment.report import experiment_report, parse_since
+        from loopml.experiment.stats import parse_weights
+
+        p = _load(project)
+        candidates, default_weights, srm_skip = _experiment_defaults(p)
+        given = parse_weights(weights)
+        log = p.prediction_log()
+        try:
+            report = experiment_report(
+                log,
+                task=p.spec.task,
+                since=parse_since(since),
+                control=control,
+                weights=given or default_weights,
+                metric=metric,
+                control_candidates=candidates,
+                srm_skip=None if given else srm_skip,
+                alpha=alpha,
+            )
+        finally:
+            log.close()
+        if as_json:
+            _emit_json(report.to_json())
+            return
+        since_text = f" since {report.since:%Y-%m-%d %H:%M}" if report.since else ""
+        if not report.variants:
+            out.print(f"not enough data: no predictions logged{since_text}", highlight=False)
+            return
+        vs = report.variants  # one column per variant: a few variants, many figures
+        lines: list[list[Any]] = [
+            ["requests", *(f"{v.requests:,}" for v in vs)],
+            ["model versions", *(",".join(map(str, v.model_versions)) for v in vs)],
+            ["labelled", *(f"{v.labelled:,} ({v.labelled_fraction:.0%})" for v in vs)],
+            ["label rate", *(_g(v.label_rate, ".2%") for v in vs)],
+            ["mean score", *(_g(v.mean_score) for v in vs)],
+        ]
+        lines += [[f"mean {metric}", *(_g(v.mean_metric) for v in vs)]] if metric != "score" else []
+        lines += [
+            ["average precision", *(_g(v.average_precision) for v in vs)],
+            ["ROC AUC", *(_g(v.roc_auc) for v in vs)],
+            ["latency p50 / p99 ms", *(f"{_g(v.latency_p50_ms)} / {_g(v.latency_p99_ms)}" for v in vs)],
+        ]
+        names = [f"{v.variant} (control)" if v.variant == report.control else v.variant for v in vs]
+        out.print(_table(f"experiment: {report.rows:,} predictions{since_text}", ["", *names], lines))
+        for c in report.comparisons:
+            tests = [
+                _test_row("label rate z-test", c.label_rate),
+                _test_row("label rate mSPRT", c.label_rate_sequential),
+                _test_row(f"{metric} Welch", c.metric),
+                _test_row(f"{metric} mSPRT", c.metric_sequential),
+            ]
+            title = f"{c.variant} minus {c.control} (mSPRT: valid however often you look)"
+            out.print(_table(title, ["test", "difference", f"{1 - report.alpha:.0%} CI", "p-value", "verdict"], tests))
+        if isinstance(report.srm, str):
+            out.print(f"sample ratio: {report.srm}", highlight=False, soft_wrap=True)
+        else:
+            verdict = "MISMATCH: the split is not what was configured; fix assignment before trusting the tests"
+            ok = verdict if report.srm.mismatch else "ok"
+            out.print(
+                f"sample ratio: chi-square {report.srm.statistic:.3f}, p = {report.srm.p_value:.4g} "
+                f"(flag below {report.srm.threshold:g}): {ok}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    _run(go)
+
+
+@experiment_app.command("size")
+def experiment_size_cmd(
+    rate_control: Annotated[float | None, typer.Option(help="proportions: the control's rate, e.g. 0.05")] = None,
+    rate_treatment: Annotated[float | None, typer.Option(help="proportions: the rate to detect, e.g. 0.06")] = None,
+    difference: Annotated[float | None, typer.Option(help="means: the difference to detect")] = None,
+    sd: Annotated[float | None, typer.Option(help="means: the standard deviation of one observation")] = None,
+    alpha: Annotated[float, typer.Option(help="two-sided significance level")] = 0.05,
+    power: Annotated[float, typer.Option(help="probability of detecting the effect")] = 0.8,
+    ratio: Annotated[float, typer.Option(help="treatment size / control size")] = 1.0,
+    project: ProjectOpt = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Observations per group for a two-sided test: two proportions (Cohen's h) or two means."""
+
+    def go() -> None:
+        from loopml.experiment.stats import sample_size_means, sample_size_proportions
+
+        props = rate_control is not None or rate_treatment is not None
+        means = difference is not None or sd is not None
+        if props == means:
+            raise LoopmlError("experiment size: give --rate-control and --rate-treatment, or --difference and --sd")
+        if props:
+            if rate_control is None or rate_treatment is None:
+                raise LoopmlError("experiment size: give both --rate-control and --rate-treatment")
+            size = sample_size_proportions(rate_control, rate_treatment, alpha=alpha, power=power, ratio=ratio)
+        else:
+            if difference is None or sd is None:
+                raise LoopmlError("experiment size: give both --difference and --sd")
+            size = sample_size_means(difference, sd, alpha=alpha, power=power, ratio=ratio)
+        if as_json:
+            _emit_json(size.to_json())
+            return
+        out.print(
+            f"{size.n_control:,} control + {size.n_treatment:,} treatment = {size.n_control + size.n_treatment:,} observations "
+            f"(alpha {alpha:g}, power {power:g}; {size.formula}, effect size {size.effect_size:.4f})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    _run(go)
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -64,5 +64,9 @@ class Layout:
         return self.state / "predictions"
 
     @property
+    def alerts(self) -> Path:
+        return self.state / "alerts.sqlite"
+
+    @property
     def reports(self) -> Path:
         return self.state / "reports"

@@ -30,8 +30,9 @@ from loopml.features.online_fallback import Fallback
 from loopml.features.vector import online_features
 from loopml.layout import Layout
 from loopml.loop.train import TrainResult, train
+from loopml.monitor.alerts import AlertStore, open_alert_store
 from loopml.monitor.drift import DriftResult, current_values, psi_drift
-from loopml.monitor.predlog import PredictionLog
+from loopml.monitor.predlog import PredictionLogBackend, open_prediction_log
 from loopml.registry.base import Registry
 from loopml.registry.store import open_registry
 from loopml.spec.load import load_spec, spec_hash
@@ -40,6 +41,8 @@ from loopml.train.tracking import RunStore
 
 if TYPE_CHECKING:
     from loopml.features.stream import ConsumeStats
+    from loopml.loop.retrain import LoopRun
+    from loopml.serve.batch import BatchResult
 
 Progress = Callable[[str, float], None]
 
@@ -77,8 +80,13 @@ class Project:
         """The local cache the request path answers from when Redis is down (``online_unavailable: fallback``)."""
         return open_fallback(self.spec, self.layout)
 
-    def prediction_log(self) -> PredictionLog:
-        return PredictionLog(self.layout.prediction_log)
+    def prediction_log(self) -> PredictionLogBackend:
+        """The configured prediction log (``storage.prediction_log``: Parquet + DuckDB, or PostgreSQL)."""
+        return open_prediction_log(self.spec, self.layout)
+
+    def alerts(self) -> AlertStore:
+        """The alert store (``<state>/alerts.sqlite``), posting new alerts to ``monitoring.webhook_url`` when set."""
+        return open_alert_store(self.spec, self.layout)
 
     def runs(self) -> RunStore:
         return RunStore(self.layout.runs)
@@ -166,7 +174,33 @@ class Project:
         finally:
             store.close()
 
-    def train(self, trials: int = 0, progress: Progress | None = None) -> TrainResult:
+    def predict_file(
+        self,
+        input: Path,
+        output: Path,
+        version: int | None = None,
+        chunk_rows: int | None = None,
+        progress: Progress | None = None,
+    ) -> BatchResult:
+        """``loopml predict``: score a Parquet/CSV file into another, features as of each row's time (``serve.batch``)."""
+        from loopml.serve.batch import DEFAULT_CHUNK_ROWS, predict_file
+
+        chunk = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
+        return predict_file(self.spec, self.snapshot().paths, self.registry(), input, output, version, chunk, progress)
+
+    def score_stream(self, input: str, output: str, **options: Any) -> ConsumeStats:
+        """``loopml stream score``: score a Redis Stream of events into another (see ``serve.stream_score``)."""
+        try:  # an optional extra: imported only when used
+            from loopml.serve.stream_score import score_stream
+        except ImportError:
+            raise LoopmlError("stream score needs the redis extra (pip install 'loopml[redis]')") from None
+        store = self.online_store()
+        try:
+            return score_stream(self.spec, store, self.registry(), input, output, **options)
+        finally:
+            store.close()
+
+    def train(self, trials: int = 0, progress: Progress | None = None, promote_to: str | None = None) -> TrainResult:
         snapshot = self.snapshot()
         path = self.training_set_path(snapshot)
         if not path.is_file():
@@ -181,7 +215,20 @@ class Project:
             self.registry(),
             trials=trials,
             progress=progress,
+            promote_to=promote_to,
         )
+
+    def retrain(
+        self,
+        force: bool = False,
+        service_url: str | None = None,
+        admin_token: str | None = None,
+        progress: Progress | None = None,
+    ) -> LoopRun:
+        """``loopml retrain``: the closed loop (see :mod:`loopml.loop.retrain`)."""
+        from loopml.loop.retrain import run_loop
+
+        return run_loop(self, force=force, service_url=service_url, admin_token=admin_token, progress=progress)
 
     def drift(self, version: int | None = None, since: datetime | None = None) -> tuple[int | None, list[DriftResult]]:
         registry = self.registry()

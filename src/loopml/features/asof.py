@@ -1,34 +1,70 @@
-"""Latest-value lookups as DuckDB ``ASOF JOIN``: the fast path for views made only of ``last``.
+"""Latest-value lookups, the fast path of the point-in-time join for views made only of ``last``.
 
 The general point-in-time join (:mod:`loopml.features.join`) unions the spine
 into the event stream and computes every output with ``RANGE`` window frames.
 For a view whose every output is ``last`` that is more work than the question
-needs: "the latest non-NULL value of the entity visible at ``t``" is exactly
-what an ``ASOF JOIN`` answers, and DuckDB's ASOF join sorts each side once
-instead of computing a frame aggregate for every row of the union. On a 1 M-row
-spine against 10 M events (``benchmarks/pit_join.py``, 2 cores shared with
-other jobs) the union-window join took 11.7 s, over its 10 s budget, and this
-path 5.3 s. The semantics are unchanged (``tests/test_pit_reference.py``
-holds both paths to the same brute-force reference):
+needs: "the latest non-NULL value of the entity visible at ``t``" is one
+sorted search per spine row. Two implementations, with one semantics
+(``tests/test_pit_reference.py`` holds both to the same brute-force reference):
 
-- Visibility ``s < t - d`` (``<=`` when inclusive) and ties of ``last`` (the
-  latest time, then the latest position in the source) are one strict
-  inequality on a ``HUGEINT`` key ``epoch_us(s) * 2**40 + position``: the
-  spine side is ``(t - d) * 2**40`` (``(t - d + 1) * 2**40`` when inclusive),
-  so no event at a later time, and every event at an earlier time, is
-  before it, and among events at the same time the last in file order wins.
-- One ASOF join per aggregated column, over its non-NULL rows (``last``
-  skips NULL values); the window is then a check on the matched event's
-  age: it is in the window ``w`` iff ``t - s < d + w``, and if the latest
-  visible value is not in the window no value is.
-- The ttl and the null indicator need the latest visible event whatever its
-  values: one more ASOF join over every event, only when the view has a ttl,
-  an indicator, or the caller asks for the latest event time.
+* :func:`asof_view_table` (used whenever the caller passes its DuckDB
+  connection): reads the events once, sorts one packed ``int64`` per event
+  with ``numpy.sort`` and answers every spine row with ``numpy.searchsorted``;
+  the result is registered in the connection as an Arrow table. Hand-written
+  because the library ways were measured slower on the benchmark
+  (``benchmarks/pit_join.py``: 1 M spine rows, 10 M events, 2 shared cores):
+  DuckDB's ``ASOF JOIN`` (below) 2.9 s, as slow as ``pandas.merge_asof``
+  (whose cost is its ``argsort``); an ``argsort`` of a composite key is itself
+  2.3x slower than ``numpy.sort`` of the same values (AVX-512 sorting
+  network), and Arrow's ``sort_indices`` on (entity, time) 20x slower. So
+  the row position rides in the low bits of the sorted value itself.
+* :func:`asof_view_sql`: the same as DuckDB ``ASOF JOIN`` SQL, for callers
+  without a connection and for keys the numpy path does not take (entity keys
+  that are neither integers nor text on both sides, or more entities and
+  events than 61 bits can hold).
+
+The numpy path. Every event with a key and a time (and inside the span the
+spine can see) becomes ``(code << b | time bucket) << p | position``:
+``code`` an entity code (the integer key minus its minimum when the keys are
+dense, else its index in an Arrow dictionary of the keys), the time bucket the
+event's microseconds since the earliest event shifted right just enough to
+fit, ``position`` the event's row in source order (the values are read in
+``__rid`` order). After ``numpy.sort``, events are in (entity, bucket,
+position) order; runs of events of one entity in one bucket (only when the
+time had to be shifted) are re-sorted by (exact time, position), so the array
+is in (entity, time, position) order: the order in which ``last`` is defined.
+A spine row at ``t`` sees exactly the events before ``(code, t - d)`` (``t -
+d + 1 µs`` when inclusive): ``searchsorted`` of the row's bucket, then a
+bisection on exact times inside that one bucket, gives the latest visible
+event; ``last`` of a column with NULL values is the latest non-NULL one
+before it (a running maximum of non-NULL positions), and the rest (window,
+ttl, null indicator) is arithmetic on the matched event's time.
+
+The SQL path. Visibility ``s < t - d`` (``<=`` when inclusive) and ties of
+``last`` (the latest time, then the latest position in the source) are one
+strict inequality on a ``HUGEINT`` key ``epoch_us(s) * 2**40 + position``:
+the spine side is ``(t - d) * 2**40`` (``(t - d + 1) * 2**40`` when
+inclusive), so no event at a later time, and every event at an earlier time,
+is before it, and among events at the same time the last in file order wins.
+One ASOF join per aggregated column, over its non-NULL rows (``last`` skips
+NULL values); the window is then a check on the matched event's age: it is in
+the window ``w`` iff ``t - s < d + w``, and if the latest visible value is
+not in the window no value is. The ttl and the null indicator need the
+latest visible event whatever its values: one more ASOF join over every
+event, only when the view has a ttl, an indicator, or the caller asks for the
+latest event time.
 """
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from loopml.features.definitions import (
     has_indicator,
@@ -41,28 +77,276 @@ from loopml.features.definitions import (
 from loopml.features.windows import last_event_column, literal_double, quote
 from loopml.spec.model import Spec
 
-__all__ = ["asof_view_sql", "is_asof_view"]
+__all__ = ["asof_view_sql", "asof_view_table", "is_asof_view"]
 
 _ONE_US = timedelta(microseconds=1)
 _ORDER = 1 << 40  # positions < 2**40, as in windows.py
+#: Bits of the packed sort value (int64, one bit of headroom so ``bucket + 1`` never overflows).
+_PACKED_BITS = 62
+#: Cap on the time bits of the packed value; tests lower it to force coarse buckets (many runs to re-sort).
+TIME_BITS_CAP = _PACKED_BITS
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})
+_TEXT_TYPES = frozenset({"VARCHAR"})
+_names = itertools.count()
+
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 
 
 def is_asof_view(spec: Spec, view_name: str) -> bool:
-    """Whether every output of the view is ``last`` (then :func:`asof_view_sql` computes it)."""
+    """Whether every output of the view is ``last`` (then this module computes it)."""
     outputs = view_outputs(spec, view_name)
     return bool(outputs) and all(o.function == "last" for o in outputs)
 
 
 def asof_view_sql(
-    spec: Spec, view_name: str, spine_rows: str, events: str, timestamp: str, row_id: str, in_span: str, last_event: bool
+    spec: Spec,
+    view_name: str,
+    spine_rows: str,
+    events: str,
+    timestamp: str,
+    row_id: str,
+    in_span: str,
+    last_event: bool,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> str:
     """A query of ``__srid`` and the view's outputs for every row of ``spine_rows``.
 
     ``spine_rows`` selects the entity key, ``__spine_ts`` (TIMESTAMP) and
     ``__srid``; ``events`` is the view's registered source (time column
     ``timestamp``, position ``row_id``); ``in_span`` is a SQL condition on
-    the event rows that may skip events no spine row can see.
+    the event rows that may skip events no spine row can see. With ``con``
+    the rows are computed now by :func:`asof_view_table` (when it takes the
+    keys) and the query reads them from an Arrow table registered in ``con``;
+    without it, the query is DuckDB ``ASOF JOIN`` SQL.
     """
+    if con is not None:
+        table = asof_view_table(con, spec, view_name, spine_rows, events, timestamp, row_id, in_span, last_event)
+        if table is not None:
+            name = f"__asof_{view_name}_{next(_names)}"
+            con.register(name, table)
+            return f"SELECT * FROM {quote(name)}"
+    return _asof_sql(spec, view_name, spine_rows, events, timestamp, row_id, in_span, last_event)
+
+
+# --------------------------------------------------------------------------- the numpy path
+
+
+def _key_kind(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
+    """``integer``, ``text`` or None (not taken by the numpy path) for the one column of ``query``."""
+    kind = str(con.execute(f"DESCRIBE {query}").fetchall()[0][1])
+    if kind in _INTEGER_TYPES:
+        return "integer"
+    return "text" if kind in _TEXT_TYPES else None
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array, fill: int | float) -> tuple[npt.NDArray[np.generic], Mask]:
+    """A column's values (NULLs replaced by ``fill``) and where it is not NULL."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count == 0:
+        return array.to_numpy(zero_copy_only=False), np.ones(len(array), dtype=np.bool_)
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+    return pc.fill_null(array, fill).to_numpy(zero_copy_only=False), valid
+
+
+def _codes(events: pa.ChunkedArray, spine: pa.ChunkedArray, integer: bool) -> tuple[I64, I64, Mask, int]:
+    """Entity codes of the events and of the spine rows, which spine rows have a known key, and how many codes.
+
+    Dense integer keys are their own code (minus the smallest); other keys are
+    their index in an Arrow dictionary of the events' keys (a hash table).
+    """
+    if integer and len(events) > 0:
+        keys = np.asarray(_numpy(events, 0)[0], dtype=np.int64)
+        rows, present = _numpy(spine, 0)
+        wanted = np.asarray(rows, dtype=np.int64)
+        low, high = int(keys.min()), int(keys.max())
+        if (high - low).bit_length() <= len(keys).bit_length() + 1:
+            known = present & (wanted >= low) & (wanted <= high)
+            return keys - low, np.where(known, wanted, low) - low, known, high - low + 1
+    encoded = events.combine_chunks().dictionary_encode()
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    found, known = _numpy(pc.index_in(spine, value_set=encoded.dictionary), 0)
+    return codes, np.asarray(found, dtype=np.int64), known, len(encoded.dictionary)
+
+
+class _Sorted:
+    """Events in (entity, time, position) order, as packed ``(code << b | time bucket) << p | position`` values."""
+
+    def __init__(self, codes: I64, times: I64, time_bits: int) -> None:
+        n = len(codes)
+        self.times = times
+        self.position_bits = max(1, (n - 1).bit_length())
+        self.time_bits = time_bits
+        self.entity_shift = self.position_bits + time_bits
+        self.first = int(times.min())
+        self.span = int(times.max()) - self.first + 1  # cutoffs are clipped to [0, span]
+        self.shift = max(0, self.span.bit_length() - time_bits)
+        self.mask = (1 << self.position_bits) - 1
+        packed = codes << time_bits  # a new array: every later step is in place
+        bucket = times - self.first
+        bucket >>= self.shift
+        packed |= bucket
+        del bucket
+        packed <<= self.position_bits
+        packed |= np.arange(n, dtype=np.int64)
+        packed.sort()
+        self.packed = packed
+        if self.shift:
+            self._sort_runs()
+
+    def positions(self, at: I64) -> I64:
+        """Event positions (rows of the arrays read) at sorted indices ``at``."""
+        return self.packed[at] & self.mask
+
+    def _sort_runs(self) -> None:
+        """Within runs of one entity and one time bucket, order by (exact time, position) instead of position."""
+        buckets = self.packed >> self.position_bits
+        same = buckets[1:] == buckets[:-1]
+        if not same.any():
+            return
+        in_run = np.zeros(len(buckets), dtype=np.bool_)
+        in_run[1:] = same
+        in_run[:-1] |= same
+        at = np.flatnonzero(in_run)
+        del in_run, same
+        runs, values = buckets[at], self.packed[at]
+        positions = values & self.mask
+        times = self.times[positions]
+        if np.any((runs[1:] == runs[:-1]) & (times[1:] < times[:-1])):
+            self.packed[at] = values[np.lexsort((positions, times, runs))]
+
+    def search(self, codes: I64, cutoffs: I64, ok: Mask) -> I64:
+        """Sorted index of each query's latest event of entity ``codes`` before ``cutoffs`` (-1: none)."""
+        relative = np.clip(cutoffs - self.first, 0, self.span)
+        buckets = np.where(ok, (codes << self.time_bits) | (relative >> self.shift), 0)
+        order = np.argsort(buckets)  # searching in sorted order keeps the probes in cache
+        wanted = buckets[order]
+        end = np.searchsorted(self.packed, wanted << self.position_bits, "left")
+        if self.shift:  # events in the query's own bucket: bisect on their exact times
+            stop = np.searchsorted(self.packed, (wanted + 1) << self.position_bits, "left")
+            inside = np.flatnonzero(stop > end)
+            end[inside] = self._bisect(end[inside], stop[inside], cutoffs[order[inside]])
+        at = np.empty_like(end)
+        at[order] = end - 1
+        safe = np.maximum(at, 0)
+        found = ok & (at >= 0) & ((self.packed[safe] >> self.entity_shift) == codes)
+        return np.where(found, at, -1)
+
+    def _bisect(self, low: I64, high: I64, cutoffs: I64) -> I64:
+        """First index in ``[low, high)`` whose event is not before the cutoff (times ascend there)."""
+        last = len(self.packed) - 1
+        while True:
+            active = low < high
+            if not active.any():
+                return low
+            middle = np.minimum((low + high) >> 1, last)
+            before = self.times[self.positions(middle)] < cutoffs
+            low = np.where(active & before, middle + 1, low)
+            high = np.where(active & ~before, middle, high)
+
+    def latest_valid(self, at: I64, valid: Mask) -> I64:
+        """For sorted indices ``at`` (-1: none), the latest sorted index at or before it, same entity, with a valid value."""
+        keep = valid[self.packed & self.mask]
+        latest = np.where(keep, np.arange(len(keep), dtype=np.int64), -1)
+        np.maximum.accumulate(latest, out=latest)
+        got = np.where(at >= 0, latest[np.maximum(at, 0)], -1)
+        same = (self.packed[np.maximum(got, 0)] >> self.entity_shift) == (self.packed[np.maximum(at, 0)] >> self.entity_shift)
+        return np.where((got >= 0) & same, got, -1)
+
+
+def asof_view_table(
+    con: duckdb.DuckDBPyConnection,
+    spec: Spec,
+    view_name: str,
+    spine_rows: str,
+    events: str,
+    timestamp: str,
+    row_id: str,
+    in_span: str,
+    last_event: bool,
+) -> pa.Table | None:
+    """The rows :func:`asof_view_sql` describes, computed with numpy (see the module docstring).
+
+    Returns None when the entity keys are not integers on both sides or text
+    on both sides, or when entities and events do not fit the packed value:
+    the caller then runs the SQL.
+    """
+    view = spec.features.views[view_name]
+    key = quote(view_key(spec, view_name))
+    kind = _key_kind(con, f"SELECT {key} FROM {quote(events)}")
+    if kind is None or kind != _key_kind(con, f"SELECT {key} FROM ({spine_rows})"):
+        return None
+    outputs = view_outputs(spec, view_name)
+    columns = list(dict.fromkeys(o.column for o in outputs))
+    key_sql = f"CAST({key} AS BIGINT)" if kind == "integer" else key
+    ts = f"CAST({quote(timestamp)} AS TIMESTAMP)"
+    values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
+    read = (
+        f"SELECT {key_sql} AS __k, epoch_us({ts}) AS __s, {quote(row_id)} AS __r{values} FROM {quote(events)} "
+        f"WHERE {key} IS NOT NULL AND {quote(timestamp)} IS NOT NULL AND {in_span}"
+    )
+    table = con.sql(read).to_arrow_table()
+    spine = con.sql(f"SELECT {key_sql} AS __k, epoch_us(__spine_ts) AS __t, __srid FROM ({spine_rows})").to_arrow_table()
+    rows = np.asarray(_numpy(table.column("__r"), 0)[0], dtype=np.int64)
+    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):  # positions must follow source order (ties of last)
+        table = table.take(pa.array(np.argsort(rows, kind="stable")))
+    codes, wanted, known, count = _codes(table.column("__k"), spine.column("__k"), kind == "integer")
+    spine_us, timed = _numpy(spine.column("__t"), 0)
+    t = np.asarray(spine_us, dtype=np.int64)
+    ok = known & timed
+    times = np.asarray(_numpy(table.column("__s"), 0)[0], dtype=np.int64)
+    position_bits = max(1, (len(times) - 1).bit_length())
+    time_bits = min(_PACKED_BITS - position_bits - max(1, (count - 1).bit_length()), TIME_BITS_CAP)
+    if time_bits < 1:
+        return None
+    shift = 1 if spec.features.inclusive else 0
+    delay_us = view.delay // _ONE_US
+    if len(times) == 0:
+        at = np.full(len(t), -1, dtype=np.int64)
+        times = np.zeros(1, dtype=np.int64)  # gathers at index 0 below are masked out
+        sorted_events = None
+    else:
+        sorted_events = _Sorted(codes, times, time_bits)
+        at = sorted_events.search(wanted, t - (delay_us - shift), ok)
+    del codes
+
+    def positions(indices: I64) -> I64:
+        if sorted_events is None:
+            return np.zeros(len(indices), dtype=np.int64)
+        return sorted_events.positions(np.maximum(indices, 0))
+
+    has = at >= 0
+    latest = times[positions(at)]
+    expired = np.zeros(len(t), dtype=np.bool_)
+    if view.ttl is not None:
+        expired = has & (t - latest > view.ttl // _ONE_US)
+    out: dict[str, pa.Array] = {"__srid": spine.column("__srid").combine_chunks()}
+    matched: dict[int, tuple[I64, Mask, npt.NDArray[np.float64]]] = {}
+    for output in outputs:
+        j = columns.index(output.column)
+        if j not in matched:
+            value, valid = _numpy(table.column(f"__v{j}"), 0.0)
+            got = at if sorted_events is None or valid.all() else sorted_events.latest_valid(at, valid)
+            found = positions(got)
+            matched[j] = (found, got >= 0, np.asarray(value, dtype=np.float64)[found] if len(value) else np.zeros(len(t)))
+        found, present, value = matched[j]
+        in_window = present & ~expired & (t - times[found] < (view.delay + output.window) // _ONE_US)
+        missing = missing_value(output.function, spec.features.default)
+        out[output.name] = pa.array(np.where(in_window, value, missing), pa.float64())
+    if has_indicator(spec, view_name):
+        gone = ~has | (t - latest >= view_horizon(view) // _ONE_US) | expired
+        out[indicator_name(view_name)] = pa.array(np.where(gone, 1.0, 0.0), pa.float64())
+    if last_event:
+        out[last_event_column(view_name)] = pa.array(latest, pa.timestamp("us"), mask=~has)
+    return pa.table(out)
+
+
+# --------------------------------------------------------------------------- the SQL path
+
+
+def _asof_sql(
+    spec: Spec, view_name: str, spine_rows: str, events: str, timestamp: str, row_id: str, in_span: str, last_event: bool
+) -> str:
     view = spec.features.views[view_name]
     key = quote(view_key(spec, view_name))
     delay_us = view.delay // _ONE_US

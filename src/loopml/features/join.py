@@ -197,7 +197,9 @@ def pit_sql(
     views: Sequence[str],
     last_event: bool,
     span: tuple[datetime, datetime] | None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> str:
+    """The join's SQL; with ``con``, views of only ``last`` are computed now (see :mod:`loopml.features.asof`)."""
     parts: list[str] = []
     for (source, key), names in _group_views(spec, views).items():
         spine_rows = (
@@ -207,7 +209,7 @@ def pit_sql(
         for name in [n for n in names if is_asof_view(spec, n)]:
             in_span = _span_condition(spec, [name], span)
             ts = spec.sources[source].timestamp or ""
-            asof = asof_view_sql(spec, name, spine_rows, sources[source], ts, ROW_ID, in_span, last_event)
+            asof = asof_view_sql(spec, name, spine_rows, sources[source], ts, ROW_ID, in_span, last_event, con)
             parts.append(f"({asof}) g{len(parts)}")
         windowed = [n for n in names if not is_asof_view(spec, n)]
         if not windowed:
@@ -263,4 +265,4 @@ def point_in_time_join(
         if source not in sources:
             raise LoopmlError(f"features.views.{name}.source: source {source!r} is not registered")
     span = spine_span(con, spine_name, timestamp)
-    return con.sql(pit_sql(spec, spine_name, sources, timestamp, row_id, names, last_event, span))
+    return con.sql(pit_sql(spec, spine_name, sources, timestamp, row_id, names, last_event, span, con))

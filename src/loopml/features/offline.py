@@ -250,7 +250,7 @@ def build_training_set(
         if other:
             ts = spec.sources[spine_source].timestamp or ""
             span = spine_span(con, tables[spine_source], ts)
-            general = pit_sql(spec, tables[spine_source], tables, ts, ROW_ID, other, False, span)
+            general = pit_sql(spec, tables[spine_source], tables, ts, ROW_ID, other, False, span, con)
         total = int(con.execute(f"SELECT count(*) FROM {quote(tables[spine_source])}").fetchall()[0][0])
         if progress is not None:
             progress("features: computing windows", 0.0)
@@ -319,7 +319,7 @@ def build_spine_training_set(
             if progress is not None:
                 progress("features: computing windows", 0.0)
             span = spine_span(con, spine.table, time_column)
-            joined = pit_sql(spec, spine.table, tables, time_column, ROW_ID, list(spec.features.views), False, span)
+            joined = pit_sql(spec, spine.table, tables, time_column, ROW_ID, list(spec.features.views), False, span, con)
             sql = (
                 f"SELECT {', '.join(select)}, g.* EXCLUDE ({ROW_ID}) FROM {quote(spine.table)} s "
                 f"JOIN ({joined}) g ON s.{ROW_ID} = g.{ROW_ID} ORDER BY s.{ROW_ID}"

@@ -317,8 +317,13 @@ def train(
     registry: Registry,
     trials: int = 0,
     progress: Progress | None = None,
+    promote_to: str | None = None,
 ) -> TrainResult:
-    """Train, evaluate, register and gate one model version; see the module docstring."""
+    """Train, evaluate, register and gate one model version; see the module docstring.
+
+    A version that passes the gate gets the champion alias, or ``promote_to`` (the closed loop names the
+    challenger alias, which then goes through a canary before it becomes champion).
+    """
     say: Progress = progress or (lambda _message, _fraction: None)
     store = RunStore(layout.runs)
     started = time.monotonic()
@@ -341,7 +346,7 @@ def train(
     metric = gate_metric(spec)
     store.record(run, metric)
     try:
-        result = _run(spec, layout, training_set, feature_columns, lineage, registry, trials, say, store, run, metric)
+        result = _run(spec, layout, training_set, feature_columns, lineage, registry, trials, say, store, run, metric, promote_to)
     except BaseException as exc:
         run.status, run.error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         run.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -375,6 +380,7 @@ def _run(
     store: RunStore,
     run: RunRecord,
     metric: str,
+    promote_to: str | None = None,
 ) -> TrainResult:
     check_model_type(spec.model.type, "model.type", spec.task)
     if spec.model.baseline is not None:
@@ -490,7 +496,8 @@ def _run(
     )
     registry.record_gate(version.version, verdict)
     if verdict.passed:
-        registry.set_alias(alias, version.version, f"run {run.run_id}: promotion gate passed ({verdict.reasons[-1]})")
+        target = promote_to or alias
+        registry.set_alias(target, version.version, f"run {run.run_id}: promotion gate passed ({verdict.reasons[-1]})")
 
     backtest = rolling_backtest(spec, data, model.params, say)
     run.status = "finished"

@@ -1,68 +1,342 @@
-"""Drift of live traffic against the reference statistics stored with the model.
+"""Drift of live traffic against the reference statistics stored with the model, per window and overall.
 
-This first version computes the PSI (see :mod:`loopml.train.reference` for
-the binning and epsilon) of every logged feature and of the score, over the
-prediction-log rows served by one model version, optionally since a time.
-Fewer than ``monitoring.min_rows`` rows is reported as "not enough data",
-never as drift.
+:func:`load_live` reads the rows of one model version from the prediction
+log's ``labelled`` view in one DuckDB query (features parsed from their JSON
+text with ``json_transform``: numbers for the numeric reference columns,
+strings for the categorical ones). :func:`summarise_column` reduces each
+column to a profile (:mod:`loopml.monitor.stattests`) and scores every test on
+every window and on the whole period; columns run on a small thread pool
+(numpy releases the GIL while binning). :func:`decide` then picks the test that
+decides each column, corrects the p-values across columns, and says "drift",
+"ok" or "not enough data".
+
+Default test (``monitoring.test: auto``), by column type and rows in the window:
+
+* numeric (and the score): Kolmogorov-Smirnov below ``monitoring.large_sample``
+  rows (1000), PSI from there on — with many rows every p-value test flags
+  shifts too small to matter, while PSI is an effect size with a fixed scale;
+* categorical: chi-square below ``large_sample`` rows, PSI on the category
+  shares from there on.
+
+``monitoring.tests`` overrides the test per column; a test that cannot score
+a column (KS/Wasserstein on a categorical column or on an old reference without
+a sketch) falls back to PSI. Thresholds: PSI > ``psi_threshold`` (0.2),
+Jensen-Shannon > ``jensenshannon_threshold`` (0.1), normalised Wasserstein >
+``wasserstein_threshold`` (0.1), and for KS and chi-square the p-value after
+the ``correction`` across the columns of the window tested with a p-value
+(Benjamini-Hochberg by default, Bonferroni or none) < ``p_value`` (0.001).
+A window (or period) with fewer than ``monitoring.min_rows`` rows of a column
+is "not enough data": no statistic, never drift.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import duckdb
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 
-from loopml.monitor.predlog import PredictionLog
+from loopml.monitor.predlog import PredictionLogBackend
+from loopml.monitor.stattests import (
+    P_VALUE_TESTS,
+    TEST_NAMES,
+    CategoricalReference,
+    ColumnReference,
+    NumericReference,
+    Scores,
+    adjust_p_values,
+    categorical_profile,
+    finite_or_none,
+    make_test,
+    numeric_profile,
+)
 from loopml.spec.model import Monitoring
-from loopml.train.reference import psi
+from loopml.train.reference import DEFAULT_EPSILON
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+SCORE = "score"
 
 
 @dataclass(frozen=True)
 class DriftResult:
+    """The drift verdict of one column over one window (or the whole period)."""
+
     feature: str
     test: str
     statistic: float | None
     drifted: bool
     rows: int
     status: str  # "ok" | "drift" | "not enough data" | "no reference"
+    p_value: float | None = None
+    #: every test's statistic (``ks_p``/``chi2_p``: raw p-values) where it applies
+    statistics: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "feature": self.feature,
+            "test": self.test,
+            "statistic": self.statistic,
+            "p_value": self.p_value,
+            "drifted": self.drifted,
+            "rows": self.rows,
+            "status": self.status,
+            "statistics": dict(self.statistics),
+        }
 
 
-def current_values(log: PredictionLog, version: int, since: datetime | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Logged feature columns and scores of one model version as float arrays (NaN for missing)."""
-    where = "model_version = ?" + (" AND ts >= ?" if since else "")
-    params: list[Any] = [version] + ([since] if since else [])
-    with log.connect() as con:
-        rows = con.execute(f"SELECT features, score FROM predictions WHERE {where} ORDER BY ts", params).fetchall()
-    scores = np.array([r[1] for r in rows], dtype=np.float64)
-    parsed = [json.loads(r[0]) for r in rows]
-    names = list(parsed[0]) if parsed else []
-    columns = {name: np.array([np.nan if p.get(name) is None else p[name] for p in parsed], dtype=np.float64) for name in names}
-    return columns, scores
+# -- reading the log -----------------------------------------------------------------------------
 
 
-def psi_drift(
-    reference: dict[str, Any], features: dict[str, np.ndarray], scores: np.ndarray, settings: Monitoring
-) -> list[DriftResult]:
-    """PSI per feature and for the score; ``reference`` is the model version's stored statistics."""
-    epsilon = float(reference.get("epsilon", 1e-4))
-    items = [(name, values, reference.get("features", {}).get(name)) for name, values in features.items()]
-    items.append(("score", scores, reference.get("score")))
-    out = []
-    for name, values, ref in items:
-        n = len(values)
-        if ref is None:
-            out.append(DriftResult(name, "psi", None, False, n, "no reference"))
-        elif n < settings.min_rows:
-            out.append(DriftResult(name, "psi", None, False, n, "not enough data"))
-        else:
-            value = psi(ref, values, epsilon)
-            drifted = value > settings.psi_threshold
-            out.append(DriftResult(name, "psi", value, drifted, n, "drift" if drifted else "ok"))
+@dataclass(frozen=True)
+class LiveData:
+    """The logged rows of one model version, oldest first, as columns."""
+
+    ts_us: IntArray  # microseconds since the epoch (naive local time, as logged)
+    score: FloatArray
+    label: FloatArray  # NaN while no label arrived
+    latency_ms: FloatArray
+    numeric: dict[str, FloatArray]
+    categorical: dict[str, pa.ChunkedArray]
+    #: values of the wrong JSON type per column (a string where a number belongs), set to NULL
+    type_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.ts_us)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    return con.sql(sql).to_arrow_table()
+
+
+def load_live(con: duckdb.DuckDBPyConnection, numeric: Sequence[str], categorical: Sequence[str]) -> LiveData:
+    """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns."""
+    names = [*numeric, *categorical]
+    base = "epoch_us(ts) AS ts_us, score, latency_ms, label"
+    if not names:
+        table = _fetch(con, f"SELECT {base} FROM labelled ORDER BY ts")
+        return _live(table, [], [], {})
+    typed = {name: "DOUBLE" for name in numeric} | {name: "VARCHAR" for name in categorical}
+    try:
+        spec = _sql_string(json.dumps(typed))
+        table = _fetch(con, f"SELECT {base}, json_transform(features, {spec}) AS f FROM labelled ORDER BY ts")
+        struct = table.column("f").combine_chunks()
+        columns = dict(zip(names, struct.flatten(), strict=True))
+        return _live(table, numeric, categorical, columns)
+    except (duckdb.ConversionException, duckdb.InvalidInputException):
+        pass  # a value of the wrong type somewhere: read everything as text, count and null the bad ones
+    spec = _sql_string(json.dumps(dict.fromkeys(names, "VARCHAR")))
+    parts = [base]
+    for i, name in enumerate(numeric):
+        field_sql = f"struct_extract(f, {_sql_string(name)})"
+        parts.append(f"TRY_CAST({field_sql} AS DOUBLE) AS n{i}")
+        parts.append(f"count_if({field_sql} IS NOT NULL AND TRY_CAST({field_sql} AS DOUBLE) IS NULL) OVER () AS e{i}")
+    for i, name in enumerate(categorical):
+        parts.append(f"struct_extract(f, {_sql_string(name)}) AS c{i}")
+    sql = f"SELECT {', '.join(parts)} FROM (SELECT *, json_transform(features, {spec}) AS f FROM labelled) ORDER BY ts"
+    table = _fetch(con, sql)
+    columns = {name: table.column(f"n{i}") for i, name in enumerate(numeric)}
+    columns |= {name: table.column(f"c{i}") for i, name in enumerate(categorical)}
+    errors = {}
+    for i, name in enumerate(numeric):
+        count = int(table.column(f"e{i}")[0].as_py() or 0) if table.num_rows else 0
+        if count:
+            errors[name] = count
+    return _live(table, numeric, categorical, columns, errors)
+
+
+def _floats(column: pa.Array | pa.ChunkedArray) -> FloatArray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _live(
+    table: pa.Table,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    columns: dict[str, Any],
+    errors: dict[str, int] | None = None,
+) -> LiveData:
+    return LiveData(
+        ts_us=np.asarray(table.column("ts_us").to_numpy(zero_copy_only=False), dtype=np.int64),
+        score=_floats(table.column("score")),
+        label=_floats(table.column("label")),
+        latency_ms=_floats(table.column("latency_ms")),
+        numeric={name: _floats(columns[name]) for name in numeric},
+        categorical={name: pa.chunked_array([columns[name]]) if isinstance(columns[name], pa.Array) else columns[name] for name in categorical},
+        type_errors=errors or {},
+    )
+
+
+def current_values(
+    log: PredictionLogBackend, version: int, since: datetime | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Logged feature columns (every key of the first row) and scores of one model version, NaN for missing."""
+    with log.connect(since=since, model_version=version) as con:
+        first = con.execute("SELECT features FROM predictions ORDER BY ts LIMIT 1").fetchone()
+        names = [k for k, v in json.loads(first[0]).items() if not isinstance(v, str)] if first else []
+        live = load_live(con, names, [])
+    return live.numeric, live.score
+
+
+# -- references ----------------------------------------------------------------------------------
+
+
+def column_references(reference: dict[str, Any], tolerance: float = 0.0) -> dict[str, ColumnReference]:
+    """The stored reference of every monitored column: numeric features, categorical ones, then the score."""
+    out: dict[str, ColumnReference] = {}
+    for name, entry in reference.get("features", {}).items():
+        out[name] = NumericReference.from_entry(name, entry, tolerance)
+    for name, entry in reference.get("categorical", {}).items():
+        out.setdefault(name, CategoricalReference.from_entry(name, entry))
+    if reference.get("score") is not None:
+        out[SCORE] = NumericReference.from_entry(SCORE, reference["score"], tolerance)
     return out
+
+
+# -- per column ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    """Everything the report needs of one column, per window with the whole period last (arrays of ``W + 1``)."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    rows: IntArray
+    nulls: IntArray
+    out_of_range: IntArray | None  # numeric: values outside the reference range (with tolerance)
+    other: IntArray | None  # categorical: values not among the reference categories
+    scores: dict[str, Scores]
+
+
+def summarise_column(
+    ref: ColumnReference, values: FloatArray | pa.ChunkedArray, window: IntArray, n_windows: int, epsilon: float
+) -> ColumnSummary:
+    """Profile one column and score every applicable test on each window and on the whole period."""
+    if isinstance(ref, NumericReference):
+        profile = numeric_profile(ref, np.asarray(values, dtype=np.float64), window, n_windows).with_total()
+        out_of_range = np.zeros(n_windows + 1, dtype=np.int64)
+        if ref.low is not None and ref.high is not None and len(ref.points):
+            j_low = int(np.searchsorted(ref.points, ref.low))
+            j_high = int(np.searchsorted(ref.points, ref.high))
+            out_of_range = profile.counts[:, : 2 * j_low + 1].sum(axis=1) + profile.counts[:, 2 * j_high + 2 : -1].sum(axis=1)
+        other = None
+    else:
+        chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+        profile = categorical_profile(ref, chunked, window, n_windows).with_total()
+        out_of_range = None
+        other = np.asarray(profile.counts[:, len(ref.values)], dtype=np.int64)
+    scores = {}
+    for name in TEST_NAMES:
+        test = make_test(name, epsilon)
+        if test.applies_to(ref):
+            scores[name] = test.fit(ref).score(profile)
+    return ColumnSummary(ref.name, ref.kind, profile.rows, profile.nulls, out_of_range, other, scores)
+
+
+def summarise(
+    references: dict[str, ColumnReference], live: LiveData, window: IntArray, n_windows: int, epsilon: float = DEFAULT_EPSILON
+) -> list[ColumnSummary]:
+    """:func:`summarise_column` of every column with a reference, in parallel (the score last)."""
+
+    def one(name: str) -> ColumnSummary | None:
+        ref = references[name]
+        if name == SCORE:
+            values: Any = live.score
+        elif isinstance(ref, NumericReference) and name in live.numeric:
+            values = live.numeric[name]
+        elif isinstance(ref, CategoricalReference) and name in live.categorical:
+            values = live.categorical[name]
+        else:
+            return None
+        return summarise_column(ref, values, window, n_windows, epsilon)
+
+    workers = max(1, min(4, len(os.sched_getaffinity(0)), len(references)))
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(one, references))
+    return [s for s in done if s is not None]
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def chosen_test(summary: ColumnSummary, rows: int, settings: Monitoring) -> str:
+    """The test that decides drift of this column for a window of ``rows`` rows (see the module doc)."""
+    wanted = settings.tests.get(summary.name, settings.test)
+    if wanted == "auto":
+        small = rows < settings.large_sample
+        if summary.kind == "categorical":
+            wanted = "chi2" if small else "psi"
+        else:
+            wanted = "ks" if small else "psi"
+    return wanted if wanted in summary.scores else "psi"
+
+
+def _threshold(test: str, settings: Monitoring) -> float:
+    return {
+        "psi": settings.psi_threshold,
+        "jensenshannon": settings.jensenshannon_threshold,
+        "wasserstein": settings.wasserstein_threshold,
+    }.get(test, settings.p_value)
+
+
+def decide(summaries: list[ColumnSummary], settings: Monitoring) -> list[list[DriftResult]]:
+    """Per window (the whole period last): one :class:`DriftResult` per column, p-values corrected across columns."""
+    if not summaries:
+        return []
+    n_rows = len(summaries[0].rows)
+    out: list[list[DriftResult]] = []
+    for w in range(n_rows):
+        tests = [chosen_test(s, int(s.rows[w]), settings) for s in summaries]
+        enough = [int(s.rows[w]) >= settings.min_rows for s in summaries]
+        raw = np.array(
+            [
+                s.scores[t].p_value[w] if ok and t in P_VALUE_TESTS and s.scores[t].p_value is not None else np.nan  # type: ignore[index]
+                for s, t, ok in zip(summaries, tests, enough, strict=True)
+            ]
+        )
+        adjusted = adjust_p_values(raw, settings.correction)
+        results = []
+        for i, (s, test) in enumerate(zip(summaries, tests, strict=True)):
+            rows = int(s.rows[w])
+            statistics = _statistics(s, w) if enough[i] else {}
+            if not enough[i]:
+                results.append(DriftResult(s.name, test, None, False, rows, "not enough data"))
+                continue
+            statistic = finite_or_none(float(s.scores[test].statistic[w]))
+            p_value = finite_or_none(float(adjusted[i])) if test in P_VALUE_TESTS else None
+            limit = _threshold(test, settings)
+            if test in P_VALUE_TESTS:
+                drifted = p_value is not None and p_value < limit
+            else:
+                drifted = statistic is not None and statistic > limit
+            results.append(DriftResult(s.name, test, statistic, drifted, rows, "drift" if drifted else "ok", p_value, statistics))
+        out.append(results)
+    return out
+
+
+def _statistics(summary: ColumnSummary, w: int) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, scores in summary.scores.items():
+        out[name] = finite_or_none(float(scores.statistic[w]))
+        if scores.p_value is not None:
+            out[f"{name}_p"] = finite_or_none(float(scores.p_value[w]))
+    return out
+
+
+def no_reference(names: Sequence[str], rows: int) -> list[DriftResult]:
+    """Columns logged without a stored reference: reported, never drift."""
+    return [DriftResult(name, "psi", None, False, rows, "no reference") for name in names]

@@ -1,15 +1,39 @@
-"""The prediction log: every served prediction, and the labels that arrive later.
+"""The prediction log: every served prediction, and the labels that arrive later, however late.
 
-Storage is append-only Parquet parts in a folder, queried with DuckDB
-(``read_parquet('…/*.parquet')``). Parts are written to a temporary name and
+Two backends keep the same contract (:class:`PredictionLogBackend`, tested by
+one suite in ``tests/test_predlog.py``): :class:`PredictionLog`, the default,
+appends Parquet parts to a folder and queries them with DuckDB; the
+PostgreSQL one (:mod:`loopml.monitor.predlog_postgres`) keeps two tables on a
+shared server. :func:`open_prediction_log` picks the one ``storage.prediction_log``
+names.
+
+Readers use :meth:`~PredictionLogBackend.connect`: an in-memory DuckDB
+connection with three views, the same for both backends:
+
+* ``predictions`` — one row per prediction (request id, time, entities and
+  features as JSON text, score, model version, variant, latency);
+* ``feedback`` — every label received (request id, label, time received);
+* ``labelled`` — ``predictions`` with the latest label of each request
+  (``label``, ``label_ts``; NULL while none arrived).
+
+Late labels: a label is stored whatever its request id, and joined only when
+read, so a label that arrives before its prediction is logged (or for a
+prediction still in another process's queue) waits "pending" and joins
+automatically once the prediction is there; :meth:`unmatched_feedback`
+reports the ones that never matched. The latest label of a request is the
+one received last (ties: the one written last).
+
+The Parquet backend: parts are written to a temporary name, fsync'ed and
 renamed, so a crash never leaves a half-written part, several processes can
-read while the server writes (a single DuckDB database file would lock
-readers out), and nothing already flushed is ever rewritten.
+read while the server writes (a single DuckDB database file would lock readers
+out), and nothing already flushed is ever rewritten. Layout under
+``<state>/predictions/``: ``log/part-*.parquet`` (one row per prediction) and
+``feedback/part-*.parquet`` (request id, label, time). Feature values are
+stored as one JSON text column so that the schema does not change when the
+feature list does.
 
-Layout under ``<state>/predictions/``: ``log/part-*.parquet`` (one row per
-prediction) and ``feedback/part-*.parquet`` (request id, label, time).
-Feature values are stored as one JSON text column so that the schema does not
-change when the feature list does.
+Times are naive local timestamps (what ``datetime.now()`` gives, as the server
+logs them); timezone-aware bounds are converted to local time.
 """
 
 from __future__ import annotations
@@ -17,18 +41,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_LOG_SCHEMA = pa.schema(
+from loopml.errors import LoopmlError
+
+if TYPE_CHECKING:
+    from loopml.layout import Layout
+    from loopml.spec.model import Spec
+
+LOG_SCHEMA = pa.schema(
     [
         ("request_id", pa.string()),
         ("ts", pa.timestamp("us")),
@@ -40,7 +71,11 @@ _LOG_SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
     ]
 )
-_FEEDBACK_SCHEMA = pa.schema([("request_id", pa.string()), ("label", pa.float64()), ("ts", pa.timestamp("us"))])
+FEEDBACK_SCHEMA = pa.schema([("request_id", pa.string()), ("label", pa.float64()), ("ts", pa.timestamp("us"))])
+#: the columns of :meth:`PredictionLogBackend.read` and of the ``labelled`` view
+LABELLED_SCHEMA = pa.schema([*LOG_SCHEMA, ("label", pa.float64()), ("label_ts", pa.timestamp("us"))])
+
+_STALE_TMP_SECONDS = 3600.0  # a temporary part this old belongs to a writer that died
 
 
 @dataclass(frozen=True)
@@ -62,15 +97,145 @@ class Feedback:
     ts: datetime
 
 
-def _clean(value: float) -> float | None:
+@runtime_checkable
+class PredictionLogBackend(Protocol):
+    """What every prediction-log backend offers (the contract of ``tests/test_predlog.py``)."""
+
+    #: names the log in error messages (a folder, or a URL without its password)
+    where: str
+
+    def append(self, rows: Sequence[LoggedPrediction]) -> None:
+        """Store predictions; all of the batch or (on error, which is raised) none of it."""
+        ...
+
+    def add_feedback(self, items: Sequence[Feedback]) -> None:
+        """Store labels, whether or not their predictions are logged yet."""
+        ...
+
+    def connect(
+        self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the views ``predictions``, ``feedback`` and ``labelled``.
+
+        The bounds select predictions with ``since <= ts < until`` of one model version; ``feedback``
+        then holds the labels of the selected predictions only.
+        """
+        ...
+
+    def count(self) -> int:
+        """The number of predictions logged."""
+        ...
+
+    def read(self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None) -> pa.Table:
+        """The ``labelled`` rows (:data:`LABELLED_SCHEMA`) in the bounds, oldest first."""
+        ...
+
+    def unmatched_feedback(self, older_than: timedelta | None = None) -> list[Feedback]:
+        """The latest label of each request id not in the log, received more than ``older_than`` ago."""
+        ...
+
+    def known_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of these request ids have a logged prediction."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (the log stays usable: it reconnects on demand)."""
+        ...
+
+
+# -- shared by both backends --------------------------------------------------------------------------
+
+
+def clean_float(value: Any) -> Any:
+    """JSON has no NaN/Infinity: non-finite feature values are logged as null (missing)."""
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
+def log_table(rows: Sequence[LoggedPrediction]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "request_id": [r.request_id for r in rows],
+            "ts": [r.ts for r in rows],
+            "entities": [json.dumps(r.entities, default=str) for r in rows],
+            "features": [json.dumps({k: clean_float(v) for k, v in r.features.items()}) for r in rows],
+            "score": [r.score for r in rows],
+            "model_version": [r.model_version for r in rows],
+            "variant": [r.variant for r in rows],
+            "latency_ms": [r.latency_ms for r in rows],
+        },
+        schema=LOG_SCHEMA,
+    )
+
+
+def feedback_table(items: Sequence[Feedback]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {"request_id": [i.request_id for i in items], "label": [i.label for i in items], "ts": [i.ts for i in items]},
+        schema=FEEDBACK_SCHEMA,
+    )
+
+
+def naive_local(value: datetime) -> datetime:
+    """The log's time base: naive local time."""
+    return value if value.tzinfo is None else value.astimezone().replace(tzinfo=None)
+
+
+def _sql_timestamp(value: datetime) -> str:
+    return f"TIMESTAMP '{naive_local(value).isoformat(sep=' ')}'"
+
+
+def prediction_filter(since: datetime | None, until: datetime | None, model_version: int | None) -> str:
+    """A SQL condition (DuckDB and PostgreSQL) on ``ts`` and ``model_version``; ``TRUE`` without bounds."""
+    parts = []
+    if since is not None:
+        parts.append(f"ts >= {_sql_timestamp(since)}")
+    if until is not None:
+        parts.append(f"ts < {_sql_timestamp(until)}")
+    if model_version is not None:
+        parts.append(f"model_version = {int(model_version)}")
+    return " AND ".join(parts) or "TRUE"
+
+
+def install_views(con: duckdb.DuckDBPyConnection, predictions_sql: str, feedback_sql: str, filtered: bool) -> None:
+    """Create the three views from two relations.
+
+    ``feedback_sql`` must have ``request_id, label, ts`` and an ordering column ``_seq`` (a later write
+    sorts after an earlier one), used to break ties between labels received at the same time.
+    """
+    con.execute(f"CREATE VIEW predictions AS SELECT * FROM {predictions_sql}")
+    raw = f"(SELECT * FROM {feedback_sql})"
+    if filtered:
+        raw = f"(SELECT * FROM {feedback_sql} WHERE request_id IN (SELECT request_id FROM predictions))"
+    con.execute(f"CREATE VIEW _feedback_raw AS SELECT * FROM {raw}")
+    con.execute("CREATE VIEW feedback AS SELECT request_id, label, ts FROM _feedback_raw")
+    con.execute(
+        """CREATE VIEW labelled AS
+           SELECT p.*, f.label, f.label_ts FROM predictions p
+           LEFT JOIN (
+               SELECT request_id, label, ts AS label_ts FROM _feedback_raw
+               QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
+           ) f USING (request_id)"""
+    )
+
+
+def read_labelled(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    table = con.sql("SELECT * FROM labelled ORDER BY ts, request_id").to_arrow_table()
+    return table.cast(LABELLED_SCHEMA)
+
+
+def feedback_list(rows: list[tuple[Any, ...]]) -> list[Feedback]:
+    return [Feedback(request_id=str(r[0]), label=float(r[1]), ts=r[2]) for r in rows]
+
+
+# -- the default backend: Parquet parts + DuckDB -----------------------------------------------------------
+
+
 class PredictionLog:
-    """Append predictions and feedback; query them with DuckDB."""
+    """Append predictions and feedback as Parquet parts in a folder; query them with DuckDB."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.where = str(folder)
+        self._swept = False
 
     @property
     def _log_dir(self) -> Path:
@@ -81,66 +246,100 @@ class PredictionLog:
         return self.folder / "feedback"
 
     def _write_part(self, folder: Path, table: pa.Table) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{datetime.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, folder / name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not self._swept:
+                self._sweep(folder)
+            name = f"part-{datetime.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = folder / f".{name}.tmp"
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh)
+                fh.flush()
+                os.fsync(fh.fileno())  # the bytes are on disk before the name is: a power cut leaves no empty part
+            os.replace(tmp, folder / name)
+        except OSError as exc:
+            raise LoopmlError(f"prediction log {folder}: cannot write a part ({exc.strerror or exc})") from None
+
+    def _sweep(self, folder: Path) -> None:
+        """Delete temporary parts left by writers that died long ago (never one being written now)."""
+        self._swept = True
+        cutoff = time.time() - _STALE_TMP_SECONDS
+        for sub in (self._log_dir, self._feedback_dir):
+            for tmp in sub.glob(".part-*.tmp") if sub.is_dir() else ():
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                except OSError:
+                    pass
 
     def append(self, rows: Sequence[LoggedPrediction]) -> None:
-        if not rows:
-            return
-        table = pa.Table.from_pydict(
-            {
-                "request_id": [r.request_id for r in rows],
-                "ts": [r.ts for r in rows],
-                "entities": [json.dumps(r.entities, default=str) for r in rows],
-                "features": [json.dumps({k: _clean(v) for k, v in r.features.items()}) for r in rows],
-                "score": [r.score for r in rows],
-                "model_version": [r.model_version for r in rows],
-                "variant": [r.variant for r in rows],
-                "latency_ms": [r.latency_ms for r in rows],
-            },
-            schema=_LOG_SCHEMA,
-        )
-        self._write_part(self._log_dir, table)
+        if rows:
+            self._write_part(self._log_dir, log_table(rows))
 
     def add_feedback(self, items: Sequence[Feedback]) -> None:
-        if not items:
-            return
-        table = pa.Table.from_pydict(
-            {"request_id": [i.request_id for i in items], "label": [i.label for i in items], "ts": [i.ts for i in items]},
-            schema=_FEEDBACK_SCHEMA,
-        )
-        self._write_part(self._feedback_dir, table)
+        if items:
+            self._write_part(self._feedback_dir, feedback_table(items))
 
-    def _relation_sql(self, folder: Path, schema: pa.Schema) -> str:
+    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False) -> str:
+        extra = ", NULL::VARCHAR AS _file, NULL::BIGINT AS _row" if ordered else ""
         if not any(folder.glob("part-*.parquet")):
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in schema)
-            return f"(SELECT {cols} WHERE false)"
+            return f"(SELECT {cols}{extra} WHERE false)"
         pattern = str(folder / "part-*.parquet").replace("'", "''")
+        if ordered:  # part names start with their write time: (file name, row) is the write order
+            cols = ", ".join(f.name for f in schema)
+            return (
+                f"(SELECT {cols}, filename AS _file, file_row_number AS _row "
+                f"FROM read_parquet('{pattern}', filename = true, file_row_number = true))"
+            )
         return f"read_parquet('{pattern}')"
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(
+        self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None
+    ) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with views ``predictions``, ``feedback`` and ``labelled``.
 
         ``labelled`` joins each prediction with its latest feedback label (NULL while none arrived).
         """
         con = duckdb.connect()
-        con.execute(f"CREATE VIEW predictions AS SELECT * FROM {self._relation_sql(self._log_dir, _LOG_SCHEMA)}")
-        con.execute(f"CREATE VIEW feedback AS SELECT * FROM {self._relation_sql(self._feedback_dir, _FEEDBACK_SCHEMA)}")
-        con.execute(
-            """CREATE VIEW labelled AS
-               SELECT p.*, f.label FROM predictions p
-               LEFT JOIN (SELECT request_id, arg_max(label, ts) AS label FROM feedback GROUP BY request_id) f
-               USING (request_id)"""
-        )
+        where = prediction_filter(since, until, model_version)
+        predictions = f"(SELECT * FROM {self._relation(self._log_dir, LOG_SCHEMA)} WHERE {where})"
+        ordered = self._relation(self._feedback_dir, FEEDBACK_SCHEMA, ordered=True)
+        feedback = f"(SELECT request_id, label, ts, (_file, _row) AS _seq FROM {ordered})"
+        install_views(con, predictions, feedback, filtered=where != "TRUE")
         return con
 
     def count(self) -> int:
         with self.connect() as con:
             row = con.execute("SELECT count(*) FROM predictions").fetchone()
         return int(row[0]) if row else 0
+
+    def read(self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None) -> pa.Table:
+        with self.connect(since, until, model_version) as con:
+            return read_labelled(con)
+
+    def unmatched_feedback(self, older_than: timedelta | None = None) -> list[Feedback]:
+        cutoff = "" if older_than is None else f"AND ts < {_sql_timestamp(datetime.now() - older_than)}"
+        with self.connect() as con:
+            rows = con.execute(
+                f"""SELECT request_id, label, ts FROM _feedback_raw
+                    WHERE request_id NOT IN (SELECT request_id FROM predictions) {cutoff}
+                    QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
+                    ORDER BY ts, request_id"""
+            ).fetchall()
+        return feedback_list(rows)
+
+    def known_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        wanted = pa.table({"request_id": pa.array(list(request_ids), pa.string())})
+        with self.connect() as con:
+            con.register("_wanted", wanted)
+            rows = con.execute("SELECT DISTINCT request_id FROM predictions WHERE request_id IN (SELECT request_id FROM _wanted)")
+            return {str(r[0]) for r in rows.fetchall()}
+
+    def close(self) -> None:
+        return None
 
 
 def _duck_type(t: pa.DataType) -> str:
@@ -151,3 +350,104 @@ def _duck_type(t: pa.DataType) -> str:
     if pa.types.is_integer(t):
         return "BIGINT"
     return "DOUBLE"
+
+
+# -- labels files (``loopml feedback --file``) ------------------------------------------------------------
+
+_TRUE, _FALSE = {"true", "yes"}, {"false", "no"}
+
+
+def _label_value(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return 1.0 if text in _TRUE else 0.0
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _read_labels_table(path: Path) -> pa.Table:
+    import pyarrow.csv as pacsv
+
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise LoopmlError(f"{path}: a labels file must be .csv or .parquet (columns request_id,label[,ts])")
+    if not path.is_file():
+        raise LoopmlError(f"{path}: no such labels file")
+    try:
+        if suffix == ".csv":
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                header = fh.readline()
+            import csv
+
+            names = next(csv.reader([header]), [])
+            return pacsv.read_csv(
+                path,
+                # every column as text: each value is checked below, with its row number
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in names}, null_values=[""], strings_can_be_null=True
+                ),
+            )
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LoopmlError(f"{path}: cannot read the labels file ({reason})") from None
+
+
+def read_labels_file(path: Path, now: datetime | None = None) -> list[Feedback]:
+    """The labels of a CSV/Parquet file with columns ``request_id`` and ``label`` (and optionally ``ts``).
+
+    Labels are numbers or ``true``/``false``; ``ts`` (when the label became known) defaults to now.
+    Other columns are ignored. A bad value is an error naming the file, the row (1-based, the header
+    not counted) and the column; nothing is stored unless every row is valid.
+    """
+    table = _read_labels_table(path)
+    missing = [c for c in ("request_id", "label") if c not in table.column_names]
+    if missing:
+        found = ", ".join(table.column_names) or "none"
+        needs = "a labels file needs request_id,label"
+        raise LoopmlError(f"{path}: missing column(s) {', '.join(missing)} (found: {found}); {needs}")
+    received = naive_local(now or datetime.now())
+    ids = table.column("request_id").to_pylist()
+    labels = table.column("label").to_pylist()
+    times: list[Any] = table.column("ts").to_pylist() if "ts" in table.column_names else [None] * len(ids)
+    out = []
+    for row, (request_id, label, ts) in enumerate(zip(ids, labels, times, strict=True), start=1):
+        if request_id is None or str(request_id).strip() == "":
+            raise LoopmlError(f"{path} row {row}: request_id is empty")
+        value = _label_value(label)
+        if value is None:
+            raise LoopmlError(f"{path} row {row}: label {label!r} is not a finite number (or true/false)")
+        if ts is None:
+            when = received
+        elif isinstance(ts, datetime):
+            when = naive_local(ts)
+        else:
+            try:
+                when = naive_local(datetime.fromisoformat(str(ts).strip()))
+            except ValueError:
+                raise LoopmlError(f"{path} row {row}: ts {ts!r} is not an ISO date or time") from None
+        out.append(Feedback(request_id=str(request_id), label=value, ts=when))
+    return out
+
+
+def open_prediction_log(spec: Spec, layout: Layout) -> PredictionLogBackend:
+    """The prediction-log backend named by ``storage.prediction_log``."""
+    if spec.storage.prediction_log == "postgres":
+        url = os.environ.get("LOOPML_PREDLOG_URL") or spec.storage.prediction_log_url
+        if not url:
+            raise LoopmlError("storage.prediction_log_url: the postgres prediction log needs a URL (or set LOOPML_PREDLOG_URL)")
+        try:
+            from loopml.monitor.predlog_postgres import PostgresPredictionLog
+        except ImportError:
+            raise LoopmlError("storage.prediction_log: postgres needs the extra (pip install 'loopml[postgres]')") from None
+        return PostgresPredictionLog(url)
+    return PredictionLog(layout.prediction_log)

@@ -19,13 +19,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopml.monitor.predlog import Feedback, PredictionLogBackend
 from loopml.serve.admin import admin_router
 from loopml.serve.dashboard import render_dashboard
+from loopml.serve.guard import BodyGuard
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
     ErrorResponse,
@@ -34,7 +36,9 @@ from loopml.serve.schemas import (
     PredictBatchResponse,
     Prediction,
     PredictRequest,
+    RequestShape,
     error_body,
+    install_openapi,
 )
 from loopml.serve.service import ModelFailure, PredictionService, RequestError
 
@@ -43,6 +47,8 @@ from loopml.serve.service import ModelFailure, PredictionService, RequestError
 class ServeOptions:
     admin_token: str | None = None
     max_body_bytes: int = 1_048_576
+    #: most instances in one POST /v1/predict/batch (serving.max_batch)
+    max_batch: int = 1000
     #: seconds between checks of the registry aliases (hot swap); 0: only on POST /v1/admin/reload
     reload_seconds: float = 0.0
 
@@ -113,6 +119,27 @@ def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]
     return [(field, " or ".join(messages)) for field, messages in merged.items()]
 
 
+def _unparsable(exc: RequestValidationError) -> list[tuple[str, str]]:
+    """(body, reason) when the body is not JSON at all (FastAPI reports that as a validation error), else []."""
+    errors = exc.errors()
+    if not errors or any(err.get("type") != "json_invalid" for err in errors):
+        return []
+    err = errors[0]
+    where = [p for p in err.get("loc", ()) if isinstance(p, int)]
+    reason = str((err.get("ctx") or {}).get("error", "invalid JSON"))
+    return [("body", f"not valid JSON: {reason}" + (f" at character {where[0]}" if where else ""))]
+
+
+def _parse_failure(exc: StarletteHTTPException) -> str:
+    """Why FastAPI could not parse a body (its 400 names no reason; the cause does)."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text ({cause.reason} at byte {cause.start})"
+    return f"not valid JSON ({type(cause).__name__}: {cause})" if cause is not None else "not valid JSON"
+
+
 def create_app(
     service: PredictionService,
     log: PredictionLogBackend,
@@ -136,17 +163,15 @@ def create_app(
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
     app.state.service = service
+    shape = RequestShape(tuple(sorted(service.entity_keys)), service.spec.features.request, options.max_batch)
+    install_openapi(app, shape)
+    # added before the metrics middleware below, so it runs inside it and its 413s and 422s are counted
+    app.add_middleware(BodyGuard, max_body_bytes=options.max_body_bytes)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > options.max_body_bytes):
-            response: Response = JSONResponse(
-                error_body(f"body larger than {options.max_body_bytes} bytes", [("body", "too large")]), status_code=413
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         path = request.scope.get("route").path if request.scope.get("route") else "unmatched"  # type: ignore[union-attr]
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - started)
@@ -154,7 +179,17 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        unparsable = _unparsable(exc)
+        if unparsable:
+            return JSONResponse(error_body("the body is not JSON", unparsable), status_code=400)
         return JSONResponse(error_body("invalid request", _errors_from_validation(exc)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(error_body("the body is not JSON", [("body", _parse_failure(exc))]), status_code=400)
+        message = f"{exc.detail}: {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse(error_body(message), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestError)
     async def on_request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -179,12 +214,16 @@ def create_app(
 
     @app.post("/v1/predict", response_model=Prediction, response_model_exclude_none=True, responses=errors)
     def predict(body: PredictRequest, explain: bool = False) -> Prediction:
+        if problems := shape.check([body]):
+            raise RequestError(problems)
         result = service.predict([body], explain=explain)[0]
         metrics.predictions.labels(result.variant).inc()
         return result
 
     @app.post("/v1/predict/batch", response_model=PredictBatchResponse, response_model_exclude_none=True, responses=errors)
     def predict_batch(body: PredictBatchRequest, explain: bool = False) -> PredictBatchResponse:
+        if problems := shape.check(body.instances, batch=True):
+            raise RequestError(problems)
         results = service.predict(body.instances, explain=explain, batch=True) if body.instances else []
         for r in results:
             metrics.predictions.labels(r.variant).inc()
@@ -202,7 +241,7 @@ def create_app(
     def models() -> dict[str, Any]:
         return service.models()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

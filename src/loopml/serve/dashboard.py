@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from loopml.monitor.predlog import PredictionLog
+from loopml.monitor.predlog import PredictionLogBackend
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>loopml</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}table{{border-collapse:collapse}}
@@ -22,7 +22,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}th{{background
 {rows}</table></body></html>"""
 
 
-def render_dashboard(models: dict[str, Any], log: PredictionLog) -> str:
+def render_dashboard(models: dict[str, Any], log: PredictionLogBackend) -> str:
     with log.connect() as con:
         counts = con.execute("SELECT count(*), count(label) FROM labelled").fetchone()
     logged, labelled = (int(counts[0]), int(counts[1])) if counts else (0, 0)

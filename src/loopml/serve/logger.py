@@ -17,13 +17,13 @@ import queue
 import threading
 from collections.abc import Callable
 
-from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLog
+from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLogBackend
 
 
 class AsyncLogger:
     def __init__(
         self,
-        log: PredictionLog,
+        log: PredictionLogBackend,
         max_queue: int = 10_000,
         flush_rows: int = 500,
         flush_seconds: float = 1.0,

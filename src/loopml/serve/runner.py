@@ -42,7 +42,10 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, state_dir=project.layout.state)
     service.reload()
     options = ServeOptions(
-        admin_token=admin_token, max_body_bytes=spec.serving.max_body_bytes, reload_seconds=spec.serving.reload_seconds
+        admin_token=admin_token,
+        max_body_bytes=spec.serving.max_body_bytes,
+        max_batch=spec.serving.max_batch,
+        reload_seconds=spec.serving.reload_seconds,
     )
     return create_app(service, log, logger, options)
 

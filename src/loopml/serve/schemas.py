@@ -1,31 +1,78 @@
-"""Request and response bodies of the HTTP API (see shared contract).
+"""Request and response bodies of the HTTP API (see shared contract), and the OpenAPI document.
 
 Unknown fields are rejected (``extra="forbid"``) so that a typo in a client
-is a 422 naming the field, not a silently ignored value.
+is a 422 naming the field, not a silently ignored value. Text must be valid
+Unicode: a JSON ``\\ud800`` escape (a lone surrogate) parses in Python but
+cannot be written back as UTF-8 (response, prediction log), so it is a 422
+here rather than a 500 or a dropped log batch later. JSON ``NaN`` and
+``Infinity`` are refused before validation (:mod:`loopml.serve.guard`); a
+number too large for a float (``1e400``) fails :data:`FiniteFloat`.
+
+The bodies are generic (any entity key, any feature name); what one project
+accepts is narrower. :class:`RequestShape` holds that project's entity keys,
+request features and batch limit: it checks the feature names of a request
+(unknown names are a 422 naming them) and rewrites the generated OpenAPI
+document (:func:`install_openapi`) so that ``/openapi.json`` describes the
+project's own request body and every error status the server can answer
+(400 unparsable, 413 too large, 422 invalid, all with :class:`ErrorResponse`).
+FastAPI has no per-app schema hook for a model shared by several apps, hence
+the post-processing of its document.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-EntityValue = Annotated[str, Field(max_length=200)] | int
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from loopml.spec.model import RequestFeature
+
+#: longest field path and message echoed back in an error body (they may come from client keys)
+_MAX_FIELD_CHARS = 200
+_MAX_MESSAGE_CHARS = 500
+#: most details listed in one error body; the rest are counted in a last detail
+MAX_DETAILS = 100
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode (lone surrogate at position {exc.start})") from None
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("an entity key is a string or an integer, not a boolean")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_unicode)]
+EntityValue = Annotated[str, Field(max_length=200), AfterValidator(_unicode)] | Annotated[int, BeforeValidator(_not_bool)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-FeatureValue = bool | int | FiniteFloat | Annotated[str, Field(max_length=1000)] | None
+FeatureValue = bool | int | FiniteFloat | Annotated[str, Field(max_length=1000), AfterValidator(_unicode)] | None
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    entities: dict[str, EntityValue] = Field(description="entity key column -> value, e.g. customer_id")
-    features: dict[str, FeatureValue] = Field(default_factory=dict, description="request-time features")
-    request_id: str | None = Field(default=None, max_length=200)
+    entities: dict[Name, EntityValue] = Field(description="entity key column -> value, e.g. customer_id")
+    features: dict[Name, FeatureValue] = Field(default_factory=dict, description="request-time features")
+    request_id: Annotated[str, Field(max_length=200), AfterValidator(_unicode)] | None = None
 
 
 class PredictBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    #: the hard ceiling; ``serving.max_batch`` (checked by :meth:`RequestShape.check`) is usually lower
     instances: list[PredictRequest] = Field(max_length=10_000)
 
 
@@ -48,7 +95,7 @@ class PredictBatchResponse(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(min_length=1, max_length=200)
+    request_id: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_unicode)]
     label: bool | int | FiniteFloat
 
 
@@ -62,5 +109,130 @@ class ErrorResponse(BaseModel):
     details: list[ErrorDetail] = Field(default_factory=list)
 
 
-def error_body(message: str, details: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    return ErrorResponse(error=message, details=[ErrorDetail(field=f, message=m) for f, m in details or []]).model_dump()
+def _printable(text: str, limit: int) -> str:
+    """``text`` safe to encode as UTF-8 (lone surrogates escaped) and at most ``limit`` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_body(message: str, details: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The JSON error body: client-supplied names are escaped and shortened, at most :data:`MAX_DETAILS` details."""
+    items = list(details or [])
+    shown = [
+        ErrorDetail(field=_printable(f, _MAX_FIELD_CHARS), message=_printable(m, _MAX_MESSAGE_CHARS))
+        for f, m in items[:MAX_DETAILS]
+    ]
+    if len(items) > MAX_DETAILS:
+        shown.append(ErrorDetail(field="...", message=f"and {len(items) - MAX_DETAILS} more problem(s)"))
+    return ErrorResponse(error=_printable(message, _MAX_MESSAGE_CHARS), details=shown).model_dump()
+
+
+# -- one project's request shape ---------------------------------------------------------------------------------
+
+_FEATURE_TYPES: dict[str, dict[str, Any]] = {
+    "float": {"type": "number"},
+    "int": {"type": "integer"},
+    "bool": {"type": "boolean"},
+    "string": {"type": "string", "maxLength": 1000},
+    "timestamp": {"type": "string", "format": "date-time"},
+}
+_ERROR_REF = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+_BODY_ERRORS = {
+    "400": "the body is not JSON (syntax, encoding, nesting)",
+    "413": "the body is larger than serving.max_body_bytes",
+    "422": "invalid request: each bad field is named in details",
+}
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """What one project's predict bodies may hold: entity keys, request features, batch size."""
+
+    entity_keys: tuple[str, ...]
+    features: Mapping[str, RequestFeature]
+    max_batch: int
+
+    def check(self, requests: Sequence[PredictRequest], batch: bool = False) -> list[tuple[str, str]]:
+        """(field, message) for an oversized batch and for each feature name the project does not declare."""
+        problems: list[tuple[str, str]] = []
+        if batch and len(requests) > self.max_batch:
+            limit = f"at most {self.max_batch} instances per batch (serving.max_batch)"
+            problems.append(("instances", f"{limit}, got {len(requests)}"))
+        known = ", ".join(sorted(self.features)) or "none"
+        for i, req in enumerate(requests):
+            prefix = f"instances.{i}." if batch else ""
+            for name in req.features:
+                if name not in self.features:
+                    problems.append((f"{prefix}features.{name}", f"unknown request feature (expected: {known})"))
+        return problems
+
+    def request_schema(self) -> dict[str, Any]:
+        """The JSON schema of this project's predict body."""
+        features: dict[str, Any] = {}
+        for name, rule in self.features.items():
+            kind = dict(_FEATURE_TYPES[rule.type])
+            features[name] = kind if rule.required else {"anyOf": [kind, {"type": "null"}]}
+        required = sorted(name for name, rule in self.features.items() if rule.required)
+        entity = {"anyOf": [{"type": "string", "minLength": 0, "maxLength": 200}, {"type": "integer"}]}
+        return {
+            "type": "object",
+            "title": "PredictRequest",
+            "additionalProperties": False,
+            "required": ["entities", "features"] if required else ["entities"],
+            "properties": {
+                "entities": {
+                    "type": "object",
+                    "description": "entity key column -> value; every key is required",
+                    "additionalProperties": False,
+                    "required": list(self.entity_keys),
+                    "properties": {key: entity for key in self.entity_keys},
+                },
+                "features": {
+                    "type": "object",
+                    "description": "request-time features (numbers may also be sent as numeric strings, "
+                    "timestamps as epoch seconds); unknown names are rejected",
+                    "additionalProperties": False,
+                    "required": required,
+                    "properties": features,
+                },
+                "request_id": {"anyOf": [{"type": "string", "maxLength": 200}, {"type": "null"}]},
+            },
+        }
+
+    def openapi(self, document: dict[str, Any]) -> dict[str, Any]:
+        """``document`` (FastAPI's) with this project's predict body and every error status documented."""
+        doc = copy.deepcopy(document)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        if "PredictRequest" in schemas:
+            schemas["PredictRequest"] = self.request_schema()
+        batch = schemas.get("PredictBatchRequest", {}).get("properties", {}).get("instances")
+        if batch is not None:
+            batch["maxItems"] = self.max_batch
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "requestBody" in operation:
+                    for status, description in _BODY_ERRORS.items():
+                        responses.setdefault(status, {"description": description})
+                if "422" in responses:  # FastAPI's default 422 body is not what the server sends
+                    responses["422"] = {"description": responses["422"].get("description") or _BODY_ERRORS["422"]}
+                for status in ("400", "413", "422"):
+                    if status in responses:
+                        responses[status] = {**responses[status], **copy.deepcopy(_ERROR_REF)}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return doc
+
+
+def install_openapi(app: FastAPI, shape: RequestShape) -> None:
+    """Serve ``shape.openapi`` of FastAPI's generated document at ``/openapi.json``."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+    done: list[dict[str, Any]] = []
+
+    def openapi() -> dict[str, Any]:
+        if not done:
+            done.append(shape.openapi(generate()))
+            app.openapi_schema = done[0]
+        return done[0]
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -250,6 +250,8 @@ class Serving(_Strict):
     workers: int = Field(default=1, ge=1)
     latency_budget_ms: float = Field(default=10.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    #: most instances in one POST /v1/predict/batch (more is a 422 naming ``instances``; at most 10000)
+    max_batch: int = Field(default=1000, ge=1, le=10_000)
     log_queue_size: int = Field(default=10_000, gt=0)
     log_flush_rows: int = Field(default=500, gt=0)
     #: how often the server checks whether a registry alias moved (hot swap); 0 turns it off
@@ -316,18 +318,84 @@ class Rollout(_Strict):
         return self
 
 
+DriftTestName = Literal["auto", "psi", "ks", "chi2", "jensenshannon", "wasserstein"]
+
+
+class Quality(_Strict):
+    """Data-quality checks on live traffic (see ``docs/monitoring.md``, "Data quality")."""
+
+    #: flag a column whose null rate rose by more than this (absolute) over the reference's
+    null_rate_increase: float = Field(default=0.05, ge=0, le=1)
+    #: out of range: outside [min - t * (max - min), max + t * (max - min)] of the reference
+    range_tolerance: float = Field(default=0.0, ge=0)
+    #: flag a column with more than this share of out-of-range values
+    out_of_range: float = Field(default=0.01, ge=0, le=1)
+    #: flag a string column with more than this share of values never seen in training
+    unseen_categories: float = Field(default=0.01, ge=0, le=1)
+    #: flag a feature view materialized longer ago than this (unset: report the age only)
+    max_feature_age: Duration | None = None
+
+
+class AlertRules(_Strict):
+    """Which monitoring rules raise alerts (see ``docs/monitoring.md``, "Alert rules")."""
+
+    #: a column drifted by its test (rule = the test: psi, ks, chi2, jensenshannon, wasserstein)
+    drift: bool = True
+    #: relative drop of ``metric`` on labelled traffic from the training baseline (test split); null: off
+    metric_drop: float | None = Field(default=0.05, gt=0, lt=1)
+    #: the metric ``metric_drop`` watches; default ``gate.metric``
+    metric: str | None = None
+    #: p99 latency over ``serving.latency_budget_ms``
+    latency: bool = True
+    #: the latest window's throughput below the median of the earlier ones by more than this; null: off
+    throughput_drop: float | None = Field(default=0.2, gt=0, lt=1)
+    #: the data-quality flags (null rates, out of range, unseen categories, schema, freshness)
+    quality: bool = True
+
+
 class Monitoring(_Strict):
     psi_threshold: float = Field(default=0.2, gt=0)
     psi_bins: int = Field(default=10, ge=2)
     min_rows: int = Field(default=100, ge=1)
     window: Duration = timedelta(days=1)
+    #: the test deciding drift of every column (``auto``: chosen by column type and rows, see the docs)
+    test: DriftTestName = "auto"
+    #: per-column override of ``test``
+    tests: dict[str, DriftTestName] = {}
+    #: ``auto``: from this many rows on, PSI (an effect size) replaces KS / chi-square (p-values)
+    large_sample: int = Field(default=1000, ge=1)
+    #: p-value tests (KS, chi-square): drift when the corrected p-value is below this
+    p_value: float = Field(default=0.001, gt=0, lt=1)
+    #: multiple-testing correction across the columns of a window: Benjamini-Hochberg, Bonferroni or none
+    correction: Literal["bh", "bonferroni", "none"] = "bh"
+    jensenshannon_threshold: float = Field(default=0.1, gt=0, le=1)
+    wasserstein_threshold: float = Field(default=0.1, gt=0)
+    quality: Quality = Quality()
+    alerts: AlertRules = AlertRules()
     #: POST every new alert as JSON to this URL (``LOOPML_WEBHOOK_URL`` overrides it); failures are recorded, never raised
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
 
 class Retraining(_Strict):
+    """The closed loop (``loopml retrain``, :mod:`loopml.loop.retrain`)."""
+
+    #: ``loopml serve`` runs ``loopml retrain`` every ``check_every`` in a separate process
     enabled: bool = False
+    check_every: Duration = timedelta(hours=1)
+    #: which triggers may start the loop
+    triggers: list[Literal["schedule", "drift", "performance", "volume"]] = ["schedule", "drift", "performance", "volume"]
+    #: schedule trigger: the champion is at least this old
     schedule: Duration | None = None
+    #: drift trigger: at least this many drifted columns (the score counts as one)
+    drift_columns: int = Field(default=3, ge=1)
+    #: new-data trigger: at least this many new source rows since the champion's snapshot
+    min_new_rows: int = Field(default=50_000, ge=1)
+    trials: int = Field(default=0, ge=0)
+    #: canary the new version through the live service before promoting it (``rollout.canary`` settings)
+    canary: bool = True
+    #: the live service; default ``http://{serving.host}:{serving.port}``
+    service_url: str | None = None
+    canary_timeout: Duration = timedelta(minutes=30)
 
 
 class Gate(_Strict):

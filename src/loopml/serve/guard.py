@@ -1,0 +1,138 @@
+"""The request-body guard of the HTTP API: a size limit and no non-finite numbers, before FastAPI parses a body.
+
+* **Size**: a declared ``Content-Length`` over ``serving.max_body_bytes`` is a
+  413 at once; a body without one (chunked transfer) is counted while it
+  arrives and is a 413 as soon as it passes the limit, so no client can make
+  the server buffer more than the limit. The excess is read and dropped (up
+  to :data:`DRAIN_FACTOR` times the limit) before answering, so a client still
+  sending gets the 413 instead of a reset connection.
+* **NaN / Infinity**: Python's ``json`` accepts ``NaN``, ``Infinity`` and
+  ``-Infinity`` (not JSON) and turns ``1e400`` into ``inf``. A body holding
+  any of them is a 422 naming each field (``features.tx_amount``), so a
+  non-finite number is never validated, scored or logged. Only bodies whose
+  bytes contain such a token are parsed here (a regular expression decides),
+  so ordinary requests pay one scan.
+
+Hand-written as a pure ASGI middleware: Starlette/FastAPI only gained a body
+limit in recent releases (the package supports ``fastapi>=0.110``), theirs
+answers in FastAPI's error shape rather than loopml's (``{"error", "details"}``),
+and neither rejects ``NaN``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loopml.serve.schemas import error_body
+
+#: how much of an oversized body is read and dropped before the 413 (times the limit)
+DRAIN_FACTOR = 8
+_SUSPECT = re.compile(rb"NaN|Infinity|[0-9][eE]\+?[0-9]{3}")
+
+
+class _NonFinite:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def non_finite_fields(body: bytes) -> list[tuple[str, str]]:
+    """(field path, message) for each ``NaN``, ``Infinity`` or out-of-range number in a JSON body; [] if none or not JSON."""
+    if not _SUSPECT.search(body):
+        return []
+    seen: list[_NonFinite] = []
+
+    def constant(token: str) -> _NonFinite:
+        seen.append(_NonFinite(token))
+        return seen[-1]
+
+    def number(text: str) -> float | _NonFinite:
+        value = float(text)
+        return value if math.isfinite(value) else constant(text)
+
+    try:
+        document = json.loads(body, parse_constant=constant, parse_float=number)
+    except (ValueError, RecursionError):  # not JSON: FastAPI answers that one
+        return []
+    if not seen:
+        return []
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:  # iterative: the document may be nested as deep as json allows
+        path, value = stack.pop()
+        if isinstance(value, _NonFinite):
+            what = "is not a JSON number" if value.token in ("NaN", "Infinity", "-Infinity") else "does not fit a float"
+            found.append((path or "body", f"{value.token[:40]} {what}; send a finite number, or null for a missing value"))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in reversed(list(enumerate(value))))
+    return found
+
+
+async def _answer(send: Send, status: int, message: str, details: list[tuple[str, str]]) -> None:
+    payload = json.dumps(error_body(message, details)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyGuard:
+    """ASGI middleware: 413 over ``max_body_bytes`` (declared or streamed), 422 for non-finite JSON numbers."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def _too_large(self, send: Send) -> None:
+        limit = self.max_body_bytes
+        await _answer(send, 413, f"body larger than {limit} bytes", [("body", f"too large (serving.max_body_bytes is {limit})")])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = bool(message.get("more_body", False))
+            if size > limit:
+                while more and size <= DRAIN_FACTOR * limit:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    size += len(message.get("body", b""))
+                    more = bool(message.get("more_body", False))
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        bad = non_finite_fields(body)
+        if bad:
+            await _answer(send, 422, "invalid request: non-finite number", bad)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

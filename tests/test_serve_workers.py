@@ -1,0 +1,111 @@
+"""``loopml serve --workers 2``: two uvicorn worker processes serve one project and both log to one prediction log.
+
+The server runs as a real subprocess on a free loopback port. Each worker has
+its own Prometheus registry, so ``/metrics`` fetched over fresh connections
+tells the workers apart (``loopml_requests_created`` is a per-process
+timestamp) and gives each worker's count of predictions. After a clean
+shutdown (SIGINT to the supervisor), the Parquet prediction log written by
+both workers holds every request exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+
+from loopml.project import Project
+from loopml.serve.runner import free_port
+
+REQUESTS = 240
+_COUNT = re.compile(r'^loopml_requests_(total|created)\{endpoint="/v1/predict",status="200"\} (\S+)$', re.M)
+
+
+def bodies(project: Path, n: int) -> list[dict[str, Any]]:
+    rows = pq.read_table(project / "data" / "live.parquet").slice(0, n).to_pylist()
+    return [
+        {
+            "entities": {"customer_id": r["customer_id"], "terminal_id": r["terminal_id"]},
+            "features": {"tx_amount": r["tx_amount"], "tx_datetime": r["tx_datetime"].isoformat()},
+            "request_id": f"w-{i}-{uuid.uuid4().hex[:6]}",
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
+def fresh(url: str) -> httpx.Client:
+    """A client that opens a new connection per request, so the kernel hands requests to either worker."""
+    return httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def per_worker_counts(url: str, attempts: int = 60) -> dict[str, int]:
+    """Worker (its counter's creation time) -> predictions it served, from /metrics over fresh connections."""
+    seen: dict[str, int] = {}
+    with fresh(url) as client:
+        for _ in range(attempts):
+            values = dict(_COUNT.findall(client.get("/metrics").text))
+            if "created" in values:
+                seen[values["created"]] = int(float(values["total"]))
+            if len(seen) >= 2 and sum(seen.values()) == REQUESTS:
+                break
+    return seen
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"loopml serve exited with {process.returncode}: {log.read_text()[-2000:]}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"loopml serve --workers 2 did not become ready: {log.read_text()[-2000:]}")
+
+
+def test_two_workers_serve_and_both_log_every_prediction_once(trained_copy: Path, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "loopml", "serve", "--project", str(trained_copy), "--port", str(port), "--workers", "2"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LOOPML_ADMIN_TOKEN": "t"})
+    try:
+        wait_ready(url, process, log)
+        sent = bodies(trained_copy, REQUESTS)
+
+        def post(chunk: list[dict[str, Any]]) -> list[int]:
+            with fresh(url) as client:
+                return [client.post("/v1/predict", json=b).status_code for b in chunk]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = [s for part in pool.map(post, [sent[i::8] for i in range(8)]) for s in part]
+        assert statuses == [200] * REQUESTS
+
+        workers = per_worker_counts(url)
+        assert len(workers) == 2 and all(n > 0 for n in workers.values()), workers
+        assert sum(workers.values()) == REQUESTS, workers
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    output = log.read_text()
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+
+    with Project.load(trained_copy).prediction_log().connect() as con:
+        rows = con.execute("SELECT request_id, count(*) FROM predictions GROUP BY request_id").fetchall()
+    assert dict(rows) == {b["request_id"]: 1 for b in sent}
