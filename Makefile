@@ -1,6 +1,6 @@
 # loopml — the two commands of the README:
 #   make demo   fresh machine -> .venv -> the whole loop on the simulated card-fraud world
-#   make test   fresh machine -> .venv (+ redis-server, postgresql) -> lint, types, the test suite
+#   make test   fresh machine -> .venv (+ redis-server, postgresql, chromium) -> lint, types, the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,6 +26,10 @@ servers:
 	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing postgresql (Debian package)"; \
 	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq postgresql >/dev/null; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing chromium (Debian package, for the dashboard test)"; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq chromium >/dev/null; \
 	fi
 
 lint: install

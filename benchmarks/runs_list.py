@@ -29,9 +29,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from loopml.train.tracking import RunRecord, RunStore
+from common import mlflow_python
 
-MLFLOW_VENV = Path(tempfile.gettempdir()) / "loopml-bench-mlflow-venv"
+from loopml.train.tracking import RunRecord, RunStore
 
 _MLFLOW_LOG = """
 import sys, mlflow
@@ -85,19 +85,6 @@ def timed_process(args: list[str], env: dict[str, str] | None = None) -> tuple[f
     started = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
     return time.perf_counter() - started, done.stdout
-
-
-def mlflow_python() -> Path | None:
-    python = MLFLOW_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"installing MLflow into {MLFLOW_VENV} (once)...", file=sys.stderr)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "mlflow>=2.10,<4"], check=True, timeout=900)
-        except (subprocess.SubprocessError, OSError) as exc:
-            print(f"MLflow could not be installed ({exc}); skipping it", file=sys.stderr)
-            return None
-    return python
 
 
 def main() -> None:

@@ -21,13 +21,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from loopml.features import build_training_set, point_in_time_join
-from loopml.features.join import connect, register_source
+from loopml.features import asof, build_training_set, point_in_time_join
+from loopml.features.join import connect, pit_sql, register_source, spine_span
 from loopml.features.offline import build_spine_training_set
 from loopml.spec.model import Spec
 
@@ -346,3 +348,128 @@ def test_labels_inside_their_delay_never_reach_a_feature(tmp_path: Path, inclusi
         np.testing.assert_array_equal(a[before], b[before], err_msg=name)
     changed = [n for n in label_features if not np.array_equal(outs[0].column(n).to_numpy(), outs[1].column(n).to_numpy())]
     assert changed, "flipping labels changed no later row: the test would not see a leak"
+
+
+# --------------------------------------------------------------------------- the two ways of the ``last`` fast path
+# ``point_in_time_join`` computes views of only ``last`` with numpy (features/asof.py, ``asof_view_table``);
+# ``pit_sql`` without a connection gives the DuckDB ASOF JOIN SQL. Both against the reference, and the numpy
+# path's rarer branches forced: coarse time buckets (runs re-sorted, bisection inside a bucket), the two-thread
+# sort, dictionary codes for sparse integer keys, a folder source, and DuckDB not keeping insertion order.
+
+LAST_VIEWS = ["latest", "recent"]
+
+
+def last_only(spec: Spec) -> Spec:
+    views = {name: view for name, view in spec.features.views.items() if name in LAST_VIEWS}
+    return spec.model_copy(update={"features": spec.features.model_copy(update={"views": views})})
+
+
+def join_last_views(
+    con: duckdb.DuckDBPyConnection, spec: Spec, paths: dict[str, Path], spine: pa.Table, numpy_path: bool
+) -> pa.Table:
+    sources = {name: register_source(con, name, path) for name, path in paths.items()}
+    con.from_arrow(spine).create_view("spine", replace=True)
+    if numpy_path:
+        rel = point_in_time_join(con, "spine", spec, sources=sources, timestamp="ts", row_id="rid", last_event=True)
+    else:
+        span = spine_span(con, "spine", "ts")
+        rel = con.sql(pit_sql(spec, "spine", sources, "ts", "rid", list(spec.features.views), True, span))
+    return rel.order("rid").to_arrow_table()
+
+
+def spine_with_rid(seed: int, events: pa.Table, rows: int = 120) -> pa.Table:
+    spine = random_spine(np.random.default_rng(3000 + seed), events, rows)
+    return spine.append_column("rid", pa.array(np.arange(spine.num_rows) * 5 + 1, pa.int64()))
+
+
+def check_last_views(
+    con: duckdb.DuckDBPyConnection, spec: Spec, tables: dict[str, pa.Table], paths: dict[str, Path], spine: pa.Table, context: str
+) -> None:
+    got = join_last_views(con, spec, paths, spine, numpy_path=True)
+    assert got.column("rid").to_pylist() == spine.column("rid").to_pylist()
+    assert_equal(got, expected_for(spec, spine, tables), context)
+    sql = join_last_views(con, spec, paths, spine, numpy_path=False)
+    assert_equal(sql, expected_for(spec, spine, tables), f"{context} (SQL)")
+    for name in LAST_VIEWS:  # the latest visible event time (the ttl's input) agrees between the two ways too
+        column = f"__last_event__{name}"
+        assert got.column(column).to_pylist() == sql.column(column).to_pylist(), f"{context}: {column}"
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_last_views_numpy_and_sql_match_the_reference(tmp_path: Path, seed: int) -> None:
+    spec, tables, paths = world(seed, tmp_path)
+    spec = last_only(spec)
+    con = connect()
+    check_last_views(con, spec, tables, paths, spine_with_rid(seed, tables["history"]), f"seed {seed}")
+    con.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_last_views_with_coarse_time_buckets_and_a_split_sort(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buckets of 2**33 µs (~2.4 h) hold many events of one entity: runs re-sorted by exact time, bisection in a bucket."""
+    monkeypatch.setattr(asof, "TIME_BITS_CAP", 1 + seed % 3)
+    monkeypatch.setattr(asof, "_PARALLEL_SORT_ROWS", 2)
+    spec, tables, paths = world(seed, tmp_path)
+    spec = last_only(spec)
+    con = connect()
+    check_last_views(con, spec, tables, paths, spine_with_rid(seed, tables["history"]), f"seed {seed}")
+    con.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS[:6])
+def test_last_views_with_sparse_integer_keys(tmp_path: Path, seed: int) -> None:
+    """Keys far apart (ids * 10**12 - 7) take dictionary codes instead of ``key - min``."""
+    spec, tables, paths = world(seed, tmp_path)
+    spec = last_only(spec)
+
+    def sparse(table: pa.Table) -> pa.Table:
+        ids = pc.subtract(pc.multiply(table.column("user_id"), 10**12), 7)
+        return table.set_column(table.column_names.index("user_id"), "user_id", ids)
+
+    tables = {name: sparse(table) for name, table in tables.items()}
+    for name, table in tables.items():
+        pq.write_table(table, paths[name])
+    con = connect()
+    check_last_views(con, spec, tables, paths, spine_with_rid(seed, sparse(tables["history"])), f"seed {seed}")
+    con.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_last_views_over_a_folder_source_without_insertion_order(tmp_path: Path, seed: int) -> None:
+    """A source split over three files (ties across files go to the later file) and DuckDB free to reorder rows."""
+    spec, tables, paths = world(seed, tmp_path)
+    spec = last_only(spec)
+    folder = tmp_path / "history"
+    folder.mkdir()
+    history = tables["history"]
+    cuts = [0, history.num_rows // 3, 2 * history.num_rows // 3, history.num_rows]
+    for i in range(3):
+        pq.write_table(history.slice(cuts[i], cuts[i + 1] - cuts[i]), folder / f"part-{i}.parquet", row_group_size=17)
+    paths = {**paths, "history": folder}
+    con = connect()
+    con.execute("SET preserve_insertion_order = false")
+    check_last_views(con, spec, tables, paths, spine_with_rid(seed, history), f"seed {seed}")
+    con.close()
+
+
+def test_last_view_with_no_event_in_the_spine_span_gives_missing_values(tmp_path: Path) -> None:
+    """Every event after the spine (none visible) and spine rows without a time: defaults, indicator 1, no latest event."""
+    spec, tables, paths = world(0, tmp_path)
+    spec = last_only(spec)
+    events = tables["history"]
+    early = random_spine(np.random.default_rng(5), events, 40)
+    early = early.set_column(early.column_names.index("ts"), "ts", pc.subtract(early.column("ts"), pa.scalar(timedelta(days=30))))
+    early = early.append_column("rid", pa.array(np.arange(early.num_rows), pa.int64()))
+    con = connect()
+    got = join_last_views(con, spec, paths, early, numpy_path=True)
+    assert_equal(got, expected_for(spec, early, tables), "spine before every event")
+    assert got.column("__last_event__latest").null_count == early.num_rows
+    default = spec.features.default
+    values = got.column("latest_amount_last_1d").to_numpy()
+    assert np.all(np.isnan(values)) if math.isnan(default) else np.all(values == default)
+    assert set(got.column("latest_missing").to_pylist()) <= {1.0}
+    untimed = early.set_column(early.column_names.index("ts"), "ts", pa.nulls(early.num_rows, pa.timestamp("us")))
+    got = join_last_views(con, spec, paths, untimed, numpy_path=True)
+    assert got.num_rows == early.num_rows
+    assert got.column("__last_event__latest").null_count == early.num_rows
+    con.close()

@@ -200,15 +200,15 @@ def test_bad_input_is_one_line_naming_file_row_and_column(
         source.write_text("{}\n")
     else:
         text = table.set_column(1, "tx_datetime", pa.array([t.isoformat(sep=" ") for t in table.column(1).to_pylist()]))
-        changes = {
+        changes: dict[str, tuple[int | None, str | None, str]] = {
             "bad time": (1700, "tx_datetime", "2025-13-01 10:00:00"),
             "empty time": (1234, "tx_datetime", ""),
             "bad key": (1500, "customer_id", "12abc"),
             "bad amount": (1999, "tx_amount", "lots"),
             "late key": (1900, "terminal_id", "T-9"),
         }
-        row, column, value = changes.get(case, (None, None, ""))
-        source = write_csv(folder / "in.csv", text, row, column, value)
+        row, cell, value = changes.get(case, (None, None, ""))
+        source = write_csv(folder / "in.csv", text, row, cell, value)
         if case == "late key":  # the key's type is inferred from the first block; a later value does not fit it
             monkeypatch.setattr(batch, "CSV_BLOCK_BYTES", 1 << 14)
         if case == "bad output":

@@ -246,9 +246,8 @@ def test_canary_over_http_rolls_back_a_broken_model_and_alerts(
     assert state["policy"] == "single"
     assert any(e["action"] == "rollback" and e["version"] == challenger for e in state["events"])
     assert project.registry().alias("champion").version == 1  # type: ignore[union-attr]
-    if hasattr(project, "alerts"):
-        rules = {a.rule for a in project.alerts().active()}
-        assert {"canary_rollback", "model_failure"} <= rules
+    rules = {a.rule for a in project.alerts().active()}
+    assert {"canary_rollback", "model_failure"} <= rules
 
 
 def test_canary_over_http_promotes_a_healthy_challenger(served: tuple[httpx.Client, Project, int, BackgroundServer]) -> None:

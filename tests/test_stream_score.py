@@ -83,7 +83,7 @@ def reference(trained_project: Path, redis_session: RedisServer, tmp_path_factor
         feed(client, project)
         stats = Project.load(project).score_stream(IN, OUT, until_idle=True)
         assert stats.messages == N and stats.written == N - len(UNSCORABLE) and stats.quarantined == len(BAD)
-        result = {"out": entries(client, OUT), "quarantine": entries(client, f"{OUT}:quarantine")}
+        result: dict[str, Any] = {"out": entries(client, OUT), "quarantine": entries(client, f"{OUT}:quarantine")}
         client.flushall()
     result["features"] = customers_features(project)
     return result
@@ -201,7 +201,8 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
         in_flight: Any = streams.xpending_range(IN, "loopml-score", min="-", max="+", count=N)
         in_flight_ids = {e["message_id"].decode() for e in in_flight}
         assert in_flight_ids and in_flight_ids & set(entries(streams, OUT))  # scores written, never acknowledged
-        again = ScoringConsumer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", batch=50)
+        name = dying.consumer if before == "push" else "another-name"  # a restart under a new name takes over too
+        again = ScoringConsumer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", consumer=name, batch=50)
         stats = again.run(until_idle=True)
         assert stats.written == N - len(UNSCORABLE) - written  # what was already there was not written twice
         check_against(reference, streams, project)

@@ -544,7 +544,7 @@ def serve(
 
 @app.command()
 def predict(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Parquet or CSV of rows to score (entity keys, time, request features)")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Parquet or CSV: entity keys, time, request features")],
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write the scored rows: .parquet or .csv")],
     model: Annotated[int | None, typer.Option("--model", help="model version (default: the champion alias)")] = None,
     chunk_rows: Annotated[int, typer.Option(help="rows scored at a time (memory is bounded by this)")] = 100_000,
@@ -579,7 +579,7 @@ def stream_score(
     input: Annotated[str, typer.Option("--input", help="the Redis stream of source events (at storage.redis_url)")],
     output: Annotated[str, typer.Option("--output", help="the stream the scores go to (entry id = the input entry's id)")],
     group: Annotated[str, typer.Option(help="consumer group on the input stream")] = "loopml-score",
-    consumer: Annotated[str | None, typer.Option(help="consumer name (default: the host name; keep it across restarts)")] = None,
+    consumer: Annotated[str | None, typer.Option(help="consumer name (default: <host>-scorer)")] = None,
     source: Annotated[str | None, typer.Option(help="the source the stream carries (default: the label source)")] = None,
     model: Annotated[int | None, typer.Option("--model", help="model version (default: follow the champion alias)")] = None,
     batch: Annotated[int, typer.Option(help="entries read at a time")] = 200,
@@ -590,6 +590,8 @@ def stream_score(
 ) -> None:
     """Score each event with the live model (before applying it), apply it to the online store, write the score.
 
+    Input entries are source rows, as for 'features consume': field = column, value = text.
+    Output entries: request_id, score, model_version, variant, under the input entry's id.
     At least once, written once: an entry is acknowledged only after its score
     is in the output stream and its event in the online store; a restarted
     scorer redoes unacknowledged entries, and Redis refuses the second copy of
@@ -630,24 +632,97 @@ def stream_score(
     _run(go)
 
 
+def _since(text: str | None) -> datetime | None:
+    """``--since``: an ISO date/time (local, as the log's clock) or a duration back from now (``7d``, ``12h``)."""
+    if text is None:
+        return None
+    from loopml.spec.model import parse_duration
+
+    try:
+        return datetime.now() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        expected = "an ISO date or time (2026-05-01, 2026-05-01T12:00) or a duration (7d, 12h)"
+        raise LoopmlError(f"--since {text!r}: expected {expected}") from None
+    return ts.astimezone().replace(tzinfo=None) if ts.tzinfo else ts
+
+
 @app.command()
-def monitor(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Drift, data quality and alerts over the prediction log."""
+def monitor(
+    project: ProjectOpt = Path("."),
+    since: Annotated[str | None, typer.Option(help="predictions from this ISO date/time, or this long ago (7d, 12h)")] = None,
+    window: Annotated[str | None, typer.Option(help="window length, e.g. 1h or 1d (default: monitoring.window)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift, data quality, performance, latency and alerts over the prediction log."""
 
     def go() -> None:
-        report = _load(project).monitor_report()
+        from loopml.spec.model import parse_duration
+
+        try:
+            length = None if window is None else parse_duration(window)
+        except ValueError as exc:
+            raise LoopmlError(f"--window {window!r}: {exc}") from None
+        if length is not None and length.total_seconds() <= 0:
+            raise LoopmlError(f"--window {window!r}: must be positive")
+        report = _load(project).monitor_report(since=_since(since), window=length)
         if as_json:
             _emit_json(report)
             return
-        rows = [[d["feature"], d["test"], _fmt(d["statistic"]), d["rows"], d["status"]] for d in report["drift"]]
-        out.print(
-            _table(f"drift of model version {report['model_version']}", ["feature", "test", "statistic", "rows", "status"], rows)
-        )
-        out.print(
-            f"{report['predictions']:,} predictions logged, {report['labelled']:,} labelled; {len(report['alerts'])} alert(s)"
-        )
+        _print_monitor(report)
 
     _run(go)
+
+
+def _print_monitor(report: dict[str, Any]) -> None:
+    period = report["period"]
+    out.print(
+        f"model version {report['model_version']}: {report['rows']:,} of {report['predictions']:,} predictions "
+        f"({report['labelled']:,} labelled), {period['first'] or '-'} to {period['last'] or '-'}, "
+        f"{period['windows']} window(s) of {period['window_s'] / 3600:g} h",
+        highlight=False,
+    )
+    order = {"drift": 0, "ok": 1, "not enough data": 2, "no reference": 3}
+    drift = sorted(report["drift"], key=lambda d: (order.get(d["status"], 9), d["feature"]))
+    rows = [[d["feature"], d["test"], _fmt(d["statistic"]), _fmt(d["p_value"]), f"{d['rows']:,}", d["status"]] for d in drift]
+    out.print(_table("drift over the period", ["column", "test", "statistic", "p-value", "rows", "status"], rows))
+    quality = report["quality"]
+    if quality["issues"]:
+        issues = [[i["check"], i["subject"], i["message"]] for i in quality["issues"]]
+        out.print(_table("data quality issues", ["check", "subject", "detail"], issues))
+    else:
+        out.print("data quality: no issues", highlight=False)
+    perf = report["performance"]
+    if perf is not None:
+        metric = perf.get("metric")
+        live = (perf.get("metrics") or {}).get(metric) if perf.get("status") == "ok" else None
+        estimated = (perf.get("estimated") or {}).get(metric)
+        base = (perf.get("baseline") or {}).get(metric)
+        out.print(
+            f"{metric}: live {_fmt(live)} on {perf['labelled']:,} labelled rows"
+            f"{' (not enough labels)' if perf.get('status') != 'ok' else ''}, estimated {_fmt(estimated)} (CBPE), "
+            f"training baseline {_fmt(base)}",
+            highlight=False,
+        )
+    system = report["system"]
+    latency = system["latency_ms"]
+    rate = system["throughput_per_s"]
+    out.print(
+        f"latency ms p50 {_fmt(latency['p50'])}, p95 {_fmt(latency['p95'])}, p99 {_fmt(latency['p99'])}; "
+        f"throughput {_fmt(rate)}/s",
+        highlight=False,
+    )
+    alerts = report["alerts"]
+    if alerts:
+        lines = [[a["rule"], a["subject"], a["severity"], a["message"]] for a in alerts]
+        out.print(_table(f"{len(alerts)} alert(s)", ["rule", "subject", "severity", "message"], lines))
+    else:
+        out.print("no alerts", highlight=False)
+    if report.get("resolved_alerts"):
+        out.print(f"{len(report['resolved_alerts'])} alert(s) resolved", highlight=False)
 
 
 @app.command()

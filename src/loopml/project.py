@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,9 @@ from loopml.features.vector import online_features
 from loopml.layout import Layout
 from loopml.loop.train import TrainResult, train
 from loopml.monitor.alerts import AlertStore, open_alert_store
-from loopml.monitor.drift import DriftResult, current_values, psi_drift
+from loopml.monitor.drift import DriftResult
 from loopml.monitor.predlog import PredictionLogBackend, open_prediction_log
+from loopml.monitor.report import build_report, drift_results
 from loopml.registry.base import Registry
 from loopml.registry.store import open_registry
 from loopml.spec.load import load_spec, spec_hash
@@ -231,33 +232,26 @@ class Project:
         return run_loop(self, force=force, service_url=service_url, admin_token=admin_token, progress=progress)
 
     def drift(self, version: int | None = None, since: datetime | None = None) -> tuple[int | None, list[DriftResult]]:
-        registry = self.registry()
-        if version is None:
-            champion = registry.alias(self.spec.rollout.alias)
-            if champion is None:
-                return None, []
-            version = champion.version
-        features, scores = current_values(self.prediction_log(), version, since)
-        return version, psi_drift(registry.reference_stats(version), features, scores, self.spec.monitoring)
+        """Drift of every column of ``version`` (default: the champion) over the log since ``since``."""
+        return drift_results(self.spec, self.prediction_log(), self.registry(), version, since)
 
-    def monitor_report(self) -> dict[str, Any]:
-        version, drift = self.drift()
-        log = self.prediction_log()
-        with log.connect() as con:
-            row = con.execute(
-                "SELECT count(*), count(label), quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.99) FROM labelled"
-            ).fetchone()
-        n, labelled, p50, p99 = row if row else (0, 0, None, None)
-        alerts = [
-            {"rule": "psi", "feature": d.feature, "value": d.statistic, "threshold": self.spec.monitoring.psi_threshold}
-            for d in drift
-            if d.drifted
-        ]
-        return {
-            "model_version": version,
-            "predictions": int(n),
-            "labelled": int(labelled),
-            "latency_ms": {"p50": p50, "p99": p99},
-            "drift": [d.to_json() for d in drift],
-            "alerts": alerts,
-        }
+    def monitor_report(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        window: timedelta | None = None,
+        version: int | None = None,
+        fire_alerts: bool = True,
+    ) -> dict[str, Any]:
+        """``loopml monitor``: drift, quality, performance, system metrics and alerts (see :mod:`loopml.monitor.report`)."""
+        return build_report(
+            self.spec,
+            self.prediction_log(),
+            self.registry(),
+            version=version,
+            since=since,
+            until=until,
+            window=window,
+            materialized=self.materialized_at(),
+            alerts=self.alerts() if fire_alerts else None,
+        )

@@ -58,6 +58,8 @@ latest event time.
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import duckdb
@@ -88,6 +90,8 @@ TIME_BITS_CAP = _PACKED_BITS
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})
 _TEXT_TYPES = frozenset({"VARCHAR"})
 _names = itertools.count()
+#: Below this many events one thread sorts them (splitting costs more than it saves).
+_PARALLEL_SORT_ROWS = 1 << 20
 
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
@@ -121,7 +125,7 @@ def asof_view_sql(
     without it, the query is DuckDB ``ASOF JOIN`` SQL.
     """
     if con is not None:
-        table = asof_view_table(con, spec, view_name, spine_rows, events, timestamp, row_id, in_span, last_event)
+        table = asof_view_table(con, spec, view_name, spine_rows, events, timestamp, row_id, last_event)
         if table is not None:
             name = f"__asof_{view_name}_{next(_names)}"
             con.register(name, table)
@@ -164,9 +168,21 @@ def _codes(events: pa.ChunkedArray, spine: pa.ChunkedArray, integer: bool) -> tu
             known = present & (wanted >= low) & (wanted <= high)
             return keys - low, np.where(known, wanted, low) - low, known, high - low + 1
     encoded = events.combine_chunks().dictionary_encode()
-    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     found, known = _numpy(pc.index_in(spine, value_set=encoded.dictionary), 0)
     return codes, np.asarray(found, dtype=np.int64), known, len(encoded.dictionary)
+
+
+def _sort(values: I64) -> None:
+    """Sort in place; big arrays in two threads (numpy releases the GIL) after an in-place split at the median."""
+    threads = min(2, os.cpu_count() or 1)
+    if threads < 2 or len(values) < _PARALLEL_SORT_ROWS:
+        values.sort()
+        return
+    middle = len(values) // 2
+    values.partition(middle)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(np.ndarray.sort, [values[:middle], values[middle:]]))
 
 
 class _Sorted:
@@ -182,14 +198,15 @@ class _Sorted:
         self.span = int(times.max()) - self.first + 1  # cutoffs are clipped to [0, span]
         self.shift = max(0, self.span.bit_length() - time_bits)
         self.mask = (1 << self.position_bits) - 1
-        packed = codes << time_bits  # a new array: every later step is in place
-        bucket = times - self.first
+        packed = codes  # the caller's array, packed in place
+        packed <<= time_bits
+        bucket = np.subtract(times, self.first)
         bucket >>= self.shift
         packed |= bucket
-        del bucket
         packed <<= self.position_bits
         packed |= np.arange(n, dtype=np.int64)
-        packed.sort()
+        del bucket
+        _sort(packed)
         self.packed = packed
         if self.shift:
             self._sort_runs()
@@ -200,17 +217,19 @@ class _Sorted:
 
     def _sort_runs(self) -> None:
         """Within runs of one entity and one time bucket, order by (exact time, position) instead of position."""
-        buckets = self.packed >> self.position_bits
-        same = buckets[1:] == buckets[:-1]
-        if not same.any():
+        close = np.flatnonzero(np.diff(self.packed) <= self.mask)  # neighbours that may share a bucket
+        if len(close) == 0:
             return
-        in_run = np.zeros(len(buckets), dtype=np.bool_)
-        in_run[1:] = same
-        in_run[:-1] |= same
+        same = close[(self.packed[close] >> self.position_bits) == (self.packed[close + 1] >> self.position_bits)]
+        if len(same) == 0:
+            return
+        in_run = np.zeros(len(self.packed), dtype=np.bool_)
+        in_run[same] = True
+        in_run[same + 1] = True
         at = np.flatnonzero(in_run)
-        del in_run, same
-        runs, values = buckets[at], self.packed[at]
-        positions = values & self.mask
+        del in_run
+        values = self.packed[at]
+        runs, positions = values >> self.position_bits, values & self.mask
         times = self.times[positions]
         if np.any((runs[1:] == runs[:-1]) & (times[1:] < times[:-1])):
             self.packed[at] = values[np.lexsort((positions, times, runs))]
@@ -219,13 +238,15 @@ class _Sorted:
         """Sorted index of each query's latest event of entity ``codes`` before ``cutoffs`` (-1: none)."""
         relative = np.clip(cutoffs - self.first, 0, self.span)
         buckets = np.where(ok, (codes << self.time_bits) | (relative >> self.shift), 0)
-        order = np.argsort(buckets)  # searching in sorted order keeps the probes in cache
+        order = _argsort(buckets, 62 - self.position_bits)  # searching in sorted order keeps the probes in cache
         wanted = buckets[order]
         end = np.searchsorted(self.packed, wanted << self.position_bits, "left")
         if self.shift:  # events in the query's own bucket: bisect on their exact times
-            stop = np.searchsorted(self.packed, (wanted + 1) << self.position_bits, "left")
-            inside = np.flatnonzero(stop > end)
-            end[inside] = self._bisect(end[inside], stop[inside], cutoffs[order[inside]])
+            probe = np.minimum(end, len(self.packed) - 1)
+            inside = np.flatnonzero((end < len(self.packed)) & ((self.packed[probe] >> self.position_bits) == wanted))
+            if len(inside):
+                stop = np.searchsorted(self.packed, (wanted[inside] + 1) << self.position_bits, "left")
+                end[inside] = self._bisect(end[inside], stop, cutoffs[order[inside]])
         at = np.empty_like(end)
         at[order] = end - 1
         safe = np.maximum(at, 0)
@@ -254,6 +275,18 @@ class _Sorted:
         return np.where((got >= 0) & same, got, -1)
 
 
+def _argsort(values: I64, bits: int) -> I64:
+    """``np.argsort`` of non-negative ``values`` below ``2**bits``; sorting packed (value, index) pairs when they fit."""
+    index_bits = max(1, (len(values) - 1).bit_length())
+    if bits + index_bits > 63:
+        return np.argsort(values)
+    packed = values << index_bits
+    packed |= np.arange(len(values), dtype=np.int64)
+    packed.sort()
+    packed &= (1 << index_bits) - 1
+    return packed
+
+
 def asof_view_table(
     con: duckdb.DuckDBPyConnection,
     spec: Spec,
@@ -262,11 +295,13 @@ def asof_view_table(
     events: str,
     timestamp: str,
     row_id: str,
-    in_span: str,
     last_event: bool,
 ) -> pa.Table | None:
     """The rows :func:`asof_view_sql` describes, computed with numpy (see the module docstring).
 
+    Events outside the span the spine can see are skipped as the general join
+    does (from ``delay + longest window`` before the earliest spine time to
+    ``delay`` before the latest), here on the numbers rather than in SQL.
     Returns None when the entity keys are not integers on both sides or text
     on both sides, or when entities and events do not fit the packed value:
     the caller then runs the SQL.
@@ -279,35 +314,40 @@ def asof_view_table(
     outputs = view_outputs(spec, view_name)
     columns = list(dict.fromkeys(o.column for o in outputs))
     key_sql = f"CAST({key} AS BIGINT)" if kind == "integer" else key
-    ts = f"CAST({quote(timestamp)} AS TIMESTAMP)"
-    values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
-    read = (
-        f"SELECT {key_sql} AS __k, epoch_us({ts}) AS __s, {quote(row_id)} AS __r{values} FROM {quote(events)} "
-        f"WHERE {key} IS NOT NULL AND {quote(timestamp)} IS NOT NULL AND {in_span}"
-    )
-    table = con.sql(read).to_arrow_table()
     spine = con.sql(f"SELECT {key_sql} AS __k, epoch_us(__spine_ts) AS __t, __srid FROM ({spine_rows})").to_arrow_table()
-    rows = np.asarray(_numpy(table.column("__r"), 0)[0], dtype=np.int64)
-    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):  # positions must follow source order (ties of last)
-        table = table.take(pa.array(np.argsort(rows, kind="stable")))
-    codes, wanted, known, count = _codes(table.column("__k"), spine.column("__k"), kind == "integer")
     spine_us, timed = _numpy(spine.column("__t"), 0)
     t = np.asarray(spine_us, dtype=np.int64)
+    # Positions must follow the source order (it breaks ties of ``last``): DuckDB keeps it for a scan (and
+    # UNION ALL) unless preserve_insertion_order is off; then the rows are sorted by their row id.
+    ordered = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
+    values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
+    read = f"SELECT {key_sql} AS __k, epoch_us(CAST({quote(timestamp)} AS TIMESTAMP)) AS __s{values} FROM {quote(events)}"
+    table = con.sql(read + ("" if ordered else f" ORDER BY {quote(row_id)}")).to_arrow_table()
+    event_us, keep = _numpy(table.column("__s"), 0)
+    times = np.asarray(event_us, dtype=np.int64)
+    keep &= _numpy(table.column("__k"), 0)[1]
+    if timed.any():  # the span (SQL filters of this size cost more than the numbers: 0.1 s per 10 M rows)
+        delay_us, horizon_us = view.delay // _ONE_US, view_horizon(view) // _ONE_US
+        keep &= (times >= int(t[timed].min()) - horizon_us) & (times <= int(t[timed].max()) - delay_us)
+    else:
+        keep[:] = False
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+        times = times[keep]
+    codes, wanted, known, count = _codes(table.column("__k"), spine.column("__k"), kind == "integer")
     ok = known & timed
-    times = np.asarray(_numpy(table.column("__s"), 0)[0], dtype=np.int64)
     position_bits = max(1, (len(times) - 1).bit_length())
     time_bits = min(_PACKED_BITS - position_bits - max(1, (count - 1).bit_length()), TIME_BITS_CAP)
     if time_bits < 1:
         return None
     shift = 1 if spec.features.inclusive else 0
-    delay_us = view.delay // _ONE_US
     if len(times) == 0:
         at = np.full(len(t), -1, dtype=np.int64)
         times = np.zeros(1, dtype=np.int64)  # gathers at index 0 below are masked out
         sorted_events = None
     else:
         sorted_events = _Sorted(codes, times, time_bits)
-        at = sorted_events.search(wanted, t - (delay_us - shift), ok)
+        at = sorted_events.search(wanted, t - (view.delay // _ONE_US - shift), ok)
     del codes
 
     def positions(indices: I64) -> I64:

@@ -437,7 +437,14 @@ def _run(
         raise LoopmlError(f"{artifact}: the saved model does not reproduce the trained model's scores; not registering it")
     latency = measure_latency(served, X_test)
     X_train = data.matrix(data.feature_names, split.train)
-    reference = reference_stats(X_train, data.feature_names, served_scores, spec.monitoring.psi_bins)
+    reference = reference_stats(
+        X_train,
+        data.feature_names,
+        served_scores,
+        spec.monitoring.psi_bins,
+        strings={name: values[split.train] for name, values in data.strings.items()},
+        labels=data.y[split.test] if spec.task == "binary" else None,
+    )
     if encodings.encodings:
         reference[REFERENCE_KEY] = encodings.to_json()
     _write_sample(folder / "predictions_sample.parquet", data, split.test, served_scores, spec.model.seed)

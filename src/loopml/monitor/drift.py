@@ -175,7 +175,10 @@ def _live(
         label=_floats(table.column("label")),
         latency_ms=_floats(table.column("latency_ms")),
         numeric={name: _floats(columns[name]) for name in numeric},
-        categorical={name: pa.chunked_array([columns[name]]) if isinstance(columns[name], pa.Array) else columns[name] for name in categorical},
+        categorical={
+            name: pa.chunked_array([columns[name]]) if isinstance(columns[name], pa.Array) else columns[name]
+            for name in categorical
+        },
         type_errors=errors or {},
     )
 
@@ -275,13 +278,10 @@ def summarise(
 
 def chosen_test(summary: ColumnSummary, rows: int, settings: Monitoring) -> str:
     """The test that decides drift of this column for a window of ``rows`` rows (see the module doc)."""
-    wanted = settings.tests.get(summary.name, settings.test)
+    wanted: str = settings.tests.get(summary.name, settings.test)
     if wanted == "auto":
-        small = rows < settings.large_sample
-        if summary.kind == "categorical":
-            wanted = "chi2" if small else "psi"
-        else:
-            wanted = "ks" if small else "psi"
+        p_test = "chi2" if summary.kind == "categorical" else "ks"
+        wanted = p_test if rows < settings.large_sample else "psi"
     return wanted if wanted in summary.scores else "psi"
 
 

@@ -25,9 +25,10 @@ return one statistic per window, all windows at once:
   reference sketch: ``D`` is the largest CDF gap at the sketch points (both
   sides of each point), exact for a column with at most ``SKETCH_SIZE + 1``
   distinct values and otherwise a lower bound of scipy's ``ks_2samp`` statistic
-  on the full training data, at most the largest mass (reference or current)
-  inside one open cell below it (about ``1/SKETCH_SIZE`` = 0.001 for an
-  undrifted continuous column; :func:`ks_error_bound` computes it). The
+  on the full training data, below it by at most the largest ``min(r, c)`` over
+  the open cells between two sketch points (``r``/``c``: the reference/current
+  share inside the cell; so at most ``1/SKETCH_SIZE`` = 0.001 for a continuous
+  column; :func:`ks_error_bound` computes it). The
   p-value is scipy's asymptotic one for ``D`` (``kstwo.sf(D, round(m n / (m +
   n)))`` with ``m`` the reference and ``n`` the current non-null count), what
   ``ks_2samp(method="asymp")`` returns.
@@ -246,7 +247,9 @@ def numeric_profile(ref: NumericReference, values: FloatArray, window: IntArray,
     return Profile(counts.astype(np.int64), below, above)
 
 
-def categorical_profile(ref: CategoricalReference, values: pa.Array | pa.ChunkedArray, window: IntArray, n_windows: int) -> Profile:
+def categorical_profile(
+    ref: CategoricalReference, values: pa.Array | pa.ChunkedArray, window: IntArray, n_windows: int
+) -> Profile:
     """Count string ``values`` per reference category (then other, then NULL), per window."""
     k = len(ref.values)
     strings = pc.cast(values, pa.string())
@@ -445,13 +448,20 @@ class Wasserstein(_Sketch):
 
 
 def ks_error_bound(ref: NumericReference, profile: Profile) -> FloatArray:
-    """Per window: how much scipy's KS statistic on the full reference can exceed the sketch's (see the module doc)."""
+    """Per window: how much scipy's KS statistic on the full reference can exceed the sketch's (see the module doc).
+
+    Inside an open cell both CDFs rise (by ``r`` and ``c``), so the gap can exceed its value at the cell's ends
+    by at most ``min(r, c)``; where either is flat the gap is monotone and the ends, which are checked, hold its
+    extremes. Below the first point and above the last the reference is flat (0 and 1).
+    """
     present = profile.counts[:, :-1].astype(np.float64)
     n = present.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cur_open = present[:, 0::2] / n[:, None]  # open cells (u_{j-1}, u_j), then above the last point
-    ref_open = np.append(ref.cdf_below, 1.0) - np.concatenate([[0.0], ref.cdf])
-    return np.asarray(np.maximum(cur_open, ref_open).max(axis=1), dtype=np.float64)
+        cur_open = present[:, 2:-1:2] / n[:, None]  # open cells (u_{j-1}, u_j), j = 1 .. K-1
+    ref_open = ref.cdf_below[1:] - ref.cdf[:-1]
+    if not ref_open.size:
+        return np.zeros(len(n))
+    return np.asarray(np.minimum(cur_open, ref_open).max(axis=1), dtype=np.float64)
 
 
 def wasserstein_error_bound(ref: NumericReference, profile: Profile) -> FloatArray:

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopml.monitor.predlog import Feedback, PredictionLogBackend
 from loopml.serve.admin import admin_router
-from loopml.serve.dashboard import render_dashboard
+from loopml.serve.dashboard import Dashboard, render_page
 from loopml.serve.guard import BodyGuard
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
@@ -145,7 +145,9 @@ def create_app(
     log: PredictionLogBackend,
     logger: AsyncLogger | None,
     options: ServeOptions = ServeOptions(),
+    dashboard: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
+    """The app; ``dashboard`` returns the JSON of ``GET /v1/dashboard`` (default: a :class:`Dashboard` without alerts or runs)."""
     metrics = _Metrics(service, logger)
 
     @asynccontextmanager
@@ -245,9 +247,16 @@ def create_app(
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    dashboard_data = dashboard or Dashboard(service, log).data
+    page = render_page()
+
     @app.get("/ui", response_class=HTMLResponse)
     def ui() -> HTMLResponse:
-        return HTMLResponse(render_dashboard(service.models(), log))
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/dashboard")
+    def dashboard_json() -> JSONResponse:
+        return JSONResponse(dashboard_data(), headers={"Cache-Control": "no-store"})
 
     app.include_router(admin_router(service, logger, options.admin_token))
 

@@ -99,7 +99,7 @@ _ROW = "__row"
 _TIME_TYPES = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"}
 _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
 _NUMBER_TYPES = _INT_TYPES | {"FLOAT", "DOUBLE"}
-_MAX_EPOCH_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59, the online parser's range
+_MIN_EPOCH_SECONDS, _MAX_EPOCH_SECONDS = -62_135_596_800, 253_402_300_799  # years 1-9999, the online parser's range
 _CSV_ERROR = re.compile(r"In CSV column #(\d+): CSV conversion error to ([^:]+): invalid value '(.*)'", re.DOTALL)
 
 
@@ -325,18 +325,19 @@ def _rechunk(batches: Iterator[tuple[pa.RecordBatch, float]], rows: int) -> Iter
 def _parse_time(expr: str, duck_type: str) -> str | None:
     """SQL turning a column of ``duck_type`` into a TIMESTAMP (UTC) the way the online service reads times."""
     if duck_type in _TIME_TYPES:
-        return f"CAST({expr} AS TIMESTAMP)"
+        return f"CASE WHEN isfinite({expr}) THEN CAST({expr} AS TIMESTAMP) END"
     seconds = f"CAST({expr} AS DOUBLE)" if duck_type in _NUMBER_TYPES or duck_type.startswith("DECIMAL") else None
     if duck_type == "VARCHAR":
         text = f"NULLIF(trim({expr}), '')"
         seconds = f"TRY_CAST({text} AS DOUBLE)"
-        iso = f"TRY_CAST(TRY_CAST({text} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        parsed = f"TRY_CAST({text} AS TIMESTAMPTZ)"
+        iso = f"CASE WHEN isfinite({parsed}) THEN CAST({parsed} AS TIMESTAMP) END"  # not 'infinity'
     elif seconds is None:
         return None
     else:
         iso = "NULL::TIMESTAMP"
     epoch = (
-        f"CASE WHEN isfinite({seconds}) AND abs({seconds}) <= {_MAX_EPOCH_SECONDS} "
+        f"CASE WHEN isfinite({seconds}) AND {seconds} BETWEEN {_MIN_EPOCH_SECONDS} AND {_MAX_EPOCH_SECONDS} "
         f"THEN make_timestamp(CAST(round({seconds} * 1000000) AS BIGINT)) END"
     )
     return f"coalesce({iso}, {epoch})"

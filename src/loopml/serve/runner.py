@@ -26,6 +26,7 @@ from loopml.errors import LoopmlError
 from loopml.features.vector import FeatureAssembler
 from loopml.project import Project
 from loopml.serve.app import ServeOptions, create_app
+from loopml.serve.dashboard import Dashboard
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.service import PredictionService
 
@@ -38,7 +39,7 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     log = project.prediction_log()
     logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
     assembler = FeatureAssembler(spec, project.online_store(), project.online_fallback())
-    alerts = project.alerts() if hasattr(project, "alerts") else None
+    alerts = project.alerts()
     service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, state_dir=project.layout.state)
     service.reload()
     options = ServeOptions(
@@ -47,7 +48,8 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
         max_batch=spec.serving.max_batch,
         reload_seconds=spec.serving.reload_seconds,
     )
-    return create_app(service, log, logger, options)
+    dashboard = Dashboard(service, log, alerts=alerts, runs=project.runs())
+    return create_app(service, log, logger, options, dashboard=dashboard.data)
 
 
 def app_from_environment() -> FastAPI:

@@ -29,17 +29,18 @@ written, then applied, which gives each entry exactly the features it would
 get one entry at a time (an entry only reads its own entities' events).
 
 **At least once, written once.** A scorer that dies anywhere leaves its
-entries pending; restarted (same consumer name: the default is the host name),
-it takes them again first. An entry already written is refused by Redis (an id
-not above the stream's last one); the scorer then checks that the entry is
-there and counts it as written. Re-applying an event changes nothing. A
-re-scored entry whose output was lost gets the score it had: its event was not
-applied before its output was written, and events applied since are later
-than it (windows see only strictly earlier events; ``features.inclusive``
-streams should keep time order). Output ids follow input ids, so one scorer
-(one consumer) writes an output stream; a second consumer would need its own
-output. Entries idle longer than ``claim_idle_ms`` in another consumer of
-the group are claimed (``XAUTOCLAIM``), as in ``features consume``.
+entries pending; restarted (under any consumer name), it first takes over
+every entry pending in the group and redoes those, oldest first. An output
+entry already written is refused by Redis (its id is not above the stream's
+last one); the scorer checks that it is there and counts it as written, so the
+output keeps the score written the first time. Re-applying an event changes
+nothing (one copy per event id). Scores equal an uninterrupted run's: events
+are applied only after their scores were written, in stream order, so an entry
+whose score was not written yet is scored from the same store state as before
+the crash. Because output ids follow input ids, one scorer writes an output
+stream (a second scorer in the group stops with an error naming the entry
+rather than lose it). Entries idle longer than ``claim_idle_ms`` in another
+consumer are claimed (``XAUTOCLAIM``), as in ``features consume``.
 
 **Bad entries** (an unparsable time, amount or key; a stream id too large for
 an event id) get no score: they are copied to ``<output>:quarantine`` (with
@@ -93,7 +94,7 @@ _TOO_SMALL = "equal or smaller than the target stream top item"
 
 
 def default_scorer_name() -> str:
-    """The host name: the same across restarts, so a restarted scorer takes its own pending entries first."""
+    """The host name: the same across restarts of a scorer on this machine."""
     return f"{socket.gethostname()}-scorer"
 
 
@@ -141,6 +142,19 @@ class ScoringConsumer(StreamConsumer):
         self.keys = list(dict.fromkeys(view_key(spec, name) for name in spec.features.views))
         self._model: LoadedModel | None = None
         self._checked = 0.0
+
+    def ensure_group(self) -> None:
+        """Create the group if needed, then take over every entry pending in it (a scorer restarted under another name).
+
+        Output ids follow input ids, so the oldest unacknowledged entries must be redone before any new one.
+        """
+        super().ensure_group()
+        cursor = "0-0"
+        while True:
+            claimed: Any = self.client.xautoclaim(self.stream, self.group, self.consumer, 0, cursor, count=1000)
+            cursor = claimed[0].decode() if isinstance(claimed[0], bytes) else str(claimed[0])
+            if cursor == "0-0":
+                return
 
     # -- the model ------------------------------------------------------------
     def model(self) -> LoadedModel:

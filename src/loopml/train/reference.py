@@ -15,14 +15,14 @@ store, as plain JSON:
 * ``count, mean, std, min, max, null_rate`` (``min``/``max`` are the value
   range the out-of-range check uses) and ``non_null``;
 * ``sketch``: the reference CDF at ``SKETCH_SIZE + 1`` quantiles (``values``:
-  the distinct quantiles ``0, 1/Q, .., 1`` of the finite values plus the PSI
-  edges; ``cdf``: the exact share of finite values ``<=`` each, ``cdf_below``:
+  the distinct quantiles ``0, 1/Q, .., 1`` of the finite values, each an
+  observed value (``inverted_cdf``), plus the PSI edges; ``cdf``: the exact share of finite values ``<=`` each, ``cdf_below``:
   the share ``<`` each). The Kolmogorov-Smirnov and Wasserstein tests of
   :mod:`loopml.monitor.stattests` run against it without the training data.
   Between two sketch points the reference CDF moves by at most ``1/Q`` (plus the
   mass of a repeated value, which the two CDF columns hold exactly), which
   bounds the KS error (see that module). A column with at most ``Q + 1``
-  distinct values is stored exactly.
+  distinct values keeps them all, so its sketch is exact.
 
 String columns of the training set (raw categorical request features) are
 kept under ``categorical``: the ``MAX_CATEGORIES`` most frequent ``values``
@@ -88,7 +88,10 @@ def _sketch(finite: FloatArray, edges: FloatArray, size: int) -> dict[str, list[
     if not len(finite):
         return {"values": [], "cdf": [], "cdf_below": []}
     ordered = np.sort(finite)
-    points = np.unique(np.concatenate([np.quantile(ordered, np.linspace(0.0, 1.0, size + 1)), edges]))
+    distinct = np.unique(ordered)
+    if len(distinct) > size + 1:
+        distinct = np.quantile(ordered, np.linspace(0.0, 1.0, size + 1), method="inverted_cdf")
+    points = np.unique(np.concatenate([distinct, edges]))
     m = len(ordered)
     le = np.searchsorted(ordered, points, side="right") / m
     lt = np.searchsorted(ordered, points, side="left") / m

@@ -1,0 +1,225 @@
+"""Data quality of live traffic against the reference stored with the model.
+
+Per column, over the whole period (and per window, for the dashboard):
+
+* **null rate** against the reference's (flagged when it rose by more than
+  ``monitoring.quality.null_rate_increase``, absolute);
+* **out of range** (numeric): the share of values outside the reference range
+  ``[min - t (max - min), max + t (max - min)]``, ``t`` =
+  ``quality.range_tolerance`` (flagged above ``quality.out_of_range``);
+* **unseen categories** (string columns): the share of values not among the
+  reference's categories (flagged when it exceeds the reference's own "other"
+  share by more than ``quality.unseen_categories``; the reference keeps the
+  1000 most frequent categories, so beyond that "unseen" means "not among
+  them"), with a few examples;
+* **schema**: reference columns missing from the logged features and logged
+  keys the reference does not know, read from the JSON keys of the latest
+  ``SCHEMA_SAMPLE`` rows (a bounded read whatever the log size), plus values
+  of the wrong type anywhere (a string where a number belongs; they count as
+  NULL for drift);
+* **freshness**: the age of each feature view's last materialization into the
+  online store (flagged only when ``quality.max_feature_age`` is set).
+
+The counts come from the same per-column profiles as drift
+(:mod:`loopml.monitor.drift`), so quality costs no extra pass over the data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loopml.monitor.drift import ColumnSummary, LiveData
+from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
+from loopml.spec.model import Quality
+
+SCHEMA_SAMPLE = 1000
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    """One flagged problem: ``check`` (null_rate, out_of_range, unseen_categories, schema, freshness) on ``subject``."""
+
+    check: str
+    subject: str
+    message: str
+    value: float | None
+    threshold: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "subject": self.subject,
+            "message": self.message,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def column_quality(
+    summaries: list[ColumnSummary], references: dict[str, ColumnReference], live: LiveData, settings: Quality
+) -> tuple[list[dict[str, Any]], list[QualityIssue], list[list[dict[str, Any]]]]:
+    """Per-column quality over the period, the flagged issues, and per-window rows (null rate, out of range, unseen)."""
+    columns: list[dict[str, Any]] = []
+    issues: list[QualityIssue] = []
+    n_windows = len(summaries[0].rows) - 1 if summaries else 0
+    per_window: list[list[dict[str, Any]]] = [[] for _ in range(n_windows)]
+    for s in summaries:
+        ref = references[s.name]
+        rows, nulls = int(s.rows[-1]), int(s.nulls[-1])
+        present = rows - nulls
+        ref_null = ref.null_rate if isinstance(ref, NumericReference) else float(ref.fractions[-1])
+        entry: dict[str, Any] = {
+            "feature": s.name,
+            "kind": s.kind,
+            "rows": rows,
+            "null_rate": _share(nulls, rows),
+            "reference_null_rate": ref_null,
+            "type_errors": live.type_errors.get(s.name, 0),
+        }
+        null_rate = _share(nulls, rows)
+        if null_rate is not None and null_rate - ref_null > settings.null_rate_increase:
+            issues.append(
+                QualityIssue(
+                    "null_rate",
+                    s.name,
+                    f"{s.name}: {null_rate:.1%} null in live traffic vs {ref_null:.1%} in training",
+                    null_rate,
+                    ref_null + settings.null_rate_increase,
+                )
+            )
+        if s.out_of_range is not None and isinstance(ref, NumericReference):
+            share = _share(int(s.out_of_range[-1]), present)
+            entry |= {"out_of_range": share, "range": [ref.low, ref.high]}
+            if share is not None and share > settings.out_of_range:
+                issues.append(
+                    QualityIssue(
+                        "out_of_range",
+                        s.name,
+                        f"{s.name}: {share:.1%} of values outside the training range [{ref.low:.6g}, {ref.high:.6g}]",
+                        share,
+                        settings.out_of_range,
+                    )
+                )
+        if s.other is not None and isinstance(ref, CategoricalReference):
+            share = _share(int(s.other[-1]), present)
+            ref_other = float(ref.fractions[-2])
+            entry |= {"unseen": share, "unseen_examples": _unseen_examples(ref, live.categorical.get(s.name))}
+            if share is not None and share - ref_other > settings.unseen_categories:
+                examples = ", ".join(repr(v) for v in entry["unseen_examples"])
+                issues.append(
+                    QualityIssue(
+                        "unseen_categories",
+                        s.name,
+                        f"{s.name}: {share:.1%} of values never seen in training (e.g. {examples})",
+                        share,
+                        ref_other + settings.unseen_categories,
+                    )
+                )
+        if entry["type_errors"]:
+            issues.append(
+                QualityIssue(
+                    "schema",
+                    s.name,
+                    f"{s.name}: {entry['type_errors']:,} value(s) of the wrong type (expected numbers)",
+                    float(entry["type_errors"]),
+                    0.0,
+                )
+            )
+        columns.append(entry)
+        for w in range(n_windows):
+            r, nl = int(s.rows[w]), int(s.nulls[w])
+            row: dict[str, Any] = {"feature": s.name, "rows": r, "null_rate": _share(nl, r)}
+            if s.out_of_range is not None:
+                row["out_of_range"] = _share(int(s.out_of_range[w]), r - nl)
+            if s.other is not None:
+                row["unseen"] = _share(int(s.other[w]), r - nl)
+            per_window[w].append(row)
+    return columns, issues, per_window
+
+
+def _unseen_examples(ref: CategoricalReference, values: pa.ChunkedArray | None) -> list[str]:
+    if values is None or not len(values):
+        return []
+    strings = pc.cast(values, pa.string())
+    unseen = pc.filter(strings, pc.invert(pc.fill_null(pc.is_in(strings, value_set=pa.array(ref.values, pa.string())), True)))
+    counts = pc.value_counts(unseen).to_pylist()
+    counts.sort(key=lambda item: (-item["counts"], str(item["values"])))
+    return [str(item["values"]) for item in counts[:_EXAMPLES]]
+
+
+def logged_keys(con: duckdb.DuckDBPyConnection, sample: int = SCHEMA_SAMPLE) -> dict[str, str] | None:
+    """JSON keys (and DuckDB's type for each) of the features of the latest ``sample`` logged rows; None if none."""
+    row = con.execute(f"SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET {max(sample - 1, 0)}").fetchone()
+    where = "" if row is None else "WHERE ts >= $since"
+    params = {} if row is None else {"since": row[0]}
+    found = con.execute(f"SELECT json_group_structure(features::JSON) FROM predictions {where}", params).fetchone()
+    if found is None or found[0] is None:
+        return None
+    structure = json.loads(found[0])
+    return {str(k): str(v) for k, v in structure.items()} if isinstance(structure, dict) else {}
+
+
+def schema_issues(
+    keys: dict[str, str] | None, references: dict[str, ColumnReference], score: str
+) -> tuple[dict[str, Any], list[QualityIssue]]:
+    """Reference columns missing from the logged features, and logged keys without a reference."""
+    if keys is None:
+        return {"checked_rows": 0, "missing": [], "extra": []}, []
+    expected = {name for name in references if name != score}
+    missing = sorted(expected - set(keys))
+    extra = sorted(set(keys) - expected)
+    issues = [
+        QualityIssue("schema", name, f"{name}: a model input missing from the logged features", None, None) for name in missing
+    ]
+    issues += [
+        QualityIssue("schema", name, f"{name}: logged but unknown to the model version's reference", None, None) for name in extra
+    ]
+    wrong = {
+        name: kind
+        for name, kind in keys.items()
+        if name in expected
+        and isinstance(references[name], NumericReference)
+        and kind not in ("DOUBLE", "UBIGINT", "BIGINT", "NULL")
+    }
+    for name, kind in sorted(wrong.items()):
+        issues.append(QualityIssue("schema", name, f"{name}: logged as {kind}, expected numbers", None, None))
+    return {"checked_rows": SCHEMA_SAMPLE, "missing": missing, "extra": extra, "types": keys}, issues
+
+
+def freshness(
+    materialized: dict[str, datetime | None], now: datetime, settings: Quality
+) -> tuple[list[dict[str, Any]], list[QualityIssue]]:
+    """Age of each feature view's last materialization; flagged beyond ``max_feature_age`` when set."""
+    rows: list[dict[str, Any]] = []
+    issues: list[QualityIssue] = []
+    for view, at in sorted(materialized.items()):
+        if at is None:
+            rows.append({"view": view, "materialized_at": None, "age_s": None})
+            continue
+        local = at.astimezone().replace(tzinfo=None) if at.tzinfo is not None else at
+        age = (now - local).total_seconds()
+        rows.append({"view": view, "materialized_at": at.isoformat(), "age_s": age})
+        limit = settings.max_feature_age
+        if limit is not None and age > limit.total_seconds():
+            issues.append(
+                QualityIssue(
+                    "freshness",
+                    view,
+                    f"feature view {view}: last materialized {age / 3600:.1f} h ago",
+                    age,
+                    limit.total_seconds(),
+                )
+            )
+    return rows, issues

@@ -1,0 +1,298 @@
+"""Drift tests on arrays against stored reference statistics: agreement with scipy, windows, decisions, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from loopml.monitor.drift import (
+    ColumnSummary,
+    LiveData,
+    chosen_test,
+    column_references,
+    decide,
+    summarise,
+    summarise_column,
+)
+from loopml.monitor.stattests import (
+    PSI,
+    TEST_NAMES,
+    CategoricalReference,
+    ChiSquare,
+    JensenShannon,
+    KolmogorovSmirnov,
+    NumericReference,
+    Profile,
+    Wasserstein,
+    adjust_p_values,
+    binned,
+    categorical_profile,
+    ks_error_bound,
+    make_test,
+    numeric_profile,
+    wasserstein_error_bound,
+)
+from loopml.spec.model import Monitoring
+from loopml.train.reference import SKETCH_SIZE, categorical_entry, psi, reference_entry, reference_stats
+
+RNG = np.random.default_rng(42)
+
+
+def one_window(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
+
+
+def numeric(reference_values: np.ndarray, current: np.ndarray, tolerance: float = 0.0) -> tuple[NumericReference, Profile]:
+    ref = NumericReference.from_entry("x", reference_entry(reference_values, bins=10), tolerance)
+    return ref, numeric_profile(ref, current, one_window(len(current)), 1)
+
+
+def present(values: np.ndarray) -> np.ndarray:
+    return values[~np.isnan(values)]
+
+
+# -- agreement with scipy --------------------------------------------------------------------------------------
+
+
+def test_psi_from_the_profile_is_the_stored_reference_psi() -> None:
+    ref_values = RNG.lognormal(size=30_000)
+    current = RNG.lognormal(mean=0.3, size=8_000)
+    current[:400] = np.nan
+    ref, profile = numeric(ref_values, current)
+    assert PSI().fit(ref).score(profile).statistic[0] == pytest.approx(psi(reference_entry(ref_values, bins=10), current), rel=1e-12)
+
+
+def test_ks_on_a_continuous_column_is_within_the_sketch_bound_of_scipy() -> None:
+    ref_values = RNG.normal(size=60_000)
+    ref_values[:600] = np.nan
+    for shift in (0.0, 0.05, 0.3):
+        current = RNG.normal(loc=shift, size=5_000)
+        ref, profile = numeric(ref_values, current)
+        scores = KolmogorovSmirnov().fit(ref).score(profile)
+        exact = stats.ks_2samp(present(ref_values), current, method="asymp")
+        d, bound = scores.statistic[0], ks_error_bound(ref, profile)[0]
+        assert d <= exact.statistic + 1e-12 and exact.statistic <= d + bound  # documented: a lower bound, within the cell mass
+        assert bound <= 1.5 / SKETCH_SIZE
+        # the p-value is scipy's asymptotic one for the sketch's D and the two sample sizes
+        n_eff = round(len(present(ref_values)) * len(current) / (len(present(ref_values)) + len(current)))
+        assert scores.p_value is not None and scores.p_value[0] == pytest.approx(stats.kstwo.sf(d, n_eff), rel=1e-9)
+        assert np.log10(max(scores.p_value[0], 1e-300)) == pytest.approx(np.log10(max(exact.pvalue, 1e-300)), abs=0.5)
+
+
+def test_ks_on_a_discrete_column_equals_scipy_exactly() -> None:
+    ref_values = RNG.poisson(4, size=20_000).astype(float)
+    current = RNG.poisson(4.6, size=3_000).astype(float)
+    ref, profile = numeric(ref_values, current)
+    scores = KolmogorovSmirnov().fit(ref).score(profile)
+    exact = stats.ks_2samp(ref_values, current, method="asymp")
+    assert scores.statistic[0] == pytest.approx(exact.statistic, abs=1e-12)
+    assert scores.p_value is not None and scores.p_value[0] == pytest.approx(exact.pvalue, rel=1e-6)
+    assert ks_error_bound(ref, profile)[0] == 0.0  # every value is a sketch point: no open cell holds mass
+
+
+def test_wasserstein_is_scipy_over_the_reference_std_within_the_bound() -> None:
+    ref_values = RNG.gamma(2.0, 3.0, size=50_000)
+    for current in (RNG.gamma(2.0, 3.0, size=10_000), RNG.gamma(2.0, 3.6, size=10_000) + 1.0):
+        ref, profile = numeric(ref_values, current)
+        mine = Wasserstein().fit(ref).score(profile).statistic[0]
+        exact = stats.wasserstein_distance(ref_values, current) / ref_values.std()
+        assert abs(mine - exact) <= wasserstein_error_bound(ref, profile)[0]
+        assert mine == pytest.approx(exact, abs=0.005)  # in practice far inside the bound
+    discrete_ref = RNG.integers(0, 30, size=20_000).astype(float)
+    discrete_cur = RNG.integers(2, 35, size=4_000).astype(float)  # values beyond the reference max: the exact tail
+    ref, profile = numeric(discrete_ref, discrete_cur)
+    exact = stats.wasserstein_distance(discrete_ref, discrete_cur) / discrete_ref.std()
+    assert Wasserstein().fit(ref).score(profile).statistic[0] == pytest.approx(exact, rel=1e-9)
+
+
+def test_chi_square_and_jensen_shannon_equal_scipy_on_the_same_bins() -> None:
+    ref_values = RNG.normal(size=20_000)
+    current = RNG.normal(0.2, 1.0, size=3_000)
+    current[:150] = np.nan  # nulls are a bin of their own, in the reference (none) and now
+    ref, profile = numeric(ref_values, current)
+    counts, fractions = binned(ref, profile)
+    chi = ChiSquare().fit(ref).score(profile)
+    keep = (fractions > 0) | (counts[0] > 0)
+    expected = np.maximum(fractions[keep], 1e-4)
+    expected = expected / expected.sum() * counts[0].sum()
+    exact = stats.chisquare(counts[0][keep], expected)
+    assert chi.statistic[0] == pytest.approx(exact.statistic, rel=1e-12)
+    assert chi.p_value is not None and chi.p_value[0] == pytest.approx(exact.pvalue, rel=1e-9, abs=1e-300)
+    js = JensenShannon().fit(ref).score(profile).statistic[0]
+    assert js == pytest.approx(jensenshannon(fractions, counts[0], base=2), rel=1e-12)
+
+
+def test_categorical_column_bins_unseen_and_null_values_apart() -> None:
+    entry = categorical_entry(np.array(["a"] * 600 + ["b"] * 300 + ["c"] * 100 + [None] * 0, dtype=object))
+    ref = CategoricalReference.from_entry("merchant", entry)
+    values = pa.chunked_array([pa.array(["a"] * 50 + ["b"] * 30 + ["zzz"] * 15 + [None] * 5)])
+    profile = categorical_profile(ref, values, one_window(100), 1)
+    assert profile.counts.tolist() == [[50, 30, 0, 15, 5]]  # a, b, c, other (unseen), NULL
+    observed = profile.counts[0]
+    expected = np.maximum(ref.fractions, 1e-4)
+    keep = (ref.fractions > 0) | (observed > 0)
+    expected = expected[keep] / expected[keep].sum() * 100
+    chi = ChiSquare().fit(ref).score(profile)
+    assert chi.statistic[0] == pytest.approx(stats.chisquare(observed[keep], expected).statistic, rel=1e-12)
+    assert JensenShannon().fit(ref).score(profile).statistic[0] == pytest.approx(jensenshannon(ref.fractions, observed, base=2))
+    assert not KolmogorovSmirnov().applies_to(ref) and not Wasserstein().applies_to(ref)
+    with pytest.raises(ValueError, match="no reference CDF sketch"):
+        KolmogorovSmirnov().fit(ref)
+
+
+# -- the shared contract of every test --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TEST_NAMES)
+def test_every_test_tells_same_from_shifted_and_scores_windows_independently(name: str) -> None:
+    ref_values = RNG.normal(size=40_000)
+    ref = NumericReference.from_entry("x", reference_entry(ref_values, bins=10))
+    same = RNG.normal(size=4_000)
+    shifted = RNG.normal(loc=0.8, size=4_000)
+    values = np.concatenate([same, shifted])
+    window = np.repeat([0, 1], 4_000)
+    test = make_test(name).fit(ref)
+    both = test.score(numeric_profile(ref, values, window, 2))
+    alone = [test.score(numeric_profile(ref, part, one_window(len(part)), 1)) for part in (same, shifted)]
+    assert both.statistic.tolist() == pytest.approx([a.statistic[0] for a in alone], rel=1e-12)
+    settings = Monitoring()
+    limit = {"psi": settings.psi_threshold, "jensenshannon": 0.1, "wasserstein": 0.1}.get(name)
+    if both.p_value is not None:
+        assert both.p_value[0] > settings.p_value and both.p_value[1] < settings.p_value
+    else:
+        assert limit is not None and both.statistic[0] < limit < both.statistic[1]
+    with pytest.raises(ValueError, match="fit"):
+        make_test(name).score(numeric_profile(ref, same, one_window(len(same)), 1))
+
+
+def test_unknown_test_and_correction_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown drift test 'kss'"):
+        make_test("kss")
+    with pytest.raises(ValueError, match="correction 'holm'"):
+        adjust_p_values(np.array([0.1, 0.2]), "holm")
+
+
+# -- reference statistics ------------------------------------------------------------------------------------------
+
+
+def test_reference_stats_are_json_with_sketch_categories_and_calibration() -> None:
+    X = np.column_stack([RNG.normal(size=2_000), RNG.integers(0, 3, size=2_000).astype(float)])
+    scores = RNG.uniform(size=500)
+    labels = (RNG.uniform(size=500) < scores).astype(float)
+    strings = {"merchant": np.array(["m1", "m2", None, "m1"] * 500, dtype=object)}
+    stats_ = reference_stats(X, ["a", "b"], scores, bins=10, strings=strings, labels=labels)
+    json.dumps(stats_, allow_nan=False)
+    a = stats_["features"]["a"]
+    assert {"edges", "fractions", "count", "mean", "std", "min", "max", "null_rate", "non_null", "sketch"} <= set(a)
+    assert set(a["edges"]) <= set(a["sketch"]["values"])  # the PSI edges are sketch points
+    assert a["sketch"]["values"][0] == a["min"] and a["sketch"]["values"][-1] == a["max"]
+    assert {0.0, 1.0, 2.0} <= set(stats_["features"]["b"]["sketch"]["values"])  # a discrete column is stored exactly
+    merchant = stats_["categorical"]["merchant"]
+    assert merchant["values"] == ["m1", "m2"] and merchant["null_rate"] == pytest.approx(0.25) and merchant["other"] == 0.0
+    calibration = stats_["score"]["calibration"]
+    assert calibration["x"] == sorted(calibration["x"]) and all(0 <= y <= 1 for y in calibration["y"])
+
+
+def test_an_old_reference_without_sketch_still_gets_psi() -> None:
+    entry = reference_entry(RNG.normal(size=5_000), bins=10)
+    old = {k: v for k, v in entry.items() if k not in ("sketch", "non_null")}
+    references = column_references({"features": {"x": old}, "score": old})
+    assert set(references) == {"x", "score"}
+    ref = references["x"]
+    assert isinstance(ref, NumericReference) and not ref.has_sketch
+    current = RNG.normal(loc=1.0, size=3_000)
+    summary = summarise_column(ref, current, one_window(3_000), 1, 1e-4)
+    assert set(summary.scores) == {"psi", "chi2", "jensenshannon"}
+    assert summary.scores["psi"].statistic[-1] == pytest.approx(psi(old, current))
+    assert chosen_test(summary, 200, Monitoring()) == "psi"  # KS wanted for few rows, but needs the sketch
+
+
+# -- decisions -------------------------------------------------------------------------------------------------------
+
+
+def live_of(columns: dict[str, np.ndarray], score: np.ndarray) -> LiveData:
+    n = len(score)
+    return LiveData(
+        ts_us=np.arange(n, dtype=np.int64),
+        score=score,
+        label=np.full(n, np.nan),
+        latency_ms=np.ones(n),
+        numeric=columns,
+        categorical={},
+    )
+
+
+def summaries_for(n_rows: int, shifted: dict[str, float], window: np.ndarray | None = None, n_windows: int = 1) -> list[ColumnSummary]:
+    names = [f"f{i}" for i in range(20)]
+    X = RNG.normal(size=(20_000, 20))
+    reference = reference_stats(X, names, RNG.uniform(size=5_000), bins=10)
+    current = {name: RNG.normal(loc=shifted.get(name, 0.0), size=n_rows) for name in names}
+    references = column_references(reference)
+    w = one_window(n_rows) if window is None else window
+    return summarise(references, live_of(current, RNG.uniform(size=n_rows)), w, n_windows)
+
+
+def test_default_test_by_type_and_rows_and_overrides() -> None:
+    settings = Monitoring()
+    numeric_summary = ColumnSummary("x", "numeric", np.zeros(1, np.int64), np.zeros(1, np.int64), None, None, {t: None for t in TEST_NAMES})  # type: ignore[misc]
+    categorical_summary = ColumnSummary("c", "categorical", np.zeros(1, np.int64), np.zeros(1, np.int64), None, None, {"psi": None, "chi2": None, "jensenshannon": None})  # type: ignore[misc]
+    assert chosen_test(numeric_summary, 999, settings) == "ks" and chosen_test(numeric_summary, 1000, settings) == "psi"
+    assert chosen_test(categorical_summary, 10, settings) == "chi2" and chosen_test(categorical_summary, 10**6, settings) == "psi"
+    custom = Monitoring(tests={"x": "wasserstein", "c": "ks"}, large_sample=50)
+    assert chosen_test(numeric_summary, 10, custom) == "wasserstein"
+    assert chosen_test(categorical_summary, 10, custom) == "psi"  # KS cannot score a categorical column
+
+
+def test_ks_with_correction_flags_only_the_shifted_columns() -> None:
+    results = decide(summaries_for(600, {"f3": 0.6, "f7": -0.6}), Monitoring())[-1]
+    by_name = {r.feature: r for r in results}
+    assert {r.test for r in results} == {"ks"}  # 600 rows < large_sample
+    assert {r.feature for r in results if r.drifted} == {"f3", "f7"}
+    raw = np.array([r.statistics["ks_p"] for r in results])
+    assert [r.p_value for r in results] == pytest.approx(stats.false_discovery_control(raw, method="bh").tolist())
+    bonferroni = decide(summaries_for(600, {}), Monitoring(correction="bonferroni"))[-1]
+    assert not any(r.drifted for r in bonferroni)
+    assert by_name["f3"].status == "drift" and by_name["f0"].status == "ok"
+    assert json.loads(json.dumps(by_name["f3"].to_json()))["p_value"] == by_name["f3"].p_value
+
+
+def test_windows_with_too_few_rows_are_not_enough_data_never_drift() -> None:
+    n = 3_000
+    window = np.r_[np.zeros(2_950, dtype=np.int64), np.ones(50, dtype=np.int64)]
+    shifted = summaries_for(n, {f"f{i}": 5.0 for i in range(20)}, window, 2)
+    per_window = decide(shifted, Monitoring(min_rows=100))
+    assert all(r.drifted and r.test == "psi" for r in per_window[0] if r.feature != "score")  # 2,950 rows: PSI
+    assert all(r.status == "not enough data" and not r.drifted and r.statistic is None for r in per_window[1])
+    assert all(r.drifted and r.rows == n for r in per_window[2] if r.feature != "score")  # the whole period
+    empty = decide(summaries_for(0, {}), Monitoring())
+    assert all(r.status == "not enough data" for r in empty[-1])
+
+
+def test_window_counts_add_up_to_the_period() -> None:
+    window = RNG.integers(0, 5, size=10_000)
+    window.sort()
+    summaries = summaries_for(10_000, {"f1": 0.3}, window, 5)
+    for s in summaries:
+        assert s.rows[-1] == s.rows[:-1].sum() == 10_000
+
+
+def test_fifty_columns_are_profiled_in_one_vectorised_pass() -> None:
+    n, k = 200_000, 50
+    names = [f"f{i}" for i in range(k)]
+    reference = reference_stats(RNG.normal(size=(20_000, k)), names, RNG.uniform(size=5_000), bins=10)
+    references = column_references(reference)
+    columns: dict[str, Any] = {name: RNG.normal(size=n) for name in names}
+    live = live_of(columns, RNG.uniform(size=n))
+    window = np.repeat(np.arange(10), n // 10)
+    started = time.perf_counter()
+    results = decide(summarise(references, live, window, 10), Monitoring())
+    elapsed = time.perf_counter() - started
+    assert len(results) == 11 and len(results[-1]) == k + 1
+    assert elapsed < 5.0, f"{elapsed:.2f} s for {n:,} rows x {k} columns"  # the benchmark measures 1 M rows
