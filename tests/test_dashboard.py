@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_score, r2_score, roc_auc_score
 
 from loopml.project import Project
-from loopml.serve.dashboard import bucket_width_us, windows_by_count
+from loopml.serve.dashboard import bucket_width_us, window_metrics, windows_by_count
 from loopml.serve.runner import BackgroundServer, build_app
 
 TOKEN = "dashboard-token"
@@ -89,7 +91,8 @@ def points(chart: dict[str, Any]) -> list[Any]:
 
 
 def table_rows(section: dict[str, Any], table_id: str) -> list[list[Any]]:
-    return next(t for t in section["tables"] if t["id"] == table_id)["rows"]
+    rows: list[list[Any]] = next(t for t in section["tables"] if t["id"] == table_id)["rows"]
+    return rows
 
 
 # -- the JSON (no browser) ------------------------------------------------------------------------------
@@ -135,6 +138,43 @@ def test_dashboard_json_reports_traffic_drift_performance_latency_alerts_and_ver
     assert runs and runs[0][2] == "finished" and runs[0][4] == 1
 
 
+def test_dashboard_json_shows_a_canary_champion_and_challenger(trained_copy: Path) -> None:
+    project = Project.load(trained_copy)
+    registry = project.registry()
+    champion = registry.alias("champion")
+    assert champion is not None
+    second = registry.register(  # the champion's artifact again, as version 2, behind the challenger alias
+        champion.artifact_path,
+        champion.kind,
+        champion.metrics,
+        champion.lineage,
+        champion.signature,
+        registry.reference_stats(champion.version),
+    )
+    registry.set_alias("challenger", second.version, "test challenger")
+    rows = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 200).to_pylist()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serve(trained_copy) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        canary = {"policy": "canary", "canary": {"steps": [0.25, 1.0], "min_requests": 10_000}}
+        assert client.post("/v1/admin/rollout", json=canary, headers=auth).status_code == 200
+        batch = [body(r, f"c{i}") for i, r in enumerate(rows)]
+        variants = [p["variant"] for p in client.post("/v1/predict/batch", json={"instances": batch}).json()["predictions"]]
+        assert client.post("/v1/admin/flush", headers=auth).status_code == 200
+        got = sections(client)
+    assert dict(got["rollout"]["summary"])["canary step"] == "1 of 2 (25% of traffic)"
+    split = charts(got["rollout"])["traffic"]["series"][0]["points"]
+    assert split == [["champion (v1)", 75.0], ["challenger (v2)", 25.0]]
+    table = {r[0]: r for r in table_rows(got["rollout"], "variants")}
+    assert table["challenger"][1:4] == ["challenger", 2, 0.25] and table["challenger"][4] == variants.count("challenger") > 0
+    assert table["champion"][4] == variants.count("champion") > 0
+    observed = charts(got["rollout"])["traffic_observed"]
+    assert {s["name"] for s in observed["series"]} == {"champion", "challenger"}
+    newest = table_rows(got["rollout"], "rollout_events")[0]
+    assert (newest[1], newest[3]) == ("policy", "canary")
+    versions = {v[0]: v[1] for v in table_rows(got["versions"], "versions")}
+    assert versions == {2: ["challenger"], 1: ["champion"]}
+
+
 def test_window_and_bucket_choices() -> None:
     window, n = windows_by_count(450, 100, 48)
     assert n == 4 and window[0] == 0 and window[-1] == 3 and min(list(window).count(w) for w in range(4)) >= 100
@@ -143,6 +183,30 @@ def test_window_and_bucket_choices() -> None:
     assert windows_by_count(0, 100, 48)[1] == 0
     assert bucket_width_us(3_600_000_000, 48) == 120_000_000  # one hour in 2-minute buckets
     assert bucket_width_us(0, 48) == 10_000
+
+
+def test_window_metrics_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(7)
+    y = (rng.random(500) < 0.1).astype(float)
+    scores = np.asarray(np.round(0.3 * y + rng.random(500) * 0.7, 2), dtype=np.float64)  # rounded: many ties
+    names = ["roc_auc", "average_precision", "log_loss", "brier", "precision"]
+    got = window_metrics("binary", names, y, scores, 0.5)
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert got["average_precision"] == pytest.approx(average_precision_score(y, scores), abs=1e-12)
+    assert got["log_loss"] == pytest.approx(log_loss(y, scores), abs=1e-12)
+    assert got["brier"] == pytest.approx(brier_score_loss(y, scores), abs=1e-12)
+    assert got["precision"] == pytest.approx(precision_score(y, scores >= 0.5), abs=1e-12)
+    # a window without a positive: the ranking metrics are undefined, not 0
+    assert window_metrics("binary", ["roc_auc", "average_precision"], np.zeros(50), scores[:50], 0.5) == {
+        "roc_auc": None,
+        "average_precision": None,
+    }
+    target = rng.normal(size=200)
+    predicted = target + rng.normal(scale=0.5, size=200)
+    regression = window_metrics("regression", ["rmse", "mae", "r2"], target, predicted, 0.5)
+    assert regression["rmse"] == pytest.approx(float(np.sqrt(np.mean((predicted - target) ** 2))))
+    assert regression["mae"] == pytest.approx(float(np.mean(np.abs(predicted - target))))
+    assert regression["r2"] == pytest.approx(r2_score(target, predicted))
 
 
 # -- the page in headless Chromium ---------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -296,3 +298,14 @@ def test_fifty_columns_are_profiled_in_one_vectorised_pass() -> None:
     elapsed = time.perf_counter() - started
     assert len(results) == 11 and len(results[-1]) == k + 1
     assert elapsed < 5.0, f"{elapsed:.2f} s for {n:,} rows x {k} columns"  # the benchmark measures 1 M rows
+
+
+def test_the_drift_docs_example_runs() -> None:
+    """Every ``python`` block of the Drift, Data quality, Performance and Alert rules sections of docs/monitoring.md."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    mine = [s for s in sections if s.split("\n", 1)[0].strip() in ("Drift", "Data quality", "Performance", "Alert rules")]
+    blocks = [b for s in mine for b in re.findall(r"```python\n(.*?)```", s, flags=re.S)]
+    assert len(mine) == 4 and blocks
+    for block in blocks:
+        exec(compile(block, "docs/monitoring.md", "exec"), {})

@@ -43,7 +43,7 @@ def fraud_shift(features: dict[str, Any]) -> dict[str, Any]:
 
 
 def log_days(folder: Path, days: list[tuple[int, Change, bool]], latency: list[float] | None = None, seed: int = 0) -> int:
-    """Log real model scores of training-set rows, ``n`` rows per day spread over the day; labels when asked."""
+    """Log real model scores of test-split rows, ``n`` rows per day spread over the day; labels when asked."""
     project = Project.load(folder)
     registry = project.registry()
     champion = registry.alias("champion")
@@ -52,8 +52,10 @@ def log_days(folder: Path, days: list[tuple[int, Change, bool]], latency: list[f
     names = predictor.feature_names
     table = pq.read_table(project.training_set_path(project.snapshot())).sort_by("tx_datetime")
     total = sum(n for n, _, _ in days)
-    train_rows = int(table.num_rows * 0.7)  # the time split trains on the oldest rows: sample like the reference
-    pick = np.random.default_rng(seed).choice(train_rows, size=total, replace=False)
+    test_start = datetime.fromisoformat(champion.lineage["split"]["test"]["start"])
+    first = table.num_rows - int(np.sum(table.column("tx_datetime").to_numpy() >= np.datetime64(test_start)))
+    # rows of the test split, which the reference statistics describe
+    pick = first + np.random.default_rng(seed).choice(table.num_rows - first, size=total, replace=False)
     rows = table.take(pa.array(pick)).to_pylist()
     log = project.prediction_log()
     labels: list[tuple[str, float]] = []
@@ -63,7 +65,7 @@ def log_days(folder: Path, days: list[tuple[int, Change, bool]], latency: list[f
         for i in range(n):
             row = rows[offset + i]
             features = change({name: row[name] for name in names})
-            vector = np.array([[np.nan if features.get(k) is None else float(features[k]) for k in names]])
+            vector = np.array([[v if isinstance(v := features.get(k), float | int) else np.nan for k in names]], dtype=float)
             request_id = f"d{d}-{i}"
             logged.append(
                 LoggedPrediction(
@@ -144,8 +146,7 @@ def test_report_finds_the_drift_window_and_raises_alerts(drifting: Path) -> None
     assert len(store.active()) == len(fired)
 
     calm = project.monitor_report(until=DAY + timedelta(days=2))  # the two ordinary days only: drift clears
-    calm_drift = by_feature(calm["drift"])
-    assert not calm_drift["tx_amount"]["drifted"] and not calm_drift["amount_over_customer_mean_30d"]["drifted"]
+    assert not any(d["drifted"] for d in calm["drift"]), [d for d in calm["drift"] if d["drifted"]]
     resolved = {(r["rule"], r["subject"]) for r in calm["resolved_alerts"]}
     assert {("psi", "tx_amount"), ("latency_p99", "p99"), ("null_rate", "amount_over_customer_mean_30d")} <= resolved
     assert ("psi", "tx_amount") not in {(a.rule, a.subject) for a in store.active()}

@@ -404,15 +404,26 @@ def test_last_views_numpy_and_sql_match_the_reference(tmp_path: Path, seed: int)
     con.close()
 
 
-@pytest.mark.parametrize("seed", SEEDS[:10])
-def test_last_views_with_coarse_time_buckets_and_a_split_sort(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Buckets of 2**33 µs (~2.4 h) hold many events of one entity: runs re-sorted by exact time, bisection in a bucket."""
+@pytest.mark.parametrize("way", ["every event sorted", "one cell per entity", "two cells per entity"])
+@pytest.mark.parametrize("seed", SEEDS[:8])
+def test_last_views_through_each_numpy_way_with_coarse_time_buckets(
+    tmp_path: Path, seed: int, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sorting every event (the way when the cell table would be too big) or coarse cells, with coarse sort buckets.
+
+    Buckets of 2**33 µs (~2.4 h) or more hold many events of one entity: runs are re-sorted by exact time and
+    the search bisects inside a bucket; the sort is split over two threads even for these few events.
+    """
     monkeypatch.setattr(asof, "TIME_BITS_CAP", 1 + seed % 3)
     monkeypatch.setattr(asof, "_PARALLEL_SORT_ROWS", 2)
+    if way == "every event sorted":
+        monkeypatch.setattr(asof, "CELL_BUDGET", 0)
+    else:
+        monkeypatch.setattr(asof, "CELLS_PER_ENTITY_CAP", 1 if way.startswith("one") else 2)
     spec, tables, paths = world(seed, tmp_path)
     spec = last_only(spec)
     con = connect()
-    check_last_views(con, spec, tables, paths, spine_with_rid(seed, tables["history"]), f"seed {seed}")
+    check_last_views(con, spec, tables, paths, spine_with_rid(seed, tables["history"]), f"seed {seed}, {way}")
     con.close()
 
 
@@ -472,4 +483,17 @@ def test_last_view_with_no_event_in_the_spine_span_gives_missing_values(tmp_path
     got = join_last_views(con, spec, paths, untimed, numpy_path=True)
     assert got.num_rows == early.num_rows
     assert got.column("__last_event__latest").null_count == early.num_rows
+    con.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_last_views_for_spine_rows_after_every_event(tmp_path: Path, seed: int) -> None:
+    """Cutoffs past the last event (beyond the last time cell): each entity's very latest event, as the reference says."""
+    spec, tables, paths = world(seed, tmp_path)
+    spec = last_only(spec)
+    spine = spine_with_rid(seed, tables["history"])
+    later = pc.add(spine.column("ts"), pa.scalar(timedelta(hours=5 + seed)))
+    spine = spine.set_column(spine.column_names.index("ts"), "ts", later)
+    con = connect()
+    check_last_views(con, spec, tables, paths, spine, f"seed {seed}")
     con.close()

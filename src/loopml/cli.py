@@ -862,17 +862,18 @@ def retrain(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="folder for the demo project")] = Path("demo-run"),
-    days: Annotated[int, typer.Option(help="days of history to simulate")] = 90,
-    requests: Annotated[int, typer.Option(help="live requests to replay")] = 2000,
+    workdir: Annotated[Path, typer.Option(help="folder for the demo project (recreated)")] = Path("demo-run"),
+    days: Annotated[int, typer.Option(help="days to simulate, live days included")] = 60,
+    live_days: Annotated[int, typer.Option(help="days replayed as live traffic")] = 16,
+    drift_after: Annotated[int, typer.Option(help="live day on which the new fraud pattern starts")] = 4,
     as_json: JsonOpt = False,
 ) -> None:
-    """The whole loop end to end on the simulated card-fraud world."""
+    """The whole loop end to end on the simulated card-fraud world: train, serve, drift, retrain, canary, promote."""
 
     def go() -> None:
         from loopml.demo import run_demo
 
-        summary = run_demo(workdir, days=days, requests=requests, console=err)
+        summary = run_demo(workdir, days=days, live_days=live_days, drift_after=drift_after, console=err)
         if as_json:
             _emit_json(summary)
             return

@@ -144,6 +144,8 @@ class AssembledBatch:
     strings: dict[str, npt.NDArray[np.object_]] = field(default_factory=dict)
     #: True when the online store was unreachable and views came from the local fallback cache
     fallback: bool = False
+    #: each request's event time (epoch microseconds, UTC) when it carried the timestamp request feature
+    event_us: list[int | None] = field(default_factory=list)
 
     def values(self, i: int) -> dict[str, float]:
         """Feature name -> value of request ``i``."""
@@ -281,11 +283,16 @@ class FeatureAssembler:
         matrix = np.empty((n, len(self.columns)), dtype=np.float64)
         inputs: dict[str, npt.NDArray[np.generic]] = dict(request_columns)
         fallback = self._view_columns(requests, self._request_times(request_columns, n), missing, matrix, inputs)
+        event_us: list[int | None] = [None] * n
+        if self._time_feature is not None:
+            event_us = [None if np.isnat(t) else int(t.view(np.int64)) for t in request_columns[self._time_feature]]
         if self.spec.features.transforms:
             inputs.update(apply_transforms(self.spec, inputs))
         for j, name in self._other_columns:
             matrix[:, j] = inputs[name]
-        return AssembledBatch(columns=self.columns, matrix=matrix, missing_entities=missing, strings=strings, fallback=fallback)
+        return AssembledBatch(
+            columns=self.columns, matrix=matrix, missing_entities=missing, strings=strings, fallback=fallback, event_us=event_us
+        )
 
 
 def online_features(

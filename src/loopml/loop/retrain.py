@@ -5,6 +5,10 @@ Triggers (``retraining.triggers``; any one fires the loop):
 * ``schedule``: the champion is older than ``retraining.schedule``;
 * ``drift``: the monitor report finds at least ``retraining.drift_columns`` drifted columns (the score counts);
 * ``performance``: the monitor report raised a performance alert (metric drop from the training baseline);
+
+  both over the last ``retraining.lookback`` (default 1 day) plus ``label.delay`` of the prediction log
+  (the labels of the newest predictions have not arrived yet), counted back from its newest prediction
+  (so a replay or backfill is judged on its own timeline);
 * ``volume``: the sources hold at least ``retraining.min_new_rows`` more rows than the champion's snapshot.
 
 Every run is a JSON record ``<state>/loop/<id>.json``: the triggers, then each
@@ -51,6 +55,7 @@ from loopml.data.snapshot import Snapshot
 from loopml.data.sources import file_format, scan_sql
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
+from loopml.monitor.predlog import PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.spec.model import Spec
 
@@ -75,7 +80,8 @@ class LoopHost(Protocol):
     def training_set_path(self, snapshot: Snapshot) -> Path: ...
     def build_features(self, progress: Progress | None = None) -> Any: ...
     def train(self, trials: int = 0, progress: Progress | None = None, promote_to: str | None = None) -> Any: ...
-    def monitor_report(self) -> dict[str, Any]: ...
+    def monitor_report(self, since: datetime | None = None) -> dict[str, Any]: ...
+    def prediction_log(self) -> PredictionLogBackend: ...
 
 
 @dataclass
@@ -192,7 +198,12 @@ def evaluate_triggers(host: LoopHost, now: datetime | None = None) -> list[dict[
         fired = age >= settings.schedule
         out.append({"trigger": "schedule", "fired": fired, "detail": f"champion v{champion.version} is {age} old"})
     if "drift" in settings.triggers or "performance" in settings.triggers:
-        report = host.monitor_report()
+        with host.prediction_log().connect() as con:
+            row = con.execute("SELECT max(ts) FROM predictions").fetchone()
+        newest = row[0] if row else None
+        # labels arrive label.delay after their predictions: look that much further back for the performance
+        back = settings.lookback + host.spec.label.delay
+        report = host.monitor_report(since=newest - back if newest is not None else None)
         drifted = sorted({d["feature"] for d in report.get("drift", []) if d.get("drifted")})
         if "drift" in settings.triggers:
             fired = len(drifted) >= settings.drift_columns

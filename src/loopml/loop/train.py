@@ -436,14 +436,16 @@ def _run(
     if not np.allclose(served_scores, scores["test"], rtol=0.0, atol=_ROUND_TRIP_TOLERANCE):
         raise LoopmlError(f"{artifact}: the saved model does not reproduce the trained model's scores; not registering it")
     latency = measure_latency(served, X_test)
-    X_train = data.matrix(data.feature_names, split.train)
+    # features' reference: the test split, the most recent rows, as live traffic is (the early training rows'
+    # windows are still filling up, which would read as drift on day one); the score's reference is the same rows
     reference = reference_stats(
-        X_train,
+        X_test,
         data.feature_names,
         served_scores,
         spec.monitoring.psi_bins,
-        strings={name: values[split.train] for name, values in data.strings.items()},
+        strings={name: values[split.test] for name, values in data.strings.items()},
         labels=data.y[split.test] if spec.task == "binary" else None,
+        feature_split="test",
     )
     if encodings.encodings:
         reference[REFERENCE_KEY] = encodings.to_json()

@@ -64,6 +64,10 @@ from loopml.train.reference import DEFAULT_EPSILON
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 SCORE = "score"
+#: the schema (JSON keys and types) is read from this many of the latest logged rows
+SCHEMA_SAMPLE = 1000
+#: DuckDB's JSON structure types of a numeric value (NULL: only nulls seen)
+NUMBER_TYPES = frozenset({"DOUBLE", "UBIGINT", "BIGINT", "NULL"})
 
 
 @dataclass(frozen=True)
@@ -122,22 +126,56 @@ def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     return con.sql(sql).to_arrow_table()
 
 
-def load_live(con: duckdb.DuckDBPyConnection, numeric: Sequence[str], categorical: Sequence[str]) -> LiveData:
-    """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns."""
+@dataclass(frozen=True)
+class LoggedSchema:
+    """The JSON keys of the features of the latest logged rows: DuckDB's type of each, and how many rows hold it."""
+
+    rows: int
+    types: dict[str, str]
+    present: dict[str, int]
+
+
+def logged_schema(con: duckdb.DuckDBPyConnection, sample: int = SCHEMA_SAMPLE) -> LoggedSchema | None:
+    """:class:`LoggedSchema` of the latest ``sample`` rows of the connection's ``predictions``; None if there are none."""
+    cut = con.execute(f"SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET {max(sample - 1, 0)}").fetchall()
+    where = "" if not cut else "WHERE ts >= $since"
+    params = {} if not cut else {"since": cut[0][0]}
+    found = con.execute(f"SELECT count(*), json_group_structure(features::JSON) FROM predictions {where}", params).fetchall()
+    if not found or not found[0][0]:
+        return None
+    structure = json.loads(found[0][1]) if found[0][1] else {}
+    keys = con.execute(
+        f"SELECT k, count(*) FROM (SELECT unnest(json_keys(features)) AS k FROM predictions {where}) GROUP BY k", params
+    ).fetchall()
+    types = {str(k): str(v) for k, v in structure.items()} if isinstance(structure, dict) else {}
+    return LoggedSchema(int(found[0][0]), types, {str(k): int(n) for k, n in keys})
+
+
+def load_live(
+    con: duckdb.DuckDBPyConnection, numeric: Sequence[str], categorical: Sequence[str], schema: LoggedSchema | None = None
+) -> LiveData:
+    """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns.
+
+    Numbers are parsed straight to DOUBLE. When the schema sample (:func:`logged_schema`) shows a
+    numeric column holding anything else (text, booleans...), or DuckDB refuses a value, every value is read
+    as text instead and cast with ``TRY_CAST``, counting the ones that are not numbers (``type_errors``).
+    """
     names = [*numeric, *categorical]
     base = "epoch_us(ts) AS ts_us, score, latency_ms, label"
     if not names:
         table = _fetch(con, f"SELECT {base} FROM labelled ORDER BY ts")
         return _live(table, [], [], {})
     typed = {name: "DOUBLE" for name in numeric} | {name: "VARCHAR" for name in categorical}
-    try:
-        spec = _sql_string(json.dumps(typed))
-        table = _fetch(con, f"SELECT {base}, json_transform(features, {spec}) AS f FROM labelled ORDER BY ts")
-        struct = table.column("f").combine_chunks()
-        columns = dict(zip(names, struct.flatten(), strict=True))
-        return _live(table, numeric, categorical, columns)
-    except (duckdb.ConversionException, duckdb.InvalidInputException):
-        pass  # a value of the wrong type somewhere: read everything as text, count and null the bad ones
+    suspect = schema is not None and any(schema.types.get(name, "NULL") not in NUMBER_TYPES for name in numeric)
+    if not suspect:
+        try:
+            spec = _sql_string(json.dumps(typed))
+            table = _fetch(con, f"SELECT {base}, json_transform(features, {spec}) AS f FROM labelled ORDER BY ts")
+            struct = table.column("f").combine_chunks()
+            columns = dict(zip(names, struct.flatten(), strict=True))
+            return _live(table, numeric, categorical, columns)
+        except (duckdb.ConversionException, duckdb.InvalidInputException):
+            pass  # a value of the wrong type somewhere: read everything as text, count and null the bad ones
     spec = _sql_string(json.dumps(dict.fromkeys(names, "VARCHAR")))
     parts = [base]
     for i, name in enumerate(numeric):
@@ -188,7 +226,8 @@ def current_values(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Logged feature columns (every key of the first row) and scores of one model version, NaN for missing."""
     with log.connect(since=since, model_version=version) as con:
-        first = con.execute("SELECT features FROM predictions ORDER BY ts LIMIT 1").fetchone()
+        rows = con.execute("SELECT features FROM predictions ORDER BY ts LIMIT 1").fetchall()
+        first = rows[0] if rows else None
         names = [k for k, v in json.loads(first[0]).items() if not isinstance(v, str)] if first else []
         live = load_live(con, names, [])
     return live.numeric, live.score

@@ -14,9 +14,10 @@ Per column, over the whole period (and per window, for the dashboard):
   them"), with a few examples;
 * **schema**: reference columns missing from the logged features and logged
   keys the reference does not know, read from the JSON keys of the latest
-  ``SCHEMA_SAMPLE`` rows (a bounded read whatever the log size), plus values
-  of the wrong type anywhere (a string where a number belongs; they count as
-  NULL for drift);
+  ``SCHEMA_SAMPLE`` (1000) rows (a bounded read whatever the log size), plus
+  values of the wrong type (a string where a number belongs; they count as
+  NULL for drift): when the sample shows one, every row of the period is
+  re-read as text and the bad values are counted exactly;
 * **freshness**: the age of each feature view's last materialization into the
   online store (flagged only when ``quality.max_feature_age`` is set).
 
@@ -26,20 +27,17 @@ The counts come from the same per-column profiles as drift
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loopml.monitor.drift import ColumnSummary, LiveData
+from loopml.monitor.drift import NUMBER_TYPES, ColumnSummary, LiveData, LoggedSchema
 from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
 from loopml.spec.model import Quality
 
-SCHEMA_SAMPLE = 1000
 _EXAMPLES = 5
 
 
@@ -152,50 +150,37 @@ def column_quality(
 def _unseen_examples(ref: CategoricalReference, values: pa.ChunkedArray | None) -> list[str]:
     if values is None or not len(values):
         return []
-    strings = pc.cast(values, pa.string())
-    unseen = pc.filter(strings, pc.invert(pc.fill_null(pc.is_in(strings, value_set=pa.array(ref.values, pa.string())), True)))
+    strings = pc.drop_null(pc.cast(values, pa.string()))
+    unseen = pc.filter(strings, pc.invert(pc.is_in(strings, value_set=pa.array(ref.values, pa.string()))))
     counts = pc.value_counts(unseen).to_pylist()
     counts.sort(key=lambda item: (-item["counts"], str(item["values"])))
     return [str(item["values"]) for item in counts[:_EXAMPLES]]
 
 
-def logged_keys(con: duckdb.DuckDBPyConnection, sample: int = SCHEMA_SAMPLE) -> dict[str, str] | None:
-    """JSON keys (and DuckDB's type for each) of the features of the latest ``sample`` logged rows; None if none."""
-    row = con.execute(f"SELECT ts FROM predictions ORDER BY ts DESC LIMIT 1 OFFSET {max(sample - 1, 0)}").fetchone()
-    where = "" if row is None else "WHERE ts >= $since"
-    params = {} if row is None else {"since": row[0]}
-    found = con.execute(f"SELECT json_group_structure(features::JSON) FROM predictions {where}", params).fetchone()
-    if found is None or found[0] is None:
-        return None
-    structure = json.loads(found[0])
-    return {str(k): str(v) for k, v in structure.items()} if isinstance(structure, dict) else {}
-
-
 def schema_issues(
-    keys: dict[str, str] | None, references: dict[str, ColumnReference], score: str
+    schema: LoggedSchema | None, references: dict[str, ColumnReference], score: str
 ) -> tuple[dict[str, Any], list[QualityIssue]]:
-    """Reference columns missing from the logged features, and logged keys without a reference."""
-    if keys is None:
-        return {"checked_rows": 0, "missing": [], "extra": []}, []
+    """Reference columns missing from (some of) the latest logged rows, keys the reference does not know, wrong types."""
+    if schema is None:
+        return {"checked_rows": 0, "missing": [], "extra": [], "types": {}}, []
     expected = {name for name in references if name != score}
-    missing = sorted(expected - set(keys))
-    extra = sorted(set(keys) - expected)
-    issues = [
-        QualityIssue("schema", name, f"{name}: a model input missing from the logged features", None, None) for name in missing
-    ]
+    missing = sorted(name for name in expected if schema.present.get(name, 0) < schema.rows)
+    extra = sorted(set(schema.present) - expected)
+    issues = []
+    for name in missing:
+        absent = schema.rows - schema.present.get(name, 0)
+        message = f"{name}: a model input missing from {absent:,} of the latest {schema.rows:,} logged rows"
+        issues.append(QualityIssue("schema", name, message, float(absent), 0.0))
     issues += [
         QualityIssue("schema", name, f"{name}: logged but unknown to the model version's reference", None, None) for name in extra
     ]
-    wrong = {
-        name: kind
-        for name, kind in keys.items()
-        if name in expected
-        and isinstance(references[name], NumericReference)
-        and kind not in ("DOUBLE", "UBIGINT", "BIGINT", "NULL")
-    }
-    for name, kind in sorted(wrong.items()):
-        issues.append(QualityIssue("schema", name, f"{name}: logged as {kind}, expected numbers", None, None))
-    return {"checked_rows": SCHEMA_SAMPLE, "missing": missing, "extra": extra, "types": keys}, issues
+    for name, kind in sorted(schema.types.items()):
+        if name in expected and isinstance(references[name], NumericReference) and kind not in NUMBER_TYPES:
+            issues.append(
+                QualityIssue("schema", name, f"{name}: logged as {kind} in the latest rows, expected numbers", None, None)
+            )
+    summary = {"checked_rows": schema.rows, "missing": missing, "extra": extra, "types": dict(schema.types)}
+    return summary, issues
 
 
 def freshness(

@@ -40,14 +40,16 @@ from loopml.monitor.drift import (
     ColumnSummary,
     DriftResult,
     LiveData,
+    LoggedSchema,
     column_references,
     decide,
     load_live,
+    logged_schema,
     summarise,
 )
 from loopml.monitor.performance import ScoreCalibration, performance
 from loopml.monitor.predlog import PredictionLogBackend
-from loopml.monitor.quality import column_quality, freshness, logged_keys, schema_issues
+from loopml.monitor.quality import column_quality, freshness, schema_issues
 from loopml.monitor.rules import AlertSink, apply, evaluate
 from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
 from loopml.registry.base import Registry
@@ -164,14 +166,14 @@ def build_report(
 
     live: LiveData | None = None
     references: dict[str, ColumnReference] = {}
-    keys: dict[str, str] | None = None
+    schema: LoggedSchema | None = None
     if version is not None:
         references = column_references(registry.reference_stats(version), settings.quality.range_tolerance)
         numeric = [n for n, r in references.items() if isinstance(r, NumericReference) and n != SCORE]
         categorical = [n for n, r in references.items() if isinstance(r, CategoricalReference)]
         with log.connect(since=period.since, until=period.until, model_version=version) as con:
-            live = load_live(con, numeric, categorical)
-            keys = logged_keys(con)
+            schema = logged_schema(con)
+            live = load_live(con, numeric, categorical, schema)
 
     starts = sorted(buckets)
     if live is not None and live.rows:
@@ -197,8 +199,8 @@ def build_report(
     quality_windows: list[list[dict[str, Any]]] = [[] for _ in range(n_windows)]
     if live is not None:
         columns, issues, quality_windows = column_quality(summaries, references, live, settings.quality)
-        schema, schema_found = schema_issues(keys, references, SCORE)
-        quality |= {"columns": columns, "schema": schema}
+        schema_summary, schema_found = schema_issues(schema, references, SCORE)
+        quality |= {"columns": columns, "schema": schema_summary}
         issues += schema_found
         quality["issues"] = [i.to_json() for i in issues]
     fresh, fresh_issues = freshness(dict(materialized or {}), period.now, settings.quality)

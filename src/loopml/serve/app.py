@@ -10,8 +10,7 @@ in one process (tests, the demo).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,10 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loopml.monitor.predlog import Feedback, PredictionLogBackend
 from loopml.serve.admin import admin_router
 from loopml.serve.dashboard import Dashboard, render_page
-from loopml.serve.guard import BodyGuard
+from loopml.serve.guard import BodyGuard, RequestMetrics
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
     ErrorResponse,
+    FeedbackBatchRequest,
     FeedbackRequest,
     PredictBatchRequest,
     PredictBatchResponse,
@@ -170,14 +170,11 @@ def create_app(
     # added before the metrics middleware below, so it runs inside it and its 413s and 422s are counted
     app.add_middleware(BodyGuard, max_body_bytes=options.max_body_bytes)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        path = request.scope.get("route").path if request.scope.get("route") else "unmatched"  # type: ignore[union-attr]
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    def observe(path: str, status: int, seconds: float) -> None:
+        metrics.requests.labels(path, str(status)).inc()
+        metrics.latency.labels(path).observe(seconds)
+
+    app.add_middleware(RequestMetrics, observe=observe)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -231,13 +228,24 @@ def create_app(
             metrics.predictions.labels(r.variant).inc()
         return PredictBatchResponse(predictions=results)
 
+    def accept(items: list[FeedbackRequest]) -> None:
+        now = datetime.now()
+        records = [Feedback(request_id=i.request_id, label=float(i.label), ts=now) for i in items]
+        refused = [r for r in records if logger is None or not logger.submit(r)]
+        if refused:
+            log.add_feedback(refused)
+        for item in items:
+            service.feedback(item.request_id, float(item.label))
+
     @app.post("/v1/feedback", status_code=202, responses=errors)
     def feedback(body: FeedbackRequest) -> dict[str, str]:
-        item = Feedback(request_id=body.request_id, label=float(body.label), ts=datetime.now())
-        if logger is None or not logger.submit(item):
-            log.add_feedback([item])
-        service.feedback(body.request_id, float(body.label))
+        accept([body])
         return {"status": "accepted", "request_id": body.request_id}
+
+    @app.post("/v1/feedback/batch", status_code=202, responses=errors)
+    def feedback_batch(body: FeedbackBatchRequest) -> dict[str, Any]:
+        accept(body.items)
+        return {"status": "accepted", "labels": len(body.items)}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

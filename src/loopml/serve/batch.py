@@ -64,13 +64,12 @@ import pyarrow.parquet as pq
 from loopml.data.sources import check_file
 from loopml.errors import DataError, LoopmlError
 from loopml.features.definitions import check_features, feature_columns, request_time_feature, view_key
-from loopml.features.encodings import EncodingState
 from loopml.features.join import check_view_sources, column_types, connect, pit_sql, register_source, spine_span
 from loopml.features.transforms import apply_transforms
 from loopml.features.vector import AssembledBatch
 from loopml.features.windows import quote
 from loopml.registry.base import Registry
-from loopml.serve.service import ModelInput
+from loopml.serve.service import ModelInput, load_version
 from loopml.spec.model import RequestFeature, Spec
 from loopml.train.artifact import Predictor
 
@@ -145,16 +144,7 @@ def load_model(
             raise LoopmlError(f"registry: alias {name!r} points at no model version; train one or pass --model VERSION")
     else:
         record = registry.get(version)
-    predictor = registry.load_predictor(record.version)
-    state = EncodingState()
-    if any("encoding" in column for column in record.signature):
-        where = f"model version {record.version}"
-        state = EncodingState.from_reference(registry.reference_stats(record.version), where)
-        strings = {name for name, rf in spec.features.request.items() if rf.type == "string"}
-        lacking = [name for name in state.inputs if name not in strings]
-        if lacking:
-            raise LoopmlError(f"{where} encodes request feature(s) {', '.join(lacking)}; declare them under features.request")
-    inputs = ModelInput(predictor.feature_names, columns, state, record.version)
+    predictor, inputs = load_version(spec, registry, record.version, columns)
     return LoadedModel(version=record.version, predictor=predictor, inputs=inputs)
 
 

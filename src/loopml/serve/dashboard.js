@@ -46,7 +46,7 @@
     return String(Number(v.toPrecision(4)));
   }
 
-  // times are the server's wall clock sent as milliseconds: shown as they are (UTC fields), never shifted
+  // times are the log's naive timestamps sent as milliseconds: shown as they are (UTC fields), never shifted
   function fmtTime(ms, span) {
     const d = new Date(ms);
     const date = d.getUTCFullYear() + "-" + pad(d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate());
@@ -122,9 +122,10 @@
     // y scale: always from 0 (or below), up to the largest value or reference line
     let ylo = 0, yhi = 0;
     data.forEach((pts) => pts.forEach((p) => { ylo = Math.min(ylo, p[1]); yhi = Math.max(yhi, p[1]); }));
-    lines.forEach((l) => { ylo = Math.min(ylo, l.y); yhi = Math.max(yhi, l.y); });
+    lines.forEach((l) => { if (l.fit !== false) { ylo = Math.min(ylo, l.y); yhi = Math.max(yhi, l.y); } });
     if (yhi === ylo) yhi = ylo + 1;
     yhi += (yhi - ylo) * 0.08;
+    const shown = (l) => l.y >= ylo && l.y <= yhi;
     const sy = (v) => py0 - ((v - ylo) / (yhi - ylo)) * (py0 - py1);
 
     // x scale: categories (bands) or time/numbers (linear)
@@ -164,7 +165,8 @@
       const x = sx(v);
       if (x < px0 - 1 || x > px1 + 1) return;
       svg("line", { x1: x, x2: x, y1: py0, y2: py0 + 4, stroke: "#98a2b3" }, root);
-      svg("text", { x: x, y: py0 + 16, "text-anchor": "middle" }, root, xlabel(v));
+      const anchor = x > px1 - 40 ? "end" : x < px0 + 40 ? "start" : "middle";
+      svg("text", { x: x, y: py0 + 16, "text-anchor": anchor }, root, xlabel(v));
     });
 
     // data
@@ -207,6 +209,7 @@
     });
     lines.forEach((l, i) => {
       const color = REF_COLORS[i % REF_COLORS.length];
+      if (!shown(l)) return;
       svg("line", {
         x1: px0, x2: px1, y1: sy(l.y), y2: sy(l.y), stroke: color, "stroke-width": 1.5, "stroke-dasharray": "6 4",
         "data-mark": "ref", "data-y": l.y,
@@ -218,7 +221,10 @@
     if (series.length > 1 || lines.length) {
       const legend = html("div", { class: "legend" }, fig);
       series.forEach((se, i) => html("span", { style: "--c: " + COLORS[i % COLORS.length] }, legend, se.name));
-      lines.forEach((l, i) => html("span", { class: "ref", style: "--c: " + REF_COLORS[i % REF_COLORS.length] }, legend, l.name));
+      lines.forEach((l, i) => html(
+        "span", { class: "ref", style: "--c: " + REF_COLORS[i % REF_COLORS.length] }, legend,
+        l.name + (shown(l) ? "" : l.y > yhi ? " (above the chart)" : " (below the chart)"),
+      ));
     }
     return fig;
   }

@@ -99,6 +99,14 @@ class FeedbackRequest(BaseModel):
     label: bool | int | FiniteFloat
 
 
+class FeedbackBatchRequest(BaseModel):
+    """Many labels at once (a chargeback file): ``{"items": [{"request_id", "label"}...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[FeedbackRequest] = Field(max_length=100_000)
+
+
 class ErrorDetail(BaseModel):
     field: str
     message: str

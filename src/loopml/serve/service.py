@@ -9,6 +9,10 @@ that version was trained: the same code as training; an unseen category or a
 null gets the documented value, never an error) -> score with the model the rollout policy picks for each request
 (:mod:`loopml.serve.rollout`) -> hand the record, with the model input (and
 the raw string request features) as logged features, to the async logger.
+A prediction is logged at its event time (the request's timestamp feature,
+e.g. ``tx_datetime``; naive UTC) when the request carries one, else at the
+time it was served: live, the two agree; a replay or backfill is then
+monitored on the timeline of its events.
 Shadow variants score the same assembled features on a background thread
 after the answer is computed; the response never waits for them.
 
@@ -40,7 +44,7 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.features.encodings import EncodingState, apply_encodings
-from loopml.features.online import OnlineStoreUnavailable
+from loopml.features.online import OnlineStoreUnavailable, datetime_from_us
 from loopml.features.vector import AssembledBatch, FeatureAssembler
 from loopml.monitor.predlog import LoggedPrediction
 from loopml.registry.base import Registry
@@ -90,6 +94,22 @@ class ModelInput:
         for j, name in enumerate(self.names):
             out[:, j] = encoded[name] if name in encoded else assembled.matrix[:, self._positions[name]]
         return out
+
+
+def load_version(spec: Spec, registry: Registry, version: int, columns: list[str]) -> tuple[Predictor, ModelInput]:
+    """A registered version's predictor (hash-checked by the registry) and its input builder over assembled ``columns``,
+    with the categorical encodings fitted when that version was trained (online service, batch and stream scoring)."""
+    record = registry.get(version)
+    predictor = registry.load_predictor(record.version)
+    state = EncodingState()
+    if any("encoding" in column for column in record.signature):
+        where = f"model version {record.version}"
+        state = EncodingState.from_reference(registry.reference_stats(record.version), where)
+        strings = {name for name, rf in spec.features.request.items() if rf.type == "string"}
+        lacking = [name for name in state.inputs if name not in strings]
+        if lacking:
+            raise LoopmlError(f"{where} encodes request feature(s) {', '.join(lacking)}; declare them under features.request")
+    return predictor, ModelInput(predictor.feature_names, columns, state, record.version)
 
 
 @dataclass(frozen=True)
@@ -154,18 +174,8 @@ class PredictionService:
         for model in self.live_models.values():
             if model.version == version_number:
                 return LiveModel(version=model.version, predictor=model.predictor, variant=name, inputs=model.inputs)
-        version = self.registry.get(version_number)
-        predictor = self.registry.load_predictor(version.version)
-        state = EncodingState()
-        if any("encoding" in column for column in version.signature):
-            where = f"model version {version.version}"
-            state = EncodingState.from_reference(self.registry.reference_stats(version.version), where)
-            strings = {name for name, rf in self.spec.features.request.items() if rf.type == "string"}
-            lacking = [name for name in state.inputs if name not in strings]
-            if lacking:
-                raise LoopmlError(f"{where} encodes request feature(s) {', '.join(lacking)}; declare them under features.request")
-        inputs = ModelInput(predictor.feature_names, self.assembler.columns, state, version.version)
-        return LiveModel(version=version.version, predictor=predictor, variant=name, inputs=inputs)
+        predictor, inputs = load_version(self.spec, self.registry, version_number, self.assembler.columns)
+        return LiveModel(version=version_number, predictor=predictor, variant=name, inputs=inputs)
 
     def reload(self) -> LiveModel | None:
         """Load the versions the rollout's aliases point at; keep serving the old ones until the new ones are ready."""
@@ -319,10 +329,11 @@ class PredictionService:
         values: dict[str, Any] = {n: float(v) for n, v in zip(model.predictor.feature_names, inputs, strict=False)}
         for name, column in assembled.strings.items():
             values.setdefault(name, column[i])
+        event = assembled.event_us[i] if assembled.event_us else None
         self.logger.submit(
             LoggedPrediction(
                 request_id=request_id,
-                ts=now,
+                ts=now if event is None else datetime_from_us(event),
                 entities=dict(req.entities),
                 features=values,
                 score=score,

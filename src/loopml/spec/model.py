@@ -388,6 +388,8 @@ class Retraining(_Strict):
     schedule: Duration | None = None
     #: drift trigger: at least this many drifted columns (the score counts as one)
     drift_columns: int = Field(default=3, ge=1)
+    #: drift and performance triggers look at this much of the prediction log, back from its newest prediction
+    lookback: Duration = timedelta(days=1)
     #: new-data trigger: at least this many new source rows since the champion's snapshot
     min_new_rows: int = Field(default=50_000, ge=1)
     trials: int = Field(default=0, ge=0)

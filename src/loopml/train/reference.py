@@ -1,9 +1,11 @@
 """Reference statistics, computed once at training time, and the PSI against them.
 
-For every numeric feature (on the training split) and for the model score (on
-the held-out test split, because served scores are out-of-sample and in-sample
-training scores of a boosted model are sharper than anything seen live) we
-store, as plain JSON:
+For every numeric feature and for the model score, on the held-out test split
+(training passes ``feature_split="test"``: the most recent rows, whose time
+windows are fully warmed up as live traffic's are, while the first training
+rows' 30-day windows are still filling up; and served scores are
+out-of-sample, while in-sample training scores of a boosted model are sharper
+than anything seen live) we store, as plain JSON:
 
 * ``edges``: bin edges at the reference quantiles ``1/B .. (B-1)/B`` (``B`` is
   ``monitoring.psi_bins``), deduplicated, so a discrete feature simply has
@@ -169,6 +171,7 @@ def reference_stats(
     score_split: str = "test",
     strings: dict[str, npt.NDArray[Any]] | None = None,
     labels: npt.NDArray[Any] | None = None,
+    feature_split: str = "train",
 ) -> dict[str, Any]:
     """Reference statistics for every feature column of ``X``, the string columns and the model score.
 
@@ -184,7 +187,7 @@ def reference_stats(
         "bins": bins,
         "epsilon": DEFAULT_EPSILON,
         "sketch_size": SKETCH_SIZE,
-        "features": {name: reference_entry(X[:, j], bins) for j, name in enumerate(feature_names)},
+        "features": {name: reference_entry(X[:, j], bins, split=feature_split) for j, name in enumerate(feature_names)},
         "categorical": {name: categorical_entry(values) for name, values in (strings or {}).items() if name not in feature_names},
         "score": score,
     }
