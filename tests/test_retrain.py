@@ -160,3 +160,17 @@ def test_a_second_loop_is_refused_while_one_runs(trained_copy: Path) -> None:
     store = LoopStore(trained_copy / ".loopml" / "loop")
     with store.lock(), pytest.raises(Exception, match="another 'loopml retrain' is running"):
         project.retrain(force=True)
+
+
+def test_the_schedule_runs_the_loop_in_its_own_process(trained_copy: Path) -> None:
+    from loopml.loop.schedule import RetrainScheduler
+
+    scheduler = RetrainScheduler(trained_copy, interval_s=0.2, service_url="http://127.0.0.1:9", admin_token=None).start()
+    try:
+        deadline = time.monotonic() + 120
+        while scheduler.checks == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        scheduler.stop()
+    assert scheduler.last is not None and scheduler.last["status"] == "not triggered"
+    assert LoopStore(trained_copy / ".loopml" / "loop").runs()[0].status == "not triggered"

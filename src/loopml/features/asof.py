@@ -158,20 +158,33 @@ def _numpy(column: pa.ChunkedArray | pa.Array, fill: int | float) -> tuple[npt.N
     return pc.fill_null(array, fill).to_numpy(zero_copy_only=False), valid
 
 
+def _int64s(column: pa.ChunkedArray) -> I64:
+    """An integer column without NULLs as one new, writable int64 array (copied chunk by chunk, no Arrow copy first)."""
+    out = np.empty(len(column), dtype=np.int64)
+    start = 0
+    for chunk in column.chunks:
+        out[start : start + len(chunk)] = chunk.to_numpy()
+        start += len(chunk)
+    return out
+
+
 def _codes(events: pa.ChunkedArray, spine: pa.ChunkedArray, integer: bool) -> tuple[I64, I64, Mask, int]:
-    """Entity codes of the events and of the spine rows, which spine rows have a known key, and how many codes.
+    """Entity codes of the events (a new array) and of the spine rows, which spine rows have a known key, how many codes.
 
     Dense integer keys are their own code (minus the smallest); other keys are
     their index in an Arrow dictionary of the events' keys (a hash table).
+    ``events`` has no NULLs.
     """
     if integer and len(events) > 0:
-        keys = np.asarray(_numpy(events, 0)[0], dtype=np.int64)
-        rows, present = _numpy(spine, 0)
-        wanted = np.asarray(rows, dtype=np.int64)
-        low, high = int(keys.min()), int(keys.max())
-        if (high - low).bit_length() <= len(keys).bit_length() + 1:
+        bounds = pc.min_max(events)
+        low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
+        if (high - low).bit_length() <= len(events).bit_length() + 1:
+            rows, present = _numpy(spine, 0)
+            wanted = np.asarray(rows, dtype=np.int64)
             known = present & (wanted >= low) & (wanted <= high)
-            return keys - low, np.where(known, wanted, low) - low, known, high - low + 1
+            codes = _int64s(events)
+            codes -= low
+            return codes, np.where(known, wanted, low) - low, known, high - low + 1
     encoded = events.combine_chunks().dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     found, known = _numpy(pc.index_in(spine, value_set=encoded.dictionary), 0)
@@ -330,11 +343,12 @@ def _by_cells(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, ok:
     if cells > CELL_BUDGET * max(n, 1 << 16) or _PACKED_BITS - position_bits - max(1, (cells - 1).bit_length()) < 1:
         return None  # (the second: no time bits left to sort the events that share a cell with spine rows)
     cell_shift = max(0, (span - 1).bit_length() - (per_entity.bit_length() - 1))  # (span - 1) >> cell_shift < per_entity
-    relative = np.subtract(times, first)
     cell = codes  # the caller's array, turned into cell numbers in place
     cell *= per_entity
-    cell += relative >> cell_shift
-    key = relative  # (time within the cell, position), in place
+    key = np.subtract(times, first)
+    key >>= cell_shift
+    cell += key
+    np.subtract(times, first, out=key)  # then (time within the cell, position), in place
     key &= (1 << cell_shift) - 1
     key <<= position_bits
     key |= np.arange(n, dtype=np.int64)
@@ -359,9 +373,10 @@ def _by_cells(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, ok:
             np.maximum.at(latest, cell, key)
         else:
             np.maximum.at(latest, cell[valid], key[valid])
-        upto = np.where(latest >= 0, np.arange(cells, dtype=np.int64), -1).reshape(count, per_entity)
-        np.maximum.accumulate(upto, axis=1, out=upto)  # the latest non-empty cell of the entity up to each cell
-        before = np.where(earlier, upto.ravel()[np.maximum(query_cell - 1, 0)], -1)
+        upto = np.arange(cells, dtype=np.int64)
+        np.putmask(upto, latest < 0, -1)
+        np.maximum.accumulate(upto.reshape(count, per_entity), axis=1, out=upto.reshape(count, per_entity))
+        before = np.where(earlier, upto[np.maximum(query_cell - 1, 0)], -1)  # latest non-empty earlier cell
         got = np.where(before >= 0, latest[np.maximum(before, 0)] & mask, -1)
         if inside is not None:
             mine = at if valid is None else inside.latest_valid(at, valid[shared])
@@ -422,15 +437,21 @@ def asof_view_table(
     values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
     read = f"SELECT {key_sql} AS __k, epoch_us(CAST({quote(timestamp)} AS TIMESTAMP)) AS __s{values} FROM {quote(events)}"
     table = con.sql(read + ("" if ordered else f" ORDER BY {quote(row_id)}")).to_arrow_table(batch_size=_BATCH_ROWS)
-    event_us, keep = _numpy(table.column("__s"), 0)
-    times = np.asarray(event_us, dtype=np.int64)
-    keep &= _numpy(table.column("__k"), 0)[1]
-    if timed.any():  # the span (SQL filters of this size cost more than the numbers: 0.1 s per 10 M rows)
-        delay_us, horizon_us = view.delay // _ONE_US, view_horizon(view) // _ONE_US
-        keep &= (times >= int(t[timed].min()) - horizon_us) & (times <= int(t[timed].max()) - delay_us)
-    else:
-        keep[:] = False
-    if not keep.all():
+    # The span and the NULL keys and times, on the numbers (a SQL filter of this size costs 0.1 s per 10 M rows).
+    keep: Mask | None = None
+    for name in ("__k", "__s"):
+        if table.column(name).null_count:
+            valid = np.asarray(table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+            keep = valid if keep is None else keep & valid
+    times = _int64s(pc.fill_null(table.column("__s"), 0))
+    if timed.any() and len(times):
+        low, high = int(t[timed].min()) - view_horizon(view) // _ONE_US, int(t[timed].max()) - view.delay // _ONE_US
+        if int(times.min()) < low or int(times.max()) > high:
+            inside = (times >= low) & (times <= high)
+            keep = inside if keep is None else keep & inside
+    elif len(times):
+        keep = np.zeros(len(times), dtype=np.bool_)
+    if keep is not None:
         table = table.filter(pa.array(keep))
         times = times[keep]
     codes, wanted, known, count = _codes(table.column("__k"), spine.column("__k"), kind == "integer")

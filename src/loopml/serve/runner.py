@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from loopml.errors import LoopmlError
 from loopml.features.vector import FeatureAssembler
+from loopml.loop.schedule import RetrainScheduler
 from loopml.project import Project
 from loopml.serve.app import ServeOptions, create_app
 from loopml.serve.dashboard import Dashboard
@@ -61,13 +62,30 @@ def app_from_environment() -> FastAPI:
 
 
 def run_server(project: Project, host: str, port: int, workers: int = 1, admin_token: str | None = None) -> None:
-    if workers > 1:
-        os.environ[_PROJECT_ENV] = str(project.layout.root)
-        uvicorn.run(
-            "loopml.serve.runner:app_from_environment", factory=True, host=host, port=port, workers=workers, log_level="warning"
-        )
-        return
-    uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
+    """``loopml serve``: uvicorn in the foreground; with ``retraining.enabled``, the loop on its schedule beside it."""
+    scheduler = None
+    if project.spec.retraining.enabled:
+        interval = project.spec.retraining.check_every.total_seconds()
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        scheduler = RetrainScheduler(project.layout.root, interval, url, admin_token).start()
+    try:
+        if workers > 1:
+            os.environ[_PROJECT_ENV] = str(project.layout.root)
+            if admin_token:
+                os.environ[_TOKEN_ENV] = admin_token
+            uvicorn.run(
+                "loopml.serve.runner:app_from_environment",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+            )
+        else:
+            uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
