@@ -443,7 +443,8 @@ def asof_view_table(
         if table.column(name).null_count:
             valid = np.asarray(table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
             keep = valid if keep is None else keep & valid
-    times = _int64s(pc.fill_null(table.column("__s"), 0))
+    stamps = table.column("__s")
+    times = _int64s(pc.fill_null(stamps, 0) if stamps.null_count else stamps)
     if timed.any() and len(times):
         low, high = int(t[timed].min()) - view_horizon(view) // _ONE_US, int(t[timed].max()) - view.delay // _ONE_US
         if int(times.min()) < low or int(times.max()) > high:

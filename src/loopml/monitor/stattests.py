@@ -59,7 +59,7 @@ asserted in ``tests/test_drift.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 import numpy as np
@@ -80,6 +80,59 @@ P_VALUE_TESTS = frozenset({"ks", "chi2"})
 # -- references ----------------------------------------------------------------------------------
 
 
+#: most vectorised compare passes the bucketed lookup may need before plain binary search is faster
+_MAX_PASSES = 6
+
+
+@dataclass(frozen=True)
+class Locator:
+    """``np.searchsorted(points, values, side="left")`` for millions of values, about four times faster.
+
+    Why hand-written: numpy's binary search costs about ten unpredictable branches per value. Here the
+    range of the points is cut into ``B`` equal buckets; a value's bucket (one multiply) gives, from a
+    small table, a lower bound of its answer (the first point of the *previous* bucket, which absorbs any
+    rounding), and a few vectorised ``idx += points[idx] < value`` passes finish it. The number of passes
+    is the most points two neighbouring buckets hold, plus one; when even ``65536`` buckets need more than
+    ``_MAX_PASSES`` (points bunched in a tiny part of the range) or the range is too narrow for its
+    magnitude, it falls back to ``np.searchsorted``. ``tests/test_drift.py`` checks both give the same answer.
+    """
+
+    points: FloatArray
+    low: float = 0.0
+    scale: float = 0.0
+    start: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    passes: int = 0  # 0: np.searchsorted
+
+    @classmethod
+    def build(cls, points: FloatArray) -> Locator:
+        k = len(points)
+        if k < 8 or not (np.isfinite(points[0]) and np.isfinite(points[-1])):
+            return cls(points)
+        low, high = float(points[0]), float(points[-1])
+        for buckets in (4096, 16384, 65536):
+            if (high - low) / buckets < 64 * np.spacing(max(abs(low), abs(high))):
+                break  # buckets narrower than the rounding of the values: no sure lower bound
+            scale = buckets / (high - low)
+            edges = low + np.arange(buckets + 1) / scale
+            first = np.append(np.searchsorted(points, edges, side="left"), k)  # points below each edge, then all
+            start = np.concatenate([[0], first[: buckets - 1]])  # bucket b starts at the first point of bucket b-1
+            passes = int((first[np.minimum(np.arange(buckets) + 2, buckets + 1)] - start).max()) + 1
+            if passes <= _MAX_PASSES:
+                return cls(points, low, scale, start.astype(np.int64), passes)
+        return cls(points)
+
+    def __call__(self, values: FloatArray) -> IntArray:
+        if not self.passes:
+            return np.asarray(np.searchsorted(self.points, values, side="left"), dtype=np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            position = np.fmin(np.fmax((values - self.low) * self.scale, 0.0), len(self.start) - 1)  # NaN -> 0
+        idx = self.start[position.astype(np.int64)]
+        ext = np.append(self.points, np.inf)
+        for _ in range(self.passes):
+            idx += ext[idx] < values
+        return idx
+
+
 @dataclass(frozen=True)
 class NumericReference:
     """A numeric column's stored reference, prepared for binning and testing."""
@@ -96,6 +149,7 @@ class NumericReference:
     std: float | None
     low: float | None  # out-of-range bounds (reference min/max widened by the tolerance)
     high: float | None
+    locate: Locator  # where values fall among ``points``
 
     kind = "numeric"
 
@@ -145,6 +199,7 @@ class NumericReference:
             std=float(std) if std is not None else None,
             low=low,
             high=high,
+            locate=Locator.build(points),
         )
 
 
@@ -229,7 +284,7 @@ def numeric_profile(ref: NumericReference, values: FloatArray, window: IntArray,
     """Bin ``values`` (NaN = NULL) into ``ref``'s cells, per window (``window[i]`` in ``[0, n_windows)``)."""
     values = np.asarray(values, dtype=np.float64)
     k = len(ref.points)
-    idx = np.searchsorted(ref.points, values, side="left")
+    idx = ref.locate(values)
     ext = np.append(ref.points, np.inf)
     code = 2 * idx + (ext[idx] == values)
     code[np.isnan(values)] = 2 * k + 1
