@@ -6,7 +6,7 @@
 Data: ``--columns`` columns (every tenth one categorical with 20 string values,
 the rest numeric: normal, log-normal and integer counts), ``--reference-rows``
 reference rows and ``--rows`` current rows in which a fifth of the columns are
-shifted.
+shifted clearly (PSI well above 0.2; both tools should flag exactly those).
 
 loopml side, in this process:
 
@@ -96,11 +96,11 @@ def make_data(rows: int, reference_rows: int, columns: int, seed: int = 0) -> tu
             continue
         kind = j % 3
         if kind == 0:
-            r, c = rng.normal(size=reference_rows), rng.normal(loc=0.3 if drift else 0.0, size=rows)
+            r, c = rng.normal(size=reference_rows), rng.normal(loc=0.6 if drift else 0.0, size=rows)
         elif kind == 1:
-            r, c = rng.lognormal(size=reference_rows), rng.lognormal(sigma=1.3 if drift else 1.0, size=rows)
+            r, c = rng.lognormal(size=reference_rows), rng.lognormal(sigma=1.6 if drift else 1.0, size=rows)
         else:
-            r, c = rng.poisson(5, size=reference_rows).astype(float), rng.poisson(6 if drift else 5, size=rows).astype(float)
+            r, c = rng.poisson(5, size=reference_rows).astype(float), rng.poisson(7 if drift else 5, size=rows).astype(float)
         c[rng.uniform(size=rows) < 0.01] = np.nan
         ref[name], cur[name] = pa.array(r), pa.array(c, from_pandas=True)
     return pa.table(ref), pa.table(cur), shifted

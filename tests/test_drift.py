@@ -30,6 +30,7 @@ from loopml.monitor.stattests import (
     ChiSquare,
     JensenShannon,
     KolmogorovSmirnov,
+    Locator,
     NumericReference,
     Profile,
     Wasserstein,
@@ -68,7 +69,9 @@ def test_psi_from_the_profile_is_the_stored_reference_psi() -> None:
     current = RNG.lognormal(mean=0.3, size=8_000)
     current[:400] = np.nan
     ref, profile = numeric(ref_values, current)
-    assert PSI().fit(ref).score(profile).statistic[0] == pytest.approx(psi(reference_entry(ref_values, bins=10), current), rel=1e-12)
+    assert PSI().fit(ref).score(profile).statistic[0] == pytest.approx(
+        psi(reference_entry(ref_values, bins=10), current), rel=1e-12
+    )
 
 
 def test_ks_on_a_continuous_column_is_within_the_sketch_bound_of_scipy() -> None:
@@ -147,6 +150,28 @@ def test_categorical_column_bins_unseen_and_null_values_apart() -> None:
     assert not KolmogorovSmirnov().applies_to(ref) and not Wasserstein().applies_to(ref)
     with pytest.raises(ValueError, match="no reference CDF sketch"):
         KolmogorovSmirnov().fit(ref)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        RNG.normal(size=20_000),
+        RNG.lognormal(sigma=2.5, size=20_000),
+        RNG.pareto(0.5, size=20_000),  # points bunched near 0, a range up to ~1e8
+        RNG.poisson(3, size=20_000).astype(float),
+        1e12 + RNG.uniform(size=20_000) * 1e-3,  # a range narrower than a bucket can resolve at this magnitude
+        np.concatenate([RNG.normal(size=10_000) * 1e-300, RNG.normal(size=10_000) * 1e300]),
+    ],
+    ids=["normal", "lognormal", "pareto", "poisson", "narrow", "extreme"],
+)
+def test_the_bucketed_locator_is_searchsorted(reference: np.ndarray) -> None:
+    points = NumericReference.from_entry("x", reference_entry(reference, bins=10)).points
+    locate = Locator.build(points)
+    values = np.concatenate(
+        [RNG.choice(reference, 50_000), RNG.choice(points, 5_000), np.nextafter(points, np.inf), np.nextafter(points, -np.inf)]
+    )
+    values = np.concatenate([values, values * 1.5, [np.nan, np.inf, -np.inf, 0.0, -1e308, 1e308]])
+    assert np.array_equal(locate(values), np.searchsorted(points, values, side="left"))
 
 
 # -- the shared contract of every test --------------------------------------------------------------------------
@@ -231,7 +256,9 @@ def live_of(columns: dict[str, np.ndarray], score: np.ndarray) -> LiveData:
     )
 
 
-def summaries_for(n_rows: int, shifted: dict[str, float], window: np.ndarray | None = None, n_windows: int = 1) -> list[ColumnSummary]:
+def summaries_for(
+    n_rows: int, shifted: dict[str, float], window: np.ndarray | None = None, n_windows: int = 1
+) -> list[ColumnSummary]:
     names = [f"f{i}" for i in range(20)]
     X = RNG.normal(size=(20_000, 20))
     reference = reference_stats(X, names, RNG.uniform(size=5_000), bins=10)
@@ -243,8 +270,18 @@ def summaries_for(n_rows: int, shifted: dict[str, float], window: np.ndarray | N
 
 def test_default_test_by_type_and_rows_and_overrides() -> None:
     settings = Monitoring()
-    numeric_summary = ColumnSummary("x", "numeric", np.zeros(1, np.int64), np.zeros(1, np.int64), None, None, {t: None for t in TEST_NAMES})  # type: ignore[misc]
-    categorical_summary = ColumnSummary("c", "categorical", np.zeros(1, np.int64), np.zeros(1, np.int64), None, None, {"psi": None, "chi2": None, "jensenshannon": None})  # type: ignore[misc]
+    numeric_summary = ColumnSummary(
+        "x", "numeric", np.zeros(1, np.int64), np.zeros(1, np.int64), None, None, {t: None for t in TEST_NAMES}
+    )  # type: ignore[misc]
+    categorical_summary = ColumnSummary(
+        "c",
+        "categorical",
+        np.zeros(1, np.int64),
+        np.zeros(1, np.int64),
+        None,
+        None,
+        {"psi": None, "chi2": None, "jensenshannon": None},
+    )  # type: ignore[misc]
     assert chosen_test(numeric_summary, 999, settings) == "ks" and chosen_test(numeric_summary, 1000, settings) == "psi"
     assert chosen_test(categorical_summary, 10, settings) == "chi2" and chosen_test(categorical_summary, 10**6, settings) == "psi"
     custom = Monitoring(tests={"x": "wasserstein", "c": "ks"}, large_sample=50)

@@ -108,7 +108,8 @@ def test_report_finds_the_drift_window_and_raises_alerts(drifting: Path) -> None
     for entry in report["drift"]:
         assert {"feature", "test", "statistic", "p_value", "drifted"} <= set(entry)
     assert set(drift) == {*project.registry().get(1).feature_names, "score"}
-    assert drift["tx_amount"]["drifted"] and drift["tx_amount"]["test"] == "psi" and drift["tx_amount"]["statistic"] > 0.2, drift["tx_amount"]
+    amount = drift["tx_amount"]
+    assert amount["drifted"] and amount["test"] == "psi" and amount["statistic"] > 0.2, amount
     assert not drift["tx_hour"]["drifted"]
 
     windows = report["windows"]
@@ -212,7 +213,10 @@ def test_served_predictions_are_monitored_over_http(trained_copy: Path) -> None:
     project = Project.load(trained_copy)
     rows = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 150).to_pylist()
     token = "t"
-    with BackgroundServer(build_app(project, admin_token=token)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with (
+        BackgroundServer(build_app(project, admin_token=token)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
         for row in rows:
             body = {
                 "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},

@@ -497,3 +497,26 @@ def test_last_views_for_spine_rows_after_every_event(tmp_path: Path, seed: int) 
     con = connect()
     check_last_views(con, spec, tables, paths, spine, f"seed {seed}")
     con.close()
+
+
+@pytest.mark.parametrize("counted", [0, 5, 1000])
+def test_events_are_read_whole_whatever_the_row_count_said(tmp_path: Path, counted: int) -> None:
+    """The numpy path sizes its arrays by ``count(*)``; a source that changed in between is still read in full, in order."""
+    events = random_events(np.random.default_rng(11), 60)
+    pq.write_table(events, tmp_path / "events.parquet")
+    con = connect()
+    view = register_source(con, "events", tmp_path / "events.parquet")
+    query = f'SELECT user_id AS __k, epoch_us(ts) AS __s, amount AS __v0 FROM "{view}"'
+    got = asof._read(con, query, counted, True, 1)
+    con.close()
+    assert isinstance(got.keys, np.ndarray)
+    users, times, amounts = events.column("user_id").to_pylist(), micros(events.column("ts")), events.column("amount").to_pylist()
+    present = [u is not None and t is not None for u, t in zip(users, times, strict=True)]
+    assert len(got.times) == events.num_rows
+    assert got.present is not None and got.present.tolist() == present
+    assert [int(t) for t, p in zip(got.times, present, strict=True) if p] == [t for t, p in zip(times, present, strict=True) if p]
+    assert [int(k) for k, p in zip(got.keys, present, strict=True) if p] == [u for u, p in zip(users, present, strict=True) if p]
+    assert got.valid[0] is not None and got.valid[0].tolist() == [a is not None for a in amounts]
+    assert [float(v) for v, a in zip(got.values[0], amounts, strict=True) if a is not None] == [
+        a for a in amounts if a is not None
+    ]

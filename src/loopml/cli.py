@@ -685,7 +685,7 @@ def _print_monitor(report: dict[str, Any]) -> None:
         f"{period['windows']} window(s) of {period['window_s'] / 3600:g} h",
         highlight=False,
     )
-    order = {"drift": 0, "ok": 1, "not enough data": 2, "no reference": 3}
+    order = {"drift": 0, "ok": 1, "not enough data": 2}
     drift = sorted(report["drift"], key=lambda d: (order.get(d["status"], 9), d["feature"]))
     rows = [[d["feature"], d["test"], _fmt(d["statistic"]), _fmt(d["p_value"]), f"{d['rows']:,}", d["status"]] for d in drift]
     out.print(_table("drift over the period", ["column", "test", "statistic", "p-value", "rows", "status"], rows))

@@ -3,42 +3,54 @@
 The general point-in-time join (:mod:`loopml.features.join`) unions the spine
 into the event stream and computes every output with ``RANGE`` window frames.
 For a view whose every output is ``last`` that is more work than the question
-needs: "the latest non-NULL value of the entity visible at ``t``" is one
-sorted search per spine row. Two implementations, with one semantics
-(``tests/test_pit_reference.py`` holds both to the same brute-force reference):
+needs: "the latest non-NULL value of the entity visible at ``t``". Two
+implementations, with one semantics (``tests/test_pit_reference.py`` holds
+both to the same brute-force reference):
 
-* :func:`asof_view_table` (used whenever the caller passes its DuckDB
-  connection): reads the events once, sorts one packed ``int64`` per event
-  with ``numpy.sort`` and answers every spine row with ``numpy.searchsorted``;
-  the result is registered in the connection as an Arrow table. Hand-written
-  because the library ways were measured slower on the benchmark
-  (``benchmarks/pit_join.py``: 1 M spine rows, 10 M events, 2 shared cores):
-  DuckDB's ``ASOF JOIN`` (below) 2.9 s, as slow as ``pandas.merge_asof``
-  (whose cost is its ``argsort``); an ``argsort`` of a composite key is itself
-  2.3x slower than ``numpy.sort`` of the same values (AVX-512 sorting
-  network), and Arrow's ``sort_indices`` on (entity, time) 20x slower. So
-  the row position rides in the low bits of the sorted value itself.
-* :func:`asof_view_sql`: the same as DuckDB ``ASOF JOIN`` SQL, for callers
-  without a connection and for keys the numpy path does not take (entity keys
-  that are neither integers nor text on both sides, or more entities and
-  events than 61 bits can hold).
+* :func:`asof_view_table`, used whenever the caller passes its DuckDB
+  connection: numpy over the view's events, read once; the result is
+  registered in the connection as an Arrow table.
+* :func:`asof_view_sql` without a connection, for entity keys that are
+  neither integers nor text on both sides, and when entities and events are
+  too many for 62 bits: DuckDB ``ASOF JOIN`` SQL.
 
-The numpy path. Every event with a key and a time (and inside the span the
-spine can see) becomes ``(code << b | time bucket) << p | position``:
-``code`` an entity code (the integer key minus its minimum when the keys are
-dense, else its index in an Arrow dictionary of the keys), the time bucket the
-event's microseconds since the earliest event shifted right just enough to
-fit, ``position`` the event's row in source order (the values are read in
-``__rid`` order). After ``numpy.sort``, events are in (entity, bucket,
-position) order; runs of events of one entity in one bucket (only when the
-time had to be shifted) are re-sorted by (exact time, position), so the array
-is in (entity, time, position) order: the order in which ``last`` is defined.
-A spine row at ``t`` sees exactly the events before ``(code, t - d)`` (``t -
-d + 1 µs`` when inclusive): ``searchsorted`` of the row's bucket, then a
-bisection on exact times inside that one bucket, gives the latest visible
-event; ``last`` of a column with NULL values is the latest non-NULL one
-before it (a running maximum of non-NULL positions), and the rest (window,
-ttl, null indicator) is arithmetic on the matched event's time.
+Why hand-written numpy: on ``benchmarks/pit_join.py`` (1 M spine rows, 10 M
+events, the 2 cores shared with other jobs, best of 2 to 4 runs in one
+process) DuckDB's ``ASOF JOIN`` took 4.2 to 5.1 s where ``pandas.merge_asof``
+(with the sort it needs) took 2.6 to 2.9 s; sorting every event once with
+``numpy.sort`` and one ``searchsorted`` per spine row, 1.3 to 1.8 s; the
+table of cells below, 1.0 to 2.0 s, with a third less CPU time than the
+sort. (``np.argsort`` of the same keys is 2.3x slower than ``np.sort``,
+hence positions ride in the sorted values; Arrow's ``sort_indices`` on
+(entity, time) was 20x slower.)
+
+The numpy path. Events with a key and a time get an entity code (a dense
+integer key minus the smallest, else its index in an Arrow dictionary of the
+keys) and keep their position in source order (the rows are read in
+``__rid`` order), which breaks ties of ``last``. A spine row at ``t`` sees
+the events before its cutoff ``t - d`` (``t - d + 1 µs`` when inclusive); its
+latest visible event is the one with the greatest (time, position).
+
+* Cells (:func:`_by_cells`): each entity's time span is cut into cells of
+  ``2**c`` µs, about one event per cell. One scatter (``np.maximum.at``)
+  keeps each cell's latest event as ``(time within the cell) << p |
+  position``, and a running maximum along each entity's cells gives its
+  latest non-empty cell up to any cell. A spine row's answer is the latest
+  event of its own cell before the cutoff, if there is one, else the latest
+  event of the cells before. Only the events that share a cell with some
+  spine row (a sixth on the benchmark) are sorted for that first part.
+* Sorting (:class:`_Sorted`, also the inside of a cell): every event becomes
+  ``(code << b | time bucket) << p | position``, the time bucket being the
+  microseconds since the earliest event shifted right just enough to fit 62
+  bits; after ``np.sort`` (two threads), runs of one entity in one bucket are
+  re-sorted by exact time, so the array is in (entity, time, position)
+  order. ``searchsorted`` of a spine row's bucket, then a bisection on exact
+  times inside that bucket, gives its latest visible event.
+
+``last`` of a column with NULL values is the latest event with a value (a
+second table, or a running maximum of the sorted positions that have one);
+the rest (window, ttl, null indicator, latest event time) is arithmetic on
+the matched events' times.
 
 The SQL path. Visibility ``s < t - d`` (``<=`` when inclusive) and ties of
 ``last`` (the latest time, then the latest position in the source) are one
@@ -60,7 +72,9 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -90,8 +104,8 @@ TIME_BITS_CAP = _PACKED_BITS
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})
 _TEXT_TYPES = frozenset({"VARCHAR"})
 _names = itertools.count()
-#: Arrow batches asked of DuckDB: few chunks to join into numpy arrays (measured 0.9 s against 1.5 s for 1 M-row ones).
-_BATCH_ROWS = 1 << 30
+#: Rows per Arrow batch streamed from DuckDB into the numpy arrays.
+_BATCH_ROWS = 1 << 18
 #: Most cells of the (entity, time cell) table per event (0: always sort every event) and per entity; tests lower them.
 CELL_BUDGET = 4
 CELLS_PER_ENTITY_CAP = 1 << 20
@@ -99,6 +113,7 @@ CELLS_PER_ENTITY_CAP = 1 << 20
 _PARALLEL_SORT_ROWS = 1 << 20
 
 I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 
 
@@ -126,8 +141,9 @@ def asof_view_sql(
     ``timestamp``, position ``row_id``); ``in_span`` is a SQL condition on
     the event rows that may skip events no spine row can see. With ``con``
     the rows are computed now by :func:`asof_view_table` (when it takes the
-    keys) and the query reads them from an Arrow table registered in ``con``;
-    without it, the query is DuckDB ``ASOF JOIN`` SQL.
+    keys) and the query reads them from an Arrow table registered in ``con``
+    (one per call, kept as long as the connection: it holds the spine's rows,
+    not the events); without it, the query is DuckDB ``ASOF JOIN`` SQL.
     """
     if con is not None:
         table = asof_view_table(con, spec, view_name, spine_rows, events, timestamp, row_id, last_event)
@@ -158,34 +174,106 @@ def _numpy(column: pa.ChunkedArray | pa.Array, fill: int | float) -> tuple[npt.N
     return pc.fill_null(array, fill).to_numpy(zero_copy_only=False), valid
 
 
-def _int64s(column: pa.ChunkedArray) -> I64:
-    """An integer column without NULLs as one new, writable int64 array (copied chunk by chunk, no Arrow copy first)."""
-    out = np.empty(len(column), dtype=np.int64)
+@dataclass
+class _Events:
+    """A view's events read into numpy in source order; NULLs are 0 in the arrays and False in the masks (None: none)."""
+
+    keys: I64 | pa.ChunkedArray  # integer keys as int64, text keys as Arrow
+    times: I64  # epoch microseconds
+    present: Mask | None  # rows with a key and a time
+    values: list[F64]  # one per value column, as DOUBLE
+    valid: list[Mask | None]  # rows with a value, per column
+
+    def keep(self, rows: Mask) -> None:
+        """Keep only ``rows``."""
+        self.keys = self.keys[rows] if isinstance(self.keys, np.ndarray) else self.keys.filter(pa.array(rows))
+        self.times = self.times[rows]
+        self.present = None
+        self.values = [v[rows] for v in self.values]
+        self.valid = [None if v is None else v[rows] for v in self.valid]
+
+
+def _read(con: duckdb.DuckDBPyConnection, query: str, rows: int, integer: bool, columns: int) -> _Events:
+    """The query's rows (key, time, values), streamed in Arrow batches into arrays made once for ``rows`` rows.
+
+    Measured against a whole Arrow table then numpy: half the page faults and
+    a third less time on 10 M rows (the batches reuse their memory).
+    """
+    events = _Events(np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64), None, [], [None] * columns)
+    events.values = [np.empty(rows, dtype=np.float64) for _ in range(columns)]
+    text: list[pa.Array] = []
     start = 0
-    for chunk in column.chunks:
-        out[start : start + len(chunk)] = chunk.to_numpy()
-        start += len(chunk)
-    return out
+
+    def put(target: npt.NDArray[Any], column: pa.Array, end: int) -> Mask | None:
+        """Copy ``column`` into ``target[start:end]``; its validity when it has NULLs."""
+        if not column.null_count:
+            target[start:end] = column.to_numpy(zero_copy_only=False)
+            return None
+        target[start:end] = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
+        return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+    def mark(mask: Mask | None, valid: Mask | None, end: int) -> Mask | None:
+        if valid is None:
+            return mask
+        mask = np.ones(len(events.times), dtype=np.bool_) if mask is None else mask
+        mask[start:end] &= valid
+        return mask
+
+    for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+        end = start + batch.num_rows
+        if end > len(events.times):  # more rows than counted (the source changed): grow
+            _grow(events, max(end, 2 * len(events.times)))
+        if integer:
+            events.present = mark(events.present, put(events.keys, batch.column(0), end), end)
+        else:
+            text.append(batch.column(0))
+            if batch.column(0).null_count:
+                events.present = mark(events.present, batch.column(0).is_valid().to_numpy(zero_copy_only=False), end)
+        events.present = mark(events.present, put(events.times, batch.column(1), end), end)
+        for j in range(columns):
+            events.valid[j] = mark(events.valid[j], put(events.values[j], batch.column(2 + j), end), end)
+        start = end
+    if start < len(events.times):
+        _grow(events, start)
+    if not integer:
+        events.keys = pa.chunked_array(text, type=text[0].type if text else pa.string())
+    return events
 
 
-def _codes(events: pa.ChunkedArray, spine: pa.ChunkedArray, integer: bool) -> tuple[I64, I64, Mask, int]:
-    """Entity codes of the events (a new array) and of the spine rows, which spine rows have a known key, how many codes.
+def _grow(events: _Events, rows: int) -> None:
+    """Resize every array of ``events`` to ``rows`` rows (new rows: no key, no time, no value)."""
+
+    def fit(array: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
+        if rows <= len(array):
+            return array[:rows]
+        return np.concatenate([array, np.full(rows - len(array), fill, dtype=array.dtype)])
+
+    if isinstance(events.keys, np.ndarray):
+        events.keys = fit(events.keys, 0)
+    events.times = fit(events.times, 0)
+    events.present = fit(np.ones(len(events.times), dtype=np.bool_) if events.present is None else events.present, False)
+    events.values = [fit(v, 0.0) for v in events.values]
+    events.valid = [None if v is None else fit(v, False) for v in events.valid]
+
+
+def _codes(keys: I64 | pa.ChunkedArray, spine: pa.ChunkedArray) -> tuple[I64, I64, Mask, int]:
+    """Entity codes of the events (overwriting integer ``keys``) and of the spine, which spine keys are known, how many codes.
 
     Dense integer keys are their own code (minus the smallest); other keys are
     their index in an Arrow dictionary of the events' keys (a hash table).
-    ``events`` has no NULLs.
+    ``keys`` has no NULLs.
     """
-    if integer and len(events) > 0:
-        bounds = pc.min_max(events)
-        low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
-        if (high - low).bit_length() <= len(events).bit_length() + 1:
-            rows, present = _numpy(spine, 0)
-            wanted = np.asarray(rows, dtype=np.int64)
-            known = present & (wanted >= low) & (wanted <= high)
-            codes = _int64s(events)
-            codes -= low
-            return codes, np.where(known, wanted, low) - low, known, high - low + 1
-    encoded = events.combine_chunks().dictionary_encode()
+    if isinstance(keys, np.ndarray):
+        if len(keys):
+            low, high = int(keys.min()), int(keys.max())
+            if (high - low).bit_length() <= len(keys).bit_length() + 1:
+                rows, present = _numpy(spine, 0)
+                wanted = np.asarray(rows, dtype=np.int64)
+                known = present & (wanted >= low) & (wanted <= high)
+                keys -= low
+                return keys, np.where(known, wanted, low) - low, known, high - low + 1
+        keys = pa.chunked_array([pa.array(keys)])
+    encoded = keys.combine_chunks().dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     found, known = _numpy(pc.index_in(spine, value_set=encoded.dictionary), 0)
     return codes, np.asarray(found, dtype=np.int64), known, len(encoded.dictionary)
@@ -436,38 +524,36 @@ def asof_view_table(
     ordered = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
     values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
     read = f"SELECT {key_sql} AS __k, epoch_us(CAST({quote(timestamp)} AS TIMESTAMP)) AS __s{values} FROM {quote(events)}"
-    table = con.sql(read + ("" if ordered else f" ORDER BY {quote(row_id)}")).to_arrow_table(batch_size=_BATCH_ROWS)
-    # The span and the NULL keys and times, on the numbers (a SQL filter of this size costs 0.1 s per 10 M rows).
-    keep: Mask | None = None
-    for name in ("__k", "__s"):
-        if table.column(name).null_count:
-            valid = np.asarray(table.column(name).is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
-            keep = valid if keep is None else keep & valid
-    stamps = table.column("__s")
-    times = _int64s(pc.fill_null(stamps, 0) if stamps.null_count else stamps)
-    if timed.any() and len(times):
-        low, high = int(t[timed].min()) - view_horizon(view) // _ONE_US, int(t[timed].max()) - view.delay // _ONE_US
-        if int(times.min()) < low or int(times.max()) > high:
-            inside = (times >= low) & (times <= high)
-            keep = inside if keep is None else keep & inside
-    elif len(times):
+    rows = int(con.execute(f"SELECT count(*) FROM {quote(events)}").fetchall()[0][0])
+    read_events = _read(con, read + ("" if ordered else f" ORDER BY {quote(row_id)}"), rows, kind == "integer", len(columns))
+    # NULL keys and times out, on the numbers (a SQL filter of this size costs 0.1 s per 10 M rows). Of the span
+    # the general join skips, later events are never visible and earlier ones never in a window: skipping them
+    # only changes the latest event time, so only then (it is NULL there when the latest is out of the span).
+    keep = read_events.present
+    times = read_events.times
+    if not timed.any():
         keep = np.zeros(len(times), dtype=np.bool_)
+    elif last_event and len(times):
+        low = int(t[timed].min()) - view_horizon(view) // _ONE_US
+        if int(times.min()) < low:
+            keep = times >= low if keep is None else keep & (times >= low)
     if keep is not None:
-        table = table.filter(pa.array(keep))
-        times = times[keep]
-    codes, wanted, known, count = _codes(table.column("__k"), spine.column("__k"), kind == "integer")
-    table = table.drop_columns(["__k", "__s"])  # frees them: the events' memory is the values, codes and times
+        read_events.keep(keep)
+        times = read_events.times
+    codes, wanted, known, count = _codes(read_events.keys, spine.column("__k"))
+    read_events.keys = codes
     ok = known & timed
-    nulls = [j for j in range(len(columns)) if table.column(f"__v{j}").null_count]
-    valids = [_numpy(table.column(f"__v{j}"), 0.0)[1] for j in nulls]
+    nulls = [j for j, valid in enumerate(read_events.valid) if valid is not None]
+    valids = [valid for valid in read_events.valid if valid is not None]
     shift = 1 if spec.features.inclusive else 0
     found = _latest(codes, times, count, wanted, t - (view.delay // _ONE_US - shift), ok, valids)
     if found is None:
         return None
     del codes
-    times = np.append(times, 0)  # position -1 reads this; those rows are masked out below
+    if len(times) == 0:
+        times = np.zeros(1, dtype=np.int64)  # position -1 (no event) reads index 0 below; those rows are masked out
     has = found[0] >= 0
-    latest = times[found[0]]
+    latest = times[np.maximum(found[0], 0)]
     expired = np.zeros(len(t), dtype=np.bool_)
     if view.ttl is not None:
         expired = has & (t - latest > view.ttl // _ONE_US)
@@ -475,12 +561,11 @@ def asof_view_table(
     taken_values: dict[int, npt.NDArray[np.float64]] = {}
     for output in outputs:
         j = columns.index(output.column)
-        rows = found[1 + nulls.index(j)] if j in nulls else found[0]
+        got = found[1 + nulls.index(j)] if j in nulls else found[0]
         if j not in taken_values:
-            column = table.column(f"__v{j}")
-            taken = pc.fill_null(column.take(pa.array(np.maximum(rows, 0))), 0.0) if len(column) else pa.array(np.zeros(len(t)))
-            taken_values[j] = np.asarray(_numpy(taken, 0.0)[0], dtype=np.float64)
-        in_window = (rows >= 0) & ~expired & (t - times[rows] < (view.delay + output.window) // _ONE_US)
+            column = read_events.values[j]
+            taken_values[j] = column[np.maximum(got, 0)] if len(column) else np.zeros(len(t))
+        in_window = (got >= 0) & ~expired & (t - times[np.maximum(got, 0)] < (view.delay + output.window) // _ONE_US)
         missing = missing_value(output.function, spec.features.default)
         out[output.name] = pa.array(np.where(in_window, taken_values[j], missing), pa.float64())
     if has_indicator(spec, view_name):

@@ -79,7 +79,7 @@ class DriftResult:
     statistic: float | None
     drifted: bool
     rows: int
-    status: str  # "ok" | "drift" | "not enough data" | "no reference"
+    status: str  # "ok" | "drift" | "not enough data"
     p_value: float | None = None
     #: every test's statistic (``ks_p``/``chi2_p``: raw p-values) where it applies
     statistics: dict[str, float | None] = field(default_factory=dict)
@@ -374,8 +374,3 @@ def _statistics(summary: ColumnSummary, w: int) -> dict[str, float | None]:
         if scores.p_value is not None:
             out[f"{name}_p"] = finite_or_none(float(scores.p_value[w]))
     return out
-
-
-def no_reference(names: Sequence[str], rows: int) -> list[DriftResult]:
-    """Columns logged without a stored reference: reported, never drift."""
-    return [DriftResult(name, "psi", None, False, rows, "no reference") for name in names]

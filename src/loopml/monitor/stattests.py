@@ -4,8 +4,9 @@ Every column of live traffic is first reduced to a **profile**: counts per
 window over a fine partition of the value axis (:func:`numeric_profile`,
 :func:`categorical_profile`). Profiles are small, add up across windows (the
 whole period is the sum of its windows) and hold everything the tests need, so
-the raw values are read once, in one vectorised numpy pass per column
-(``np.searchsorted`` + ``np.bincount``), whatever the number of windows.
+the raw values are read once, in a few vectorised numpy passes per column
+(a bucketed :class:`Locator` in place of ``np.searchsorted``, then
+``np.bincount``), whatever the number of windows.
 
 The partition of a numeric column is the reference's points ``u_0 < .. <
 u_{K-1}`` (its CDF sketch, which contains the PSI edges, plus the
@@ -109,10 +110,14 @@ class Locator:
         if k < 8 or not (np.isfinite(points[0]) and np.isfinite(points[-1])):
             return cls(points)
         low, high = float(points[0]), float(points[-1])
+        with np.errstate(over="ignore"):
+            span = high - low
+        if not np.isfinite(span):
+            return cls(points)
         for buckets in (4096, 16384, 65536):
-            if (high - low) / buckets < 64 * np.spacing(max(abs(low), abs(high))):
+            if span / buckets < 64 * np.spacing(max(abs(low), abs(high))):
                 break  # buckets narrower than the rounding of the values: no sure lower bound
-            scale = buckets / (high - low)
+            scale = buckets / span
             edges = low + np.arange(buckets + 1) / scale
             first = np.append(np.searchsorted(points, edges, side="left"), k)  # points below each edge, then all
             start = np.concatenate([[0], first[: buckets - 1]])  # bucket b starts at the first point of bucket b-1
@@ -121,7 +126,8 @@ class Locator:
                 return cls(points, low, scale, start.astype(np.int64), passes)
         return cls(points)
 
-    def __call__(self, values: FloatArray) -> IntArray:
+    def __call__(self, values: FloatArray, null: npt.NDArray[np.bool_] | None = None) -> IntArray:
+        """Positions of ``values``; ``null`` (``np.isnan(values)``, when the caller has it) saves a pass."""
         if not self.passes:
             return np.asarray(np.searchsorted(self.points, values, side="left"), dtype=np.int64)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -130,6 +136,7 @@ class Locator:
         ext = np.append(self.points, np.inf)
         for _ in range(self.passes):
             idx += ext[idx] < values
+        idx[np.isnan(values) if null is None else null] = len(self.points)  # NaN sorts last, as in numpy
         return idx
 
 
@@ -284,10 +291,11 @@ def numeric_profile(ref: NumericReference, values: FloatArray, window: IntArray,
     """Bin ``values`` (NaN = NULL) into ``ref``'s cells, per window (``window[i]`` in ``[0, n_windows)``)."""
     values = np.asarray(values, dtype=np.float64)
     k = len(ref.points)
-    idx = ref.locate(values)
+    null = np.isnan(values)
+    idx = ref.locate(values, null)
     ext = np.append(ref.points, np.inf)
     code = 2 * idx + (ext[idx] == values)
-    code[np.isnan(values)] = 2 * k + 1
+    code[null] = 2 * k + 1
     cells = 2 * k + 2
     counts = np.bincount(code + window * cells, minlength=n_windows * cells).reshape(n_windows, cells)
     below = np.zeros(n_windows)

@@ -4,9 +4,9 @@ Unknown fields are rejected (``extra="forbid"``) so that a typo in a client
 is a 422 naming the field, not a silently ignored value. Text must be valid
 Unicode: a JSON ``\\ud800`` escape (a lone surrogate) parses in Python but
 cannot be written back as UTF-8 (response, prediction log), so it is a 422
-here rather than a 500 or a dropped log batch later. JSON ``NaN`` and
-``Infinity`` are refused before validation (:mod:`loopml.serve.guard`); a
-number too large for a float (``1e400``) fails :data:`FiniteFloat`.
+here rather than a 500 or a dropped log batch later. JSON ``NaN``,
+``Infinity`` and numbers past the float range (``1e400``) are refused before
+validation (:mod:`loopml.serve.guard`); :data:`FiniteFloat` is the second line.
 
 The bodies are generic (any entity key, any feature name); what one project
 accepts is narrower. :class:`RequestShape` holds that project's entity keys,

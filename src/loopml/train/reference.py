@@ -113,6 +113,9 @@ def reference_entry(values: npt.NDArray[Any], bins: int, split: str = "train", s
         edges = np.array([], dtype=np.float64)
     counts = bin_counts(edges, values)
     fractions = counts / n if n else np.zeros(len(counts))
+    with np.errstate(over="ignore", invalid="ignore"):  # values near the float limits: an infinite std is stored as None
+        mean = _finite(float(present.mean())) if len(present) else None
+        std = _finite(float(present.std())) if len(present) else None
     return {
         "split": split,
         "edges": [float(e) for e in edges],
@@ -120,8 +123,8 @@ def reference_entry(values: npt.NDArray[Any], bins: int, split: str = "train", s
         "count": n,
         "non_null": int(n - null.sum()),
         "null_rate": float(null.sum() / n) if n else 0.0,
-        "mean": _finite(float(present.mean())) if len(present) else None,
-        "std": _finite(float(present.std())) if len(present) else None,
+        "mean": mean,
+        "std": std,
         "min": _finite(float(present.min())) if len(present) else None,
         "max": _finite(float(present.max())) if len(present) else None,
         "sketch": _sketch(present, edges, sketch_size),
