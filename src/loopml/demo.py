@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ class _Loop:
 
     def wait_for_canary(self, timeout: float = 600) -> None:
         """Block until the running loop is done or has reached its canary step (which needs live traffic)."""
-        store = LoopStore(self.project.layout.state / "loop")
+        store = LoopStore(self.project.layout.loop)
         deadline = time.monotonic() + timeout
         while self.busy and time.monotonic() < deadline:
             run = store.unfinished()
@@ -209,7 +209,8 @@ def _land(project: Project, rows: list[dict[str, Any]]) -> None:
 
 
 def _monitor(project: Project, start: datetime) -> dict[str, Any]:
-    report = project.monitor_report(since=start, until=start + timedelta(days=1))
+    local = start.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)  # payment times are UTC, the log's clock local
+    report = project.monitor_report(since=local, until=local + timedelta(days=1))
     drift = report.get("drift", [])
     return {
         "score_psi": next((d.get("statistic") for d in drift if d["feature"] == "score" and d.get("test") == "psi"), None)

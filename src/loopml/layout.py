@@ -40,6 +40,16 @@ class Layout:
         return self.state / "catalog.duckdb"
 
     @property
+    def rollout(self) -> Path:
+        """The run-time rollout policy (``policy.json``) and the decisions log (``events.jsonl``)."""
+        return self.state / "rollout"
+
+    @property
+    def loop(self) -> Path:
+        """The closed loop's run records, step memo and lock."""
+        return self.state / "loop"
+
+    @property
     def features(self) -> Path:
         return self.state / "features"
 

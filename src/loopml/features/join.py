@@ -7,7 +7,7 @@ SQL of :mod:`loopml.features.windows`, and keeps the spine rows; a view
 made only of ``last`` is instead an ``ASOF JOIN`` of the spine with its
 source (:mod:`loopml.features.asof`, same semantics, much less work). It
 serves views whose source is not the training spine, spine files
-(``features build --spine``) and, later, batch scoring. The semantics are those
+(``features build --spine``) and batch scoring (``serve/batch.py``). The semantics are those
 documented in :mod:`loopml.features.offline` and ``docs/features.md``.
 
 Events outside the time span the spine can see are skipped before the

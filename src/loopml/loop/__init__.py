@@ -1,1 +1,1 @@
-"""The loop's steps that compose several stages: train -> register -> gate (and, later, the closed retraining loop)."""
+"""The loop's steps that compose several stages: train -> register -> gate and the closed loop (``retrain``) with its schedule."""

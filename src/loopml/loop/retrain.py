@@ -379,7 +379,7 @@ def run_loop(
     say: Progress = progress or (lambda _message, _fraction: None)
     spec = host.spec
     url = service_url or spec.retraining.service_url or f"http://{spec.serving.host}:{spec.serving.port}"
-    store = LoopStore(host.layout.state / "loop")
+    store = LoopStore(host.layout.loop)
     with store.lock():
         run = store.unfinished()
         if run is None:

@@ -1,9 +1,11 @@
 """Drift of live traffic against the reference statistics stored with the model, per window and overall.
 
 :func:`load_live` reads the rows of one model version from the prediction
-log's ``labelled`` view in one DuckDB query (features parsed from their JSON
-text with ``json_transform``: numbers for the numeric reference columns,
-strings for the categorical ones). :func:`summarise_column` reduces each
+log's ``labelled`` view in one DuckDB query: the features straight from their
+typed columns where the Parquet log has them, else parsed from their JSON text
+with ``json_transform`` (numbers for the numeric reference columns, strings for
+the categorical ones); rows are put in time order with numpy (a DuckDB
+``ORDER BY`` would move all 50 columns through its sort). :func:`summarise_column` reduces each
 column to a profile (:mod:`loopml.monitor.stattests`) and scores every test on
 every window and on the whole period; columns run on a small thread pool
 (numpy releases the GIL while binning). :func:`decide` then picks the test that
@@ -44,7 +46,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from loopml.monitor.predlog import PredictionLogBackend
+from loopml.monitor.predlog import (
+    NUMBER_PREFIX,
+    STRING_PREFIX,
+    TYPED_MARKER,
+    WIDE_LABELLED,
+    WIDE_PREDICTIONS,
+    PredictionLogBackend,
+)
 from loopml.monitor.stattests import (
     P_VALUE_TESTS,
     TEST_NAMES,
@@ -154,38 +163,60 @@ def logged_schema(con: duckdb.DuckDBPyConnection, sample: int = SCHEMA_SAMPLE) -
 def load_live(
     con: duckdb.DuckDBPyConnection, numeric: Sequence[str], categorical: Sequence[str], schema: LoggedSchema | None = None
 ) -> LiveData:
-    """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns.
+    """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns, oldest first.
 
-    Numbers are parsed straight to DOUBLE. When the schema sample (:func:`logged_schema`) shows a
-    numeric column holding anything else (text, booleans...), or DuckDB refuses a value, every value is read
-    as text instead and cast with ``TRY_CAST``, counting the ones that are not numbers (``type_errors``).
+    Rows from parts with typed feature columns (:mod:`loopml.monitor.predlog`) are read from those
+    columns as they are: no JSON parsed. The JSON of the other rows (older parts, the PostgreSQL
+    log, and the rare row whose typed value is not of the wanted type: a string logged for a numeric
+    feature, a number for a categorical one) is parsed, numbers straight to DOUBLE. When the schema
+    sample (:func:`logged_schema`) shows a numeric column holding anything else (text, booleans...),
+    or DuckDB refuses a value, every JSON value is read as text instead and cast with ``TRY_CAST``,
+    counting the ones that are not numbers (``type_errors``).
     """
     names = [*numeric, *categorical]
+    stored = _columns(con, WIDE_LABELLED)
+    source = WIDE_LABELLED if stored else "labelled"
     base = "epoch_us(ts) AS ts_us, score, latency_ms, label"
     if not names:
-        table = _fetch(con, f"SELECT {base} FROM labelled ORDER BY ts")
-        return _live(table, [], [], {})
-    typed = {name: "DOUBLE" for name in numeric} | {name: "VARCHAR" for name in categorical}
+        return _live(_fetch_in_order(con, f"SELECT {base} FROM {source}"), [], [], {})
+    typed = _typed_columns(stored, numeric, categorical)
+    if typed is not None and not _json_rows(con, typed[0]):  # every row typed: no JSON parsed at all
+        columns = [f"{value} AS {_ident(name)}" for name, value in typed[1].items()]
+        table = _fetch_in_order(con, f"SELECT {base}, {', '.join(columns)} FROM {source}")
+        return _live(table, numeric, categorical, {name: table.column(name) for name in names})
+
+    def pick(name: str, from_json: str) -> str:
+        """The column's value: typed where the row's typed columns are usable, else ``from_json``."""
+        if typed is None:
+            return from_json
+        return f"CASE WHEN coalesce({typed[0]}, FALSE) THEN {typed[1][name]} ELSE {from_json} END"
+
+    def parsed(spec: str) -> str:
+        """``labelled`` with ``f``: the features parsed by ``spec`` (NULL in rows read from their typed columns)."""
+        transform = f"json_transform(features, {spec})"
+        if typed is not None:
+            transform = f"CASE WHEN NOT coalesce({typed[0]}, FALSE) THEN {transform} END"
+        return f"(SELECT *, {transform} AS f FROM {source})"
+
+    wanted = {name: "DOUBLE" for name in numeric} | {name: "VARCHAR" for name in categorical}
     suspect = schema is not None and any(schema.types.get(name, "NULL") not in NUMBER_TYPES for name in numeric)
     if not suspect:
         try:
-            spec = _sql_string(json.dumps(typed))
-            table = _fetch(con, f"SELECT {base}, json_transform(features, {spec}) AS f FROM labelled ORDER BY ts")
-            struct = table.column("f").combine_chunks()
-            columns = dict(zip(names, struct.flatten(), strict=True))
-            return _live(table, numeric, categorical, columns)
+            parts = [base] + [f"{pick(name, f'struct_extract(f, {_sql_string(name)})')} AS {_ident(name)}" for name in names]
+            table = _fetch_in_order(con, f"SELECT {', '.join(parts)} FROM {parsed(_sql_string(json.dumps(wanted)))}")
+            return _live(table, numeric, categorical, {name: table.column(name) for name in names})
         except (duckdb.ConversionException, duckdb.InvalidInputException):
             pass  # a value of the wrong type somewhere: read everything as text, count and null the bad ones
     spec = _sql_string(json.dumps(dict.fromkeys(names, "VARCHAR")))
     parts = [base]
     for i, name in enumerate(numeric):
         field_sql = f"struct_extract(f, {_sql_string(name)})"
-        parts.append(f"TRY_CAST({field_sql} AS DOUBLE) AS n{i}")
+        parts.append(f"{pick(name, f'TRY_CAST({field_sql} AS DOUBLE)')} AS n{i}")
+        # f is NULL in the typed rows: only parsed values are counted
         parts.append(f"count_if({field_sql} IS NOT NULL AND TRY_CAST({field_sql} AS DOUBLE) IS NULL) OVER () AS e{i}")
     for i, name in enumerate(categorical):
-        parts.append(f"struct_extract(f, {_sql_string(name)}) AS c{i}")
-    sql = f"SELECT {', '.join(parts)} FROM (SELECT *, json_transform(features, {spec}) AS f FROM labelled) ORDER BY ts"
-    table = _fetch(con, sql)
+        parts.append(f"{pick(name, f'struct_extract(f, {_sql_string(name)})')} AS c{i}")
+    table = _fetch_in_order(con, f"SELECT {', '.join(parts)} FROM {parsed(spec)}")
     columns = {name: table.column(f"n{i}") for i, name in enumerate(numeric)}
     columns |= {name: table.column(f"c{i}") for i, name in enumerate(categorical)}
     errors = {}
@@ -194,6 +225,56 @@ def load_live(
         if count:
             errors[name] = count
     return _live(table, numeric, categorical, columns, errors)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _columns(con: duckdb.DuckDBPyConnection, view: str) -> dict[str, str]:
+    """The columns of a view of the connection (name -> DuckDB type); empty when there is no such view."""
+    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = $view", {"view": view}).fetchall()
+    return {str(name): str(kind) for name, kind in rows}
+
+
+def _typed_columns(
+    stored: dict[str, str], numeric: Sequence[str], categorical: Sequence[str]
+) -> tuple[str, dict[str, str]] | None:
+    """How to read the wanted columns from the typed ones: (when a row's typed columns are usable, name -> SQL value).
+
+    None when the log has no typed columns at all. A row's typed columns are usable when its part has
+    them (the marker is true) and none of its wanted columns holds a value of the other type (a
+    string for a numeric feature or a number for a categorical one: those rows keep what the JSON
+    gives). A feature without a typed column is NULL (every value missing) in the typed rows.
+    """
+    if TYPED_MARKER not in stored:
+        return None
+    values: dict[str, str] = {}
+    usable = [TYPED_MARKER]
+    for names, want, other, null in (
+        (numeric, NUMBER_PREFIX, STRING_PREFIX, "NULL::DOUBLE"),
+        (categorical, STRING_PREFIX, NUMBER_PREFIX, "NULL::VARCHAR"),
+    ):
+        for name in names:
+            values[name] = _ident(want + name) if want + name in stored else null
+            if other + name in stored:
+                usable.append(f"{_ident(other + name)} IS NULL")
+    return " AND ".join(usable), values
+
+
+def _json_rows(con: duckdb.DuckDBPyConnection, usable: str) -> int:
+    """How many selected rows need their JSON parsed (cheap: reads the marker and a few typed columns)."""
+    row = con.execute(f"SELECT count(*) FROM {WIDE_PREDICTIONS} WHERE NOT coalesce({usable}, FALSE)").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _fetch_in_order(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """The rows of ``sql`` (with ``ts_us``) oldest first; sorted here, since ``ORDER BY`` would move every column."""
+    table = _fetch(con, sql)
+    ts = np.asarray(table.column("ts_us").to_numpy(zero_copy_only=False))
+    if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+        table = table.take(pa.array(np.argsort(ts, kind="stable")))
+    return table
 
 
 def _floats(column: pa.Array | pa.ChunkedArray) -> FloatArray:

@@ -29,8 +29,22 @@ read while the server writes (a single DuckDB database file would lock readers
 out), and nothing already flushed is ever rewritten. Layout under
 ``<state>/predictions/``: ``log/part-*.parquet`` (one row per prediction) and
 ``feedback/part-*.parquet`` (request id, label, time). Feature values are
-stored as one JSON text column so that the schema does not change when the
-feature list does.
+stored as one JSON text column (what every reader of ``predictions`` sees, so
+that the view does not change when the feature list does) and, in parts written
+since typed columns were added, also once more as one typed column per feature:
+``n:<feature>`` (DOUBLE) when every value of the feature in the part is a
+number, ``s:<feature>`` (VARCHAR) when every value is a string, none when
+every value is missing, plus the marker column ``_typed`` (true). A part whose
+batch has a feature of mixed or other types (booleans, lists...) or two names
+that differ only in case (DuckDB column names are case-insensitive) gets no
+typed columns and no marker. Parts are read with ``union_by_name``, so the
+typed columns of a part that lacks them are NULL, and the marker tells those
+rows apart. :func:`loopml.monitor.drift.load_live` reads the typed columns
+straight into Arrow instead of parsing 50 JSON values per row (about 8 s per
+million rows of 50 features), and parses the JSON only of the rows without
+them (older parts, the PostgreSQL log). The hidden views ``_predictions_wide``
+and ``_labelled_wide`` are ``predictions`` and ``labelled`` with these extra
+columns.
 
 Times are naive local timestamps (what ``datetime.now()`` gives, as the server
 logs them); timezone-aware bounds are converted to local time.
@@ -74,6 +88,13 @@ LOG_SCHEMA = pa.schema(
 FEEDBACK_SCHEMA = pa.schema([("request_id", pa.string()), ("label", pa.float64()), ("ts", pa.timestamp("us"))])
 #: the columns of :meth:`PredictionLogBackend.read` and of the ``labelled`` view
 LABELLED_SCHEMA = pa.schema([*LOG_SCHEMA, ("label", pa.float64()), ("label_ts", pa.timestamp("us"))])
+
+#: a part's constant true column saying that its features are also stored as typed columns
+TYPED_MARKER = "_typed"
+#: the typed column of a feature whose values in a part are all numbers (DOUBLE) / all strings (VARCHAR)
+NUMBER_PREFIX, STRING_PREFIX = "n:", "s:"
+#: ``predictions`` / ``labelled`` with every stored column (typed feature columns included, when there are any)
+WIDE_PREDICTIONS, WIDE_LABELLED = "_predictions_wide", "_labelled_wide"
 
 _STALE_TMP_SECONDS = 3600.0  # a temporary part this old belongs to a writer that died
 
@@ -167,6 +188,50 @@ def log_table(rows: Sequence[LoggedPrediction]) -> pa.Table:
     )
 
 
+def typed_feature_columns(rows: Sequence[LoggedPrediction]) -> dict[str, pa.Array]:
+    """The batch's features as typed columns (see the module doc), the marker first; empty when the batch cannot have them.
+
+    A feature with only missing values gets no column (a reader sees NULL, as the JSON gives); a
+    value of another type than number or string (a boolean, a list...), a feature holding numbers in
+    some rows and strings in others, or two column names equal but for case leave the whole part
+    untyped: its readers parse the JSON, which stays the reference.
+    """
+    kinds: dict[str, str] = {}
+    for row in rows:
+        for key, raw in row.features.items():
+            value = clean_float(raw)
+            if value is None:
+                kinds.setdefault(key, "")
+                continue
+            if isinstance(value, str):
+                kind = STRING_PREFIX
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                try:
+                    float(value)
+                except OverflowError:  # an integer beyond the range of a double
+                    return {}
+                kind = NUMBER_PREFIX
+            else:
+                return {}
+            if kinds.get(key, kind) not in ("", kind):
+                return {}
+            kinds[key] = kind
+    names = {key: kind + key for key, kind in kinds.items() if kind}
+    folded = {TYPED_MARKER, *(name.lower() for name in LOG_SCHEMA.names)}
+    for name in names.values():
+        if name.lower() in folded:
+            return {}
+        folded.add(name.lower())
+    out: dict[str, pa.Array] = {TYPED_MARKER: pa.array([True] * len(rows), pa.bool_())}
+    for key, name in names.items():
+        values = [clean_float(row.features.get(key)) for row in rows]
+        if kinds[key] == NUMBER_PREFIX:
+            out[name] = pa.array([None if v is None else float(v) for v in values], pa.float64())
+        else:
+            out[name] = pa.array(values, pa.string())
+    return out
+
+
 def feedback_table(items: Sequence[Feedback]) -> pa.Table:
     return pa.Table.from_pydict(
         {"request_id": [i.request_id for i in items], "label": [i.label for i in items], "ts": [i.ts for i in items]},
@@ -196,25 +261,30 @@ def prediction_filter(since: datetime | None, until: datetime | None, model_vers
 
 
 def install_views(con: duckdb.DuckDBPyConnection, predictions_sql: str, feedback_sql: str, filtered: bool) -> None:
-    """Create the three views from two relations.
+    """Create the three views (and the two wide ones, :data:`WIDE_PREDICTIONS` and :data:`WIDE_LABELLED`) from two relations.
 
-    ``feedback_sql`` must have ``request_id, label, ts`` and an ordering column ``_seq`` (a later write
-    sorts after an earlier one), used to break ties between labels received at the same time.
+    ``predictions_sql`` must have the columns of :data:`LOG_SCHEMA` and may have typed feature
+    columns (kept in the wide views only). ``feedback_sql`` must have ``request_id, label, ts`` and
+    an ordering column ``_seq`` (a later write sorts after an earlier one), used to break ties
+    between labels received at the same time.
     """
-    con.execute(f"CREATE VIEW predictions AS SELECT * FROM {predictions_sql}")
+    log_columns = ", ".join(LOG_SCHEMA.names)
+    con.execute(f"CREATE VIEW {WIDE_PREDICTIONS} AS SELECT * FROM {predictions_sql}")
+    con.execute(f"CREATE VIEW predictions AS SELECT {log_columns} FROM {WIDE_PREDICTIONS}")
     raw = f"(SELECT * FROM {feedback_sql})"
     if filtered:
         raw = f"(SELECT * FROM {feedback_sql} WHERE request_id IN (SELECT request_id FROM predictions))"
     con.execute(f"CREATE VIEW _feedback_raw AS SELECT * FROM {raw}")
     con.execute("CREATE VIEW feedback AS SELECT request_id, label, ts FROM _feedback_raw")
     con.execute(
-        """CREATE VIEW labelled AS
-           SELECT p.*, f.label, f.label_ts FROM predictions p
-           LEFT JOIN (
-               SELECT request_id, label, ts AS label_ts FROM _feedback_raw
-               QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
-           ) f USING (request_id)"""
+        f"""CREATE VIEW {WIDE_LABELLED} AS
+            SELECT p.*, f.label, f.label_ts FROM {WIDE_PREDICTIONS} p
+            LEFT JOIN (
+                SELECT request_id, label, ts AS label_ts FROM _feedback_raw
+                QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
+            ) f USING (request_id)"""
     )
+    con.execute(f"CREATE VIEW labelled AS SELECT {log_columns}, label, label_ts FROM {WIDE_LABELLED}")
 
 
 def read_labelled(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -274,13 +344,16 @@ class PredictionLog:
 
     def append(self, rows: Sequence[LoggedPrediction]) -> None:
         if rows:
-            self._write_part(self._log_dir, log_table(rows))
+            table = log_table(rows)
+            for name, column in typed_feature_columns(rows).items():
+                table = table.append_column(name, column)
+            self._write_part(self._log_dir, table)
 
     def add_feedback(self, items: Sequence[Feedback]) -> None:
         if items:
             self._write_part(self._feedback_dir, feedback_table(items))
 
-    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False) -> str:
+    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False, by_name: bool = False) -> str:
         extra = ", NULL::VARCHAR AS _file, NULL::BIGINT AS _row" if ordered else ""
         if not any(folder.glob("part-*.parquet")):
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in schema)
@@ -292,7 +365,8 @@ class PredictionLog:
                 f"(SELECT {cols}, filename AS _file, file_row_number AS _row "
                 f"FROM read_parquet('{pattern}', filename = true, file_row_number = true))"
             )
-        return f"read_parquet('{pattern}')"
+        # by name: parts differ in their typed feature columns (missing ones read as NULL)
+        return f"read_parquet('{pattern}', union_by_name = true)" if by_name else f"read_parquet('{pattern}')"
 
     def connect(
         self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None
@@ -303,7 +377,7 @@ class PredictionLog:
         """
         con = duckdb.connect()
         where = prediction_filter(since, until, model_version)
-        predictions = f"(SELECT * FROM {self._relation(self._log_dir, LOG_SCHEMA)} WHERE {where})"
+        predictions = f"(SELECT * FROM {self._relation(self._log_dir, LOG_SCHEMA, by_name=True)} WHERE {where})"
         ordered = self._relation(self._feedback_dir, FEEDBACK_SCHEMA, ordered=True)
         feedback = f"(SELECT request_id, label, ts, (_file, _row) AS _seq FROM {ordered})"
         install_views(con, predictions, feedback, filtered=where != "TRUE")

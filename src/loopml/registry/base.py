@@ -1,6 +1,6 @@
 """What a model registry is: the :class:`ModelVersion` record and the :class:`Registry` verbs.
 
-Every backend (SQLite today, PostgreSQL later) implements the same small verb
+Every backend (SQLite, PostgreSQL) implements the same small verb
 set and passes the same contract tests (``tests/test_registry.py`` is
 parametrised over backends). Versions are numbered 1, 2, 3...; aliases
 (``champion``, ...) point at versions and keep their history, so a rollback

@@ -41,7 +41,7 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
     assembler = FeatureAssembler(spec, project.online_store(), project.online_fallback())
     alerts = project.alerts()
-    service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, state_dir=project.layout.state)
+    service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, rollout_dir=project.layout.rollout)
     service.reload()
     options = ServeOptions(
         admin_token=admin_token,

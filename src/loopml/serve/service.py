@@ -10,8 +10,8 @@ null gets the documented value, never an error) -> score with the model the roll
 (:mod:`loopml.serve.rollout`) -> hand the record, with the model input (and
 the raw string request features) as logged features, to the async logger.
 A prediction is logged at its event time (the request's timestamp feature,
-e.g. ``tx_datetime``; naive UTC) when the request carries one, else at the
-time it was served: live, the two agree; a replay or backfill is then
+e.g. ``tx_datetime``, read as UTC and converted to the log's clock, naive local
+time) when the request carries one, else at the time it was served: live, the two agree; a replay or backfill is then
 monitored on the timeline of its events.
 Shadow variants score the same assembled features on a background thread
 after the answer is computed; the response never waits for them.
@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,6 +96,11 @@ class ModelInput:
         return out
 
 
+def _local(utc: datetime) -> datetime:
+    """Naive UTC -> naive local time, the prediction log's clock (``monitor/predlog.py``)."""
+    return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
 def load_version(spec: Spec, registry: Registry, version: int, columns: list[str]) -> tuple[Predictor, ModelInput]:
     """A registered version's predictor (hash-checked by the registry) and its input builder over assembled ``columns``,
     with the categorical encodings fitted when that version was trained (online service, batch and stream scoring)."""
@@ -146,14 +151,14 @@ class PredictionService:
         logger: AsyncLogger | None,
         alias: str | None = None,
         alerts: AlertSink | None = None,
-        state_dir: Path | None = None,
+        rollout_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.assembler = assembler
         self.registry = registry
         self.logger = logger
         self.alerts = alerts
-        self.state_dir = state_dir
+        self.rollout_dir = rollout_dir
         settings = spec.rollout if alias is None else spec.rollout.model_copy(update={"alias": alias})
         self.rollout = RolloutController(self._saved_policy() or settings, spec.serving.latency_budget_ms)
         self.live_models: dict[str, LiveModel] = {}
@@ -333,7 +338,7 @@ class PredictionService:
         self.logger.submit(
             LoggedPrediction(
                 request_id=request_id,
-                ts=now if event is None else datetime_from_us(event),
+                ts=now if event is None else _local(datetime_from_us(event)),
                 entities=dict(req.entities),
                 features=values,
                 score=score,
@@ -428,17 +433,17 @@ class PredictionService:
         return version
 
     def record_event(self, event: dict[str, Any]) -> None:
-        if self.state_dir is None:
+        if self.rollout_dir is None:
             return
-        folder = self.state_dir / "rollout"
+        folder = self.rollout_dir
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / "events.jsonl").open("a") as fh:
             fh.write(json.dumps(event) + "\n")
 
     def _save_policy(self, settings: Rollout) -> None:
-        if self.state_dir is None:
+        if self.rollout_dir is None:
             return
-        folder = self.state_dir / "rollout"
+        folder = self.rollout_dir
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / ".policy.json.tmp"
         tmp.write_text(
@@ -448,7 +453,7 @@ class PredictionService:
 
     def _saved_policy(self) -> Rollout | None:
         """The policy last set at run time (admin API, a canary's end): it outlives a restart until loopml.yaml's changes."""
-        path = self.state_dir / "rollout" / "policy.json" if self.state_dir else None
+        path = self.rollout_dir / "policy.json" if self.rollout_dir else None
         if path is None or not path.exists():
             return None
         saved = json.loads(path.read_text())
@@ -457,7 +462,7 @@ class PredictionService:
         return Rollout.model_validate(saved["policy"])
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.state_dir / "rollout" / "events.jsonl" if self.state_dir else None
+        path = self.rollout_dir / "events.jsonl" if self.rollout_dir else None
         if path is None or not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
