@@ -1,7 +1,7 @@
 """A drift report over 1 M current rows x 50 columns: loopml against stored reference statistics vs Evidently.
 
     .venv/bin/python benchmarks/drift.py [--rows 1000000] [--columns 50] [--reference-rows 200000]
-                                         [--skip-evidently] [--evidently-timeout 1800]
+                                         [--skip-evidently] [--evidently-timeout 1800] [--skip-json-log]
 
 Data: ``--columns`` columns (every tenth one categorical with 20 string values,
 the rest numeric: normal, log-normal and integer counts), ``--reference-rows``
@@ -19,9 +19,14 @@ loopml side, in this process:
   (:func:`~loopml.monitor.drift.summarise` + :func:`~loopml.monitor.drift.decide`);
   this is what Evidently is timed on (it gets the columns as DataFrames);
 * *the same from a prediction log*: the current rows written as one Parquet part
-  of a :class:`~loopml.monitor.predlog.PredictionLog` (features as JSON text,
-  as the server logs them), then read with DuckDB (``json_transform``) and
-  reported: what ``loopml monitor`` pays, JSON parsing included.
+  of a :class:`~loopml.monitor.predlog.PredictionLog` in the layout the server
+  writes (features as JSON text and as one typed column each; the part's schema
+  is checked against one written by ``PredictionLog.append``), then read with
+  DuckDB (:func:`~loopml.monitor.drift.load_live`, typed columns straight to
+  Arrow) and reported: what ``loopml monitor`` pays, reading included;
+* *the same from a log written before typed columns* (JSON text only): the
+  JSON parsed by DuckDB (``json_transform``), the fallback for old parts and
+  the PostgreSQL log (``--skip-json-log`` skips it).
 
 Evidently side: ``evidently`` (0.7) is installed with pip into its own venv
 (``/tmp/loopml-bench-evidently``, since it is not a loopml dependency and needs
@@ -39,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,8 +57,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import ratio, timed
 
-from loopml.monitor.drift import LiveData, column_references, decide, load_live, summarise
-from loopml.monitor.predlog import LOG_SCHEMA, PredictionLog
+from loopml.monitor.drift import SCORE, LiveData, column_references, decide, load_live, summarise
+from loopml.monitor.predlog import LOG_SCHEMA, NUMBER_PREFIX, STRING_PREFIX, TYPED_MARKER, LoggedPrediction, PredictionLog
 from loopml.spec.model import Monitoring
 from loopml.train.reference import reference_stats
 
@@ -106,25 +112,50 @@ def make_data(rows: int, reference_rows: int, columns: int, seed: int = 0) -> tu
     return pa.table(ref), pa.table(cur), shifted
 
 
-def write_prediction_log(folder: Path, current: pa.Table, numeric: list[str], categorical: list[str]) -> None:
-    """The current rows as one part of a prediction log, built with DuckDB (JSON text, as the server writes it)."""
-    log_dir = folder / "log"
-    log_dir.mkdir(parents=True)
-    con = duckdb.connect()
-    con.register("cur", current)
-    pairs = ", ".join(f"'{n}', {n}" for n in [*numeric, *categorical])
+def write_prediction_log(folder: Path, current: pa.Table, numeric: list[str], categorical: list[str], typed: bool = True) -> None:
+    """The current rows as one part of a prediction log, built with DuckDB as :meth:`PredictionLog.append` lays it out.
+
+    ``typed``: with the typed feature columns, in their folder (what the server writes; the schema and
+    the folder are checked against a part of a few of the same rows written by ``PredictionLog.append``);
+    without, JSON text only (a part written before typed columns existed).
+    """
     start = datetime(2026, 3, 1)
     step_us = 7 * 86_400 * 1_000_000 // current.num_rows  # a week of traffic
+    sql = {
+        "request_id": "'r' || i",
+        "ts": f"TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}' + to_microseconds((i * {step_us})::BIGINT)",
+        "entities": "'{}'",
+        "features": "json_object(" + ", ".join(f"'{n}', {n}" for n in [*numeric, *categorical]) + ")::VARCHAR",
+        "score": "0.5::DOUBLE",
+        "model_version": "1::BIGINT",
+        "variant": "'champion'",
+        "latency_ms": "1.0::DOUBLE",
+    }
+    part = folder / "log" / "part-0.parquet"
+    expected: list[tuple[str, pa.DataType]] = [(f.name, f.type) for f in LOG_SCHEMA]
+    if typed:
+        sample = current.slice(0, 20).to_pylist()
+        rows = [
+            LoggedPrediction(f"r{i}", start, {}, {n: row[n] for n in [*numeric, *categorical]}, 0.5, 1, "champion", 1.0)
+            for i, row in enumerate(sample)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            PredictionLog(Path(tmp)).append(rows)
+            (server_part,) = (Path(tmp) / "log").glob("*/part-*.parquet")
+            expected = [(f.name, f.type) for f in pq.read_schema(server_part)]
+            part = folder / "log" / server_part.parent.name / "part-0.parquet"
+        sql[TYPED_MARKER] = "true"
+        sql |= {f"{NUMBER_PREFIX}{n}": n for n in numeric} | {f"{STRING_PREFIX}{n}": n for n in categorical}
+    part.parent.mkdir(parents=True)
+    con = duckdb.connect()
+    con.register("cur", current)
+    columns = ", ".join(f'{sql[name]} AS "{name}"' for name, _ in expected)
     con.execute(
-        f"""COPY (SELECT 'r' || i AS request_id,
-                         TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}' + to_microseconds((i * {step_us})::BIGINT) AS ts,
-                         '{{}}' AS entities, json_object({pairs})::VARCHAR AS features, 0.5::DOUBLE AS score,
-                         1::BIGINT AS model_version, 'champion' AS variant, 1.0::DOUBLE AS latency_ms
-                  FROM (SELECT *, row_number() OVER () - 1 AS i FROM cur))
-            TO '{log_dir / "part-0.parquet"}' (FORMAT parquet)"""
+        f"""COPY (SELECT {columns} FROM (SELECT *, row_number() OVER () - 1 AS i FROM cur))
+            TO '{part}' (FORMAT parquet)"""
     )
-    written = pq.read_schema(log_dir / "part-0.parquet")
-    assert [f.name for f in written] == LOG_SCHEMA.names, written
+    written = [(f.name, f.type) for f in pq.read_schema(part)]
+    assert written == expected, (written, expected)
 
 
 def evidently_python() -> Path | None:
@@ -148,6 +179,7 @@ def main() -> None:
     parser.add_argument("--reference-rows", type=int, default=200_000)
     parser.add_argument("--skip-evidently", action="store_true")
     parser.add_argument("--evidently-timeout", type=float, default=1800.0)
+    parser.add_argument("--skip-json-log", action="store_true", help="do not time the log written before typed columns")
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}; "
@@ -197,20 +229,27 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_prediction_log(folder / "predictions", current, numeric, categorical)
-        log = PredictionLog(folder / "predictions")
 
-        def from_log() -> int:
+        def from_log(log: PredictionLog) -> list[str]:
             references = column_references(json.loads(stored))
             with log.connect() as con:
                 logged = load_live(con, numeric, categorical)
             w = np.asarray(logged.ts_us // int(timedelta(days=1).total_seconds() * 1e6), dtype=np.int64)
             w -= w[0]
             decisions = decide(summarise(references, logged, w, int(w[-1]) + 1), settings)
-            return len(decisions)
+            return sorted(d.feature for d in decisions[-1] if d.drifted and d.feature != SCORE)  # the logged score is constant
 
-        _, log_s = timed(from_log)
-        rows.append(("loopml, the same from a prediction log (DuckDB JSON parse + report)", f"{log_s:.2f} s"))
+        write_prediction_log(folder / "predictions", current, numeric, categorical)
+        from_typed, log_s = timed(lambda: from_log(PredictionLog(folder / "predictions")))
+        assert from_typed == drifted, (from_typed, drifted)
+        rows.append(("loopml, the same from a prediction log (typed columns + report)", f"{log_s:.2f} s"))
+        shutil.rmtree(folder / "predictions")
+        if not args.skip_json_log:
+            write_prediction_log(folder / "predictions", current, numeric, categorical, typed=False)
+            from_json, json_s = timed(lambda: from_log(PredictionLog(folder / "predictions")))
+            assert from_json == drifted, (from_json, drifted)
+            rows.append(("loopml, from a log of JSON text only (DuckDB JSON parse + report)", f"{json_s:.2f} s"))
+            shutil.rmtree(folder / "predictions")
 
         python = None if args.skip_evidently else evidently_python()
         if python is not None:

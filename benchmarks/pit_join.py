@@ -19,8 +19,9 @@ on the same data in the same run:
   order; its values must equal loopml's (checked);
 * Feast ``get_historical_features`` with a local file offline store,
   installed with pip into its own venv (``/tmp/loopml-bench-feast``) by this
-  script, run in a subprocess with a 10-minute limit; skipped (and said so)
-  if it cannot be installed or does not finish. Feast's as-of includes
+  script, run in a subprocess with a 10-minute limit and a memory limit (3/4
+  of the machine); skipped (and said so) if it cannot be installed, does not
+  finish or outgrows the memory limit. Feast's as-of includes
   events at exactly the spine time, so its values are not compared; the
   number of rows it returns is printed.
 
@@ -41,6 +42,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 from pathlib import Path
 
@@ -59,6 +61,7 @@ YEAR_US = 365 * 86_400 * 1_000_000
 START_US = int(np.datetime64("2025-01-01T00:00:00", "us").astype(np.int64))
 FEAST_VENV = Path("/tmp/loopml-bench-feast")
 FEAST_TIMEOUT_S = 600
+FEAST_MAX_MEMORY = 0.75  # of the machine's memory (see _run_guarded)
 FEATURE = "f_value_last_3650d"
 
 SPEC = {
@@ -165,22 +168,70 @@ def feast(folder: Path, events: Path, spine: Path, spine_rows: int) -> str:
         repo.mkdir(exist_ok=True)
         script = folder / "feast_run.py"
         script.write_text(FEAST_SCRIPT)
-        proc = subprocess.run(
-            [str(python), str(script), str(repo), str(events), str(spine)],
-            capture_output=True,
-            text=True,
-            timeout=FEAST_TIMEOUT_S,
-            cwd=repo,
-        )
+        command = [str(python), str(script), str(repo), str(events), str(spine)]
+        returncode, stdout, stderr, stopped = _run_guarded(command, repo)
     except subprocess.TimeoutExpired:
-        return f"skipped: did not finish within {FEAST_TIMEOUT_S} s"
+        return f"skipped: could not install feast within {FEAST_TIMEOUT_S} s"
     except OSError as exc:
         return f"skipped: could not install feast ({exc})"
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"skipped: feast failed ({last[:200]})"
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    if stopped:
+        return f"skipped: {stopped}"
+    if returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if "warn" not in line.lower()] or ["no output"]
+        return f"skipped: feast failed ({lines[-1][:200]})"
+    data = json.loads(stdout.strip().splitlines()[-1])
     return f"{data['seconds']:.2f} s ({data['rows']:,} rows returned for {spine_rows:,} spine rows)"
+
+
+def _run_guarded(command: list[str], cwd: Path) -> tuple[int, str, str, str]:
+    """Run ``command`` with the time limit and a memory limit; (return code, stdout, stderr, why it was stopped or "").
+
+    Feast's file offline store holds the whole joined frame in memory: on the
+    full-size data it passed 20 GB of the machine's 24 GB, so it is stopped
+    past ``FEAST_MAX_MEMORY`` of its machine's memory (resident set, read from
+    /proc twice a second) rather than left to the kernel's OOM killer, which
+    could pick a neighbour.
+    """
+    total = _meminfo_kib("MemTotal")
+    limit_kib = int(total * FEAST_MAX_MEMORY) if total else None
+    started = time.monotonic()
+    peak = 0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=cwd)
+        stopped = ""
+        while proc.poll() is None:
+            elapsed = time.monotonic() - started
+            peak = max(peak, _rss_kib(proc.pid))
+            if elapsed > FEAST_TIMEOUT_S:
+                stopped = f"did not finish within {FEAST_TIMEOUT_S} s"
+            elif limit_kib is not None and peak > limit_kib:
+                stopped = (
+                    f"stopped after {elapsed:.0f} s, holding {peak / 2**20:.1f} GB "
+                    f"(limit {FEAST_MAX_MEMORY:.0%} of the machine's {total / 2**20:.0f} GB)"
+                )
+            if stopped:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), stopped
+
+
+def _meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
 def main() -> None:

@@ -404,12 +404,12 @@ def test_last_views_numpy_and_sql_match_the_reference(tmp_path: Path, seed: int)
     con.close()
 
 
-@pytest.mark.parametrize("way", ["every event sorted", "one cell per entity", "two cells per entity"])
+@pytest.mark.parametrize("way", ["every event sorted", "one cell per entity", "two cells per entity", "cells, running maximum"])
 @pytest.mark.parametrize("seed", SEEDS[:8])
 def test_last_views_through_each_numpy_way_with_coarse_time_buckets(
     tmp_path: Path, seed: int, way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sorting every event (the way when the cell table would be too big) or coarse cells, with coarse sort buckets.
+    """Sorting every event (the way when the cell table would be too big), coarse cells, or cells found by the running maximum.
 
     Buckets of 2**33 µs (~2.4 h) or more hold many events of one entity: runs are re-sorted by exact time and
     the search bisects inside a bucket; the sort is split over two threads even for these few events.
@@ -418,6 +418,8 @@ def test_last_views_through_each_numpy_way_with_coarse_time_buckets(
     monkeypatch.setattr(asof, "_PARALLEL_SORT_ROWS", 2)
     if way == "every event sorted":
         monkeypatch.setattr(asof, "CELL_BUDGET", 0)
+    elif way == "cells, running maximum":  # no steps back from a spine row's cell: the running maximum finds them all
+        monkeypatch.setattr(asof, "_STEPS_BACK", seed % 2)
     else:
         monkeypatch.setattr(asof, "CELLS_PER_ENTITY_CAP", 1 if way.startswith("one") else 2)
     spec, tables, paths = world(seed, tmp_path)

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,13 +29,15 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
-from loopml.monitor.drift import current_values
+from loopml.monitor.drift import LiveData, current_values, load_live, logged_schema
 from loopml.monitor.predlog import (
     LABELLED_SCHEMA,
+    LOG_SCHEMA,
     Feedback,
     LoggedPrediction,
     PredictionLog,
     PredictionLogBackend,
+    log_table,
     open_prediction_log,
     read_labels_file,
 )
@@ -374,3 +378,184 @@ def test_feedback_command_adds_labels_and_reports_pending(tmp_path: Path) -> Non
         assert con.execute("SELECT count(*) FROM feedback").fetchone() == (8,)  # nothing of the bad file was stored
     result = runner.invoke(app, ["feedback", "--file", str(tmp_path / "missing.csv"), "--project", str(tmp_path)])
     assert result.exit_code == 1 and "missing.csv: no such labels file" in result.stderr
+
+
+# -- typed feature columns: the drift report reads them instead of parsing JSON ----------------------------
+
+
+def typed_parts(folder: Path) -> list[Path]:
+    return sorted((folder / "log").glob("typed-*/part-*.parquet"))
+
+
+def untyped_parts(folder: Path) -> list[Path]:
+    return sorted((folder / "log").glob("part-*.parquet"))
+
+
+def write_legacy_part(folder: Path, rows: list[LoggedPrediction], name: str) -> None:
+    """A part as the log wrote it before typed columns: JSON text only."""
+    (folder / "log").mkdir(parents=True, exist_ok=True)
+    pq.write_table(log_table(rows), folder / "log" / f"part-{name}.parquet")
+
+
+def test_each_feature_is_also_stored_as_a_typed_column(tmp_path: Path) -> None:
+    folder = tmp_path / "predictions"
+    log = PredictionLog(folder)
+    features = [
+        {"amount": 2.5, "count": 3, "country": None, "gone": None},
+        {"amount": math.nan, "count": 4, "country": "FR", "gone": None},
+    ]
+    log.append([pred(i, features=f) for i, f in enumerate(features)])
+    (part,) = typed_parts(folder)
+    assert untyped_parts(folder) == []
+    table = pq.read_table(part)
+    # "gone" has only missing values: no column (a reader gets NULL, as from the JSON)
+    assert table.column_names == [*LOG_SCHEMA.names, "_typed", "n:amount", "n:count", "s:country"]
+    assert table.column("n:amount").to_pylist() == [2.5, None]  # non-finite: missing, as in the JSON
+    assert table.column("n:count").type == pa.float64() and table.column("n:count").to_pylist() == [3.0, 4.0]
+    assert table.column("s:country").to_pylist() == [None, "FR"] and table.column("_typed").to_pylist() == [True, True]
+    # the views keep the contract's columns, the JSON text as before
+    got = log.read()
+    assert got.schema == LABELLED_SCHEMA
+    assert json.loads(got.column("features")[1].as_py()) == {"amount": None, "count": 4, "country": "FR", "gone": None}
+    with log.connect() as con:
+        assert [r[0] for r in con.execute("DESCRIBE predictions").fetchall()] == LOG_SCHEMA.names
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        [{"x": 1.0}, {"x": "one"}],  # numbers and strings in one feature
+        [{"x": True}, {"x": 1.0}],  # a boolean
+        [{"x": [1, 2]}, {"x": 1.0}],  # a list
+        [{"x": 1.0, "X": 2.0}, {"x": 1.0, "X": 2.0}],  # two names a DuckDB column cannot tell apart
+        [{"x": 10**400}, {"x": 1.0}],  # an integer beyond any double
+    ],
+)
+def test_a_batch_that_cannot_be_typed_is_logged_as_json_only(tmp_path: Path, features: list[dict[str, Any]]) -> None:
+    folder = tmp_path / "predictions"
+    log = PredictionLog(folder)
+    log.append([pred(i, features=f) for i, f in enumerate(features)])
+    assert typed_parts(folder) == []
+    (part,) = untyped_parts(folder)
+    assert pq.read_schema(part).names == LOG_SCHEMA.names
+    assert [json.loads(r["features"]) for r in log.read().to_pylist()] == features
+
+
+def test_parts_of_every_layout_read_as_one_log(tmp_path: Path) -> None:
+    folder = tmp_path / "predictions"
+    write_legacy_part(folder, [pred(0), pred(1)], "00000000T000000000000-0ld0ld00")  # written before typed columns
+    log = PredictionLog(folder)
+    log.append([pred(i) for i in range(2, 4)])  # amount, hour
+    log.append([pred(i, features={"amount": 1.0, "country": "FR"}) for i in range(4, 6)])  # another set of columns
+    log.append([pred(i) for i in range(6, 8)])  # the first set again: the same folder
+    log.append([pred(8, features={"amount": "n/a"}), pred(9)])  # mixed types: JSON only
+    assert len(typed_parts(folder)) == 3 and len({p.parent for p in typed_parts(folder)}) == 2
+    assert len(untyped_parts(folder)) == 2
+    log.add_feedback([Feedback("r0", 1.0, T0), Feedback("r5", 0.0, T0)])
+    assert log.count() == 10
+    got = log.read()
+    assert got.schema == LABELLED_SCHEMA and got.column("request_id").to_pylist() == [f"r{i}" for i in range(10)]
+    assert labels_of(log) == {f"r{i}": {0: 1.0, 5: 0.0}.get(i) for i in range(10)}
+    # a temporary part left in a typed folder by a writer that died is ignored, then swept
+    stale = typed_parts(folder)[0].parent / ".part-20200101T000000000000-dead.parquet.tmp"
+    stale.write_bytes(b"PAR1 half a file")
+    assert log.count() == 10
+    os.utime(stale, (0, 0))
+    PredictionLog(folder).append([pred(10)])
+    assert not stale.exists() and log.count() == 11
+
+
+def test_writers_in_parallel_create_typed_folders_safely(tmp_path: Path) -> None:
+    folder = tmp_path / "predictions"
+
+    def write(w: int) -> None:
+        log = PredictionLog(folder)  # one per writer, as separate processes would have
+        for b in range(5):
+            log.append([pred(100 * w + 10 * b + i, features={"amount": 1.0, f"only{b % 2}": "x"}) for i in range(10)])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))
+    log = PredictionLog(folder)
+    assert log.count() == 200 and len({p.parent for p in typed_parts(folder)}) == 2
+    assert len(set(log.read().column("request_id").to_pylist())) == 200
+
+
+def live_rows() -> list[list[LoggedPrediction]]:
+    """Batches covering every way a feature can be logged; times out of write order on purpose."""
+    at = [T0 + timedelta(minutes=m) for m in (5, 1, 7, 3, 2, 9, 8, 0, 6, 4, 11, 10)]
+    return [
+        # typed: numbers (a NaN, an integer), strings (a missing one), a missing feature
+        [
+            pred(0, ts=at[0], features={"amount": 1.5, "country": "FR"}),
+            pred(1, ts=at[1], features={"amount": math.nan, "country": None}),
+            pred(2, ts=at[2], features={"amount": 7, "country": "DE", "other": 1.0}),
+        ],
+        # typed, but of the other type: strings for the numeric feature, numbers for the categorical one
+        [
+            pred(3, ts=at[3], features={"amount": "12.5", "country": 3}),
+            pred(4, ts=at[4], features={"amount": "abc", "country": 2.5}),
+        ],
+        # untyped (a boolean, mixed types)
+        [
+            pred(5, ts=at[5], features={"amount": True, "country": "FR"}),
+            pred(6, ts=at[6], features={"amount": 2.0, "country": 1}),
+            pred(7, ts=at[7], features={"amount": 3.0, "country": "IT"}),
+        ],
+        # typed, categorical feature missing everywhere
+        [pred(8, ts=at[8], features={"amount": 4.0}), pred(9, ts=at[9], features={"amount": -1.0})],
+        [pred(10, ts=at[10], version=2, features={"amount": 5.0, "country": "FR"})],
+        [pred(11, ts=at[11], features={"amount": 6.0, "country": "ES"})],
+    ]
+
+
+def test_drift_reads_typed_columns_exactly_as_it_parses_the_json(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    batches = live_rows()
+    labels = [Feedback("r0", 1.0, T0), Feedback("r4", 0.0, T0), Feedback("r4", 1.0, T0 + timedelta(hours=1))]
+    typed = PredictionLog(tmp_path / "typed")
+    legacy = tmp_path / "legacy"  # the same rows, JSON text only
+    postgres = make_log("postgres", request, tmp_path)
+    for i, batch in enumerate(batches):
+        typed.append(batch)
+        postgres.append(batch)
+        write_legacy_part(legacy, batch, f"{i:08d}")
+    for log in (typed, postgres, PredictionLog(legacy)):
+        log.add_feedback(labels)
+    assert len(typed_parts(tmp_path / "typed")) == 5 and len(untyped_parts(tmp_path / "typed")) == 1
+
+    def live(log: PredictionLogBackend, text: bool, version: int | None = 1) -> LiveData:
+        with log.connect(model_version=version) as con:
+            return load_live(con, ["amount", "other"], ["country"], logged_schema(con) if text else None)
+
+    for text in (False, True):  # numbers parsed straight, or as text with the errors counted
+        got = live(typed, text)
+        assert got.rows == 11 and list(got.ts_us) == sorted(got.ts_us)  # oldest first
+        for other in (PredictionLog(legacy), postgres):
+            expected = live(other, text)
+            assert list(got.ts_us) == list(expected.ts_us)
+            for name in ("score", "label", "latency_ms"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+            for name in ("amount", "other"):
+                np.testing.assert_array_equal(got.numeric[name], expected.numeric[name])
+            assert got.categorical["country"].to_pylist() == expected.categorical["country"].to_pylist()
+            assert got.type_errors == expected.type_errors
+    # oldest first: r7 (0 min), r1, r4, r3, r9, r0, r8, r2, r6, r5, r11 (10 min)
+    got = live(typed, text=True)
+    np.testing.assert_array_equal(got.numeric["amount"], [3.0, np.nan, np.nan, 12.5, -1.0, 1.5, 4.0, 7.0, 2.0, np.nan, 6.0])
+    assert got.categorical["country"].to_pylist() == ["IT", None, "2.5", "3", None, "FR", None, "DE", "1", "FR", "ES"]
+    np.testing.assert_array_equal(got.numeric["other"], [np.nan] * 7 + [1.0] + [np.nan] * 3)
+    np.testing.assert_array_equal(got.label, [np.nan, np.nan, 1.0, np.nan, np.nan, 1.0] + [np.nan] * 5)
+    assert got.type_errors == {"amount": 2}  # "abc" and true
+    assert live(typed, text=False, version=None).rows == 12
+
+
+def test_the_typed_read_never_parses_the_json(tmp_path: Path) -> None:
+    folder = tmp_path / "predictions"
+    log = PredictionLog(folder)
+    log.append([pred(i, features={"amount": float(i), "country": "FR"}) for i in range(3)])
+    (part,) = typed_parts(folder)
+    table = pq.read_table(part)
+    broken = table.set_column(table.schema.get_field_index("features"), "features", pa.array(["{not json"] * 3))
+    pq.write_table(broken, part)  # the typed columns alone must be read
+    with log.connect() as con:
+        got = load_live(con, ["amount"], ["country"])
+    assert list(got.numeric["amount"]) == [0.0, 1.0, 2.0] and got.categorical["country"].to_pylist() == ["FR"] * 3

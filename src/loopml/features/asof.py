@@ -15,14 +15,14 @@ both to the same brute-force reference):
   too many for 62 bits: DuckDB ``ASOF JOIN`` SQL.
 
 Why hand-written numpy: on ``benchmarks/pit_join.py`` (1 M spine rows, 10 M
-events, the 2 cores shared with other jobs, best of 2 to 4 runs in one
+events, the 2 cores shared with other jobs; best of 2 to 5 runs in one
 process) DuckDB's ``ASOF JOIN`` took 4.2 to 5.1 s where ``pandas.merge_asof``
-(with the sort it needs) took 2.6 to 2.9 s; sorting every event once with
-``numpy.sort`` and one ``searchsorted`` per spine row, 1.3 to 1.8 s; the
-table of cells below, 1.0 to 2.0 s, with a third less CPU time than the
-sort. (``np.argsort`` of the same keys is 2.3x slower than ``np.sort``,
-hence positions ride in the sorted values; Arrow's ``sort_indices`` on
-(entity, time) was 20x slower.)
+(with the sort it needs) took 2.4 to 2.9 s. Sorting every event once with
+``numpy.sort`` and one ``searchsorted`` per spine row took 1.1 to 1.8 s
+(1.5 s of CPU); the cells below, streamed, 1.0 to 1.4 s (1.1 s of CPU,
+where merge_asof uses 2.6). ``np.argsort`` of the same keys is 2.3x slower
+than ``np.sort`` (hence positions ride in the sorted values), Arrow's
+``sort_indices`` on (entity, time) 20x slower.
 
 The numpy path. Events with a key and a time get an entity code (a dense
 integer key minus the smallest, else its index in an Arrow dictionary of the
@@ -31,21 +31,25 @@ keys) and keep their position in source order (the rows are read in
 the events before its cutoff ``t - d`` (``t - d + 1 µs`` when inclusive); its
 latest visible event is the one with the greatest (time, position).
 
-* Cells (:func:`_by_cells`): each entity's time span is cut into cells of
-  ``2**c`` µs, about one event per cell. One scatter (``np.maximum.at``)
-  keeps each cell's latest event as ``(time within the cell) << p |
-  position``, and a running maximum along each entity's cells gives its
-  latest non-empty cell up to any cell. A spine row's answer is the latest
-  event of its own cell before the cutoff, if there is one, else the latest
-  event of the cells before. Only the events that share a cell with some
-  spine row (a sixth on the benchmark) are sorted for that first part.
-* Sorting (:class:`_Sorted`, also the inside of a cell): every event becomes
-  ``(code << b | time bucket) << p | position``, the time bucket being the
-  microseconds since the earliest event shifted right just enough to fit 62
-  bits; after ``np.sort`` (two threads), runs of one entity in one bucket are
-  re-sorted by exact time, so the array is in (entity, time, position)
-  order. ``searchsorted`` of a spine row's bucket, then a bisection on exact
-  times inside that bucket, gives its latest visible event.
+* Cells (:class:`_Cells`, :func:`_by_cells`): each entity's time span is cut
+  into cells of ``2**c`` µs, about one event per cell. One scatter
+  (``np.maximum.at``) keeps each cell's latest event as ``(time within the
+  cell) << p | position``. A spine row's answer is the latest event of its
+  own cell before the cutoff (:func:`_own_cell`: a second scatter, or a sort
+  of the few cells holding several spine rows), if there is one, else that
+  of the latest non-empty cell before its own (a few steps back, or a running
+  maximum along the entity's cells). For dense integer keys
+  (:func:`_streamed`) the bounds come from the Parquet statistics and the
+  events are turned into cells batch by batch as DuckDB streams them: no
+  array of all events is made but their values.
+* Sorting (:class:`_Sorted`; for other keys when the cell table would be
+  too big, and inside crowded cells): every event becomes ``(code << b |
+  time bucket) << p | position``, the time bucket being the microseconds
+  since the earliest event shifted right just enough to fit 62 bits; after
+  ``np.sort`` (two threads), runs of one entity in one bucket are re-sorted
+  by exact time, so the array is in (entity, time, position) order.
+  ``searchsorted`` of a spine row's bucket, then a bisection on exact times
+  inside that bucket, gives its latest visible event.
 
 ``last`` of a column with NULL values is the latest event with a value (a
 second table, or a running maximum of the sorted positions that have one);
@@ -109,6 +113,8 @@ _BATCH_ROWS = 1 << 18
 #: Most cells of the (entity, time cell) table per event (0: always sort every event) and per entity; tests lower them.
 CELL_BUDGET = 4
 CELLS_PER_ENTITY_CAP = 1 << 20
+#: Steps back from a spine row's cell to find a non-empty one, before a running maximum over every cell does it.
+_STEPS_BACK = 8
 #: Below this many events one thread sorts them (splitting costs more than it saves).
 _PARALLEL_SORT_ROWS = 1 << 20
 
@@ -196,8 +202,8 @@ class _Events:
 def _read(con: duckdb.DuckDBPyConnection, query: str, rows: int, integer: bool, columns: int) -> _Events:
     """The query's rows (key, time, values), streamed in Arrow batches into arrays made once for ``rows`` rows.
 
-    Measured against a whole Arrow table then numpy: half the page faults and
-    a third less time on 10 M rows (the batches reuse their memory).
+    Measured against a whole Arrow table then numpy on 10 M rows: a third of
+    the page faults and a quarter less time (the batches reuse their memory).
     """
     events = _Events(np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64), None, [], [None] * columns)
     events.values = [np.empty(rows, dtype=np.float64) for _ in range(columns)]
@@ -241,19 +247,20 @@ def _read(con: duckdb.DuckDBPyConnection, query: str, rows: int, integer: bool, 
 
 
 def _grow(events: _Events, rows: int) -> None:
-    """Resize every array of ``events`` to ``rows`` rows (new rows: no key, no time, no value)."""
+    """Resize every array of ``events`` to ``rows`` rows (new rows are about to be written: masks True there)."""
 
     def fit(array: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
         if rows <= len(array):
             return array[:rows]
         return np.concatenate([array, np.full(rows - len(array), fill, dtype=array.dtype)])
 
+    if events.present is not None:
+        events.present = fit(events.present, True)
     if isinstance(events.keys, np.ndarray):
         events.keys = fit(events.keys, 0)
     events.times = fit(events.times, 0)
-    events.present = fit(np.ones(len(events.times), dtype=np.bool_) if events.present is None else events.present, False)
     events.values = [fit(v, 0.0) for v in events.values]
-    events.valid = [None if v is None else fit(v, False) for v in events.valid]
+    events.valid = [None if v is None else fit(v, True) for v in events.valid]
 
 
 def _codes(keys: I64 | pa.ChunkedArray, spine: pa.ChunkedArray) -> tuple[I64, I64, Mask, int]:
@@ -409,69 +416,161 @@ def _by_sorting(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, o
     return [events.events(at)] + [events.events(events.latest_valid(at, valid)) for valid in valids]
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """How time is cut into cells: ``per_entity`` cells of ``2**shift`` µs from ``first``, positions in ``bits``."""
+
+    count: int  # entities
+    per_entity: int
+    shift: int
+    first: int
+    span: int
+    bits: int  # position bits: a cell's key is (time within the cell) << bits | position
+
+    @property
+    def cells(self) -> int:
+        return self.count * self.per_entity
+
+    @staticmethod
+    def fit(count: int, rows: int, first: int, last: int) -> _Cells | None:
+        """About one event per cell, (time within a cell, position) in 63 bits; None when the table would be too big."""
+        bits = max(1, (rows - 1).bit_length())
+        span = last - first + 1
+        fewest = 1 << max(0, span.bit_length() + bits - 63)
+        per_entity = max(fewest, min(CELLS_PER_ENTITY_CAP, 1 << max(0, (rows // count).bit_length() - 1)))
+        cells = count * per_entity
+        if cells > CELL_BUDGET * max(rows, 1 << 16) or _PACKED_BITS - bits - max(1, (cells - 1).bit_length()) < 1:
+            return None  # (the second: no time bits left to sort the events that share a cell with spine rows)
+        shift = max(0, (span - 1).bit_length() - (per_entity.bit_length() - 1))  # (span - 1) >> shift < per_entity
+        return _Cells(count, per_entity, shift, first, span, bits)
+
+    def spine(self, wanted: I64, cutoffs: I64, ok: Mask) -> tuple[I64, I64, I64]:
+        """Each spine row's cell (its cutoff's; past the entity's last cell when after every event), the rows whose
+        own cell may hold their answer, and the rows with cells before theirs."""
+        bucket = np.clip(cutoffs - self.first, 0, self.span) >> self.shift
+        cell = np.where(ok, wanted * self.per_entity + bucket, 0)
+        return cell, np.flatnonzero(ok & (bucket < self.per_entity)), np.flatnonzero(ok & (bucket > 0))
+
+    def before(self, table: I64, cell: I64, earlier: I64) -> tuple[I64, I64]:
+        """Position and time of the latest event in the cells before each spine row's own (-1 and 0: none)."""
+        at = _non_empty_before(table, cell, earlier, self.count, self.per_entity)
+        key = table[np.maximum(at, 0)]
+        start = self.first + ((np.maximum(at, 0) % self.per_entity) << self.shift)
+        return np.where(at >= 0, key & ((1 << self.bits) - 1), -1), np.where(at >= 0, start + (key >> self.bits), 0)
+
+
+def _own_cell(
+    table: I64, cells: _Cells, spine: tuple[I64, I64, I64], shared: tuple[I64, I64], valids: list[Mask | None]
+) -> list[I64]:
+    """For the spine rows that look into their own cell, the latest event there before their cutoff: its index in ``shared``.
+
+    ``spine`` is (each spine row's cell, the rows that look, their cutoffs);
+    ``shared`` the (cell, time) of the events in those cells, in source order;
+    ``table`` scratch of one entry per cell. One list entry per ``valids``
+    (None: any event; else only events with a value); -1: none. A cell with
+    one such spine row: its events before the cutoff go to that row by one
+    scatter (``np.maximum.at`` of (time within the cell, index)). A cell with
+    several ("crowded"): its events are sorted with the cell as entity
+    (:class:`_Sorted`) and searched.
+    """
+    query_cell, looking, cutoffs = spine
+    cell, time = shared
+    index_bits = max(1, (len(cell) - 1).bit_length())
+    key = np.subtract(time, cells.first)
+    key &= (1 << cells.shift) - 1
+    key <<= index_bits
+    key |= np.arange(len(cell), dtype=np.int64)
+    table.fill(-1)
+    table[query_cell[looking]] = looking  # the spine row of each cell, -2 where several
+    table[query_cell[looking[table[query_cell[looking]] != looking]]] = -2
+    owner = table[cell]
+    alone = np.flatnonzero(owner >= 0)
+    row = owner[alone]
+    seen = time[alone] < cutoffs[row]
+    alone, row = alone[seen], row[seen]
+    crowded = looking[table[query_cell[looking]] == -2]
+    packed = np.flatnonzero(owner == -2)
+    inside: _Sorted | None = None
+    if len(crowded) and len(packed):
+        time_bits = _PACKED_BITS - max(1, (len(packed) - 1).bit_length()) - max(1, (cells.cells - 1).bit_length())
+        inside = _Sorted(cell[packed], time[packed], min(time_bits, TIME_BITS_CAP))
+        at = inside.search(query_cell[crowded], cutoffs[crowded], np.ones(len(crowded), dtype=np.bool_))
+    out = []
+    for valid in valids:
+        best = np.full(len(cutoffs), -1, dtype=np.int64)
+        chosen = alone if valid is None else valid[alone]
+        np.maximum.at(best, row if valid is None else row[chosen], key[alone if valid is None else alone[chosen]])
+        found = np.where(best >= 0, best & ((1 << index_bits) - 1), -1)
+        if inside is not None:
+            got = inside.events(at if valid is None else inside.latest_valid(at, valid[packed]))
+            found[crowded] = np.where(got >= 0, packed[np.maximum(got, 0)], -1)
+        out.append(found)
+    return out
+
+
 def _by_cells(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, ok: Mask, valids: list[Mask]) -> list[I64] | None:
     """:func:`_latest` through a table of the latest event per (entity, time cell); None when the table would be too big.
 
-    Each entity's time is cut into ``per_entity`` cells (about one event per
+    Each entity's time is cut into cells (:class:`_Cells`, about one event per
     cell). One scatter (``np.maximum.at``) keeps each cell's latest event,
-    packed as ``(time within the cell) << p | position``, and a running
-    maximum along each entity's cells gives the latest non-empty cell up to
-    any cell. A spine row's latest event is then the latest one in its own
-    cell before its cutoff, if any, else the latest of the cells before: only
-    the few events that share a cell with some spine row are sorted
-    (:class:`_Sorted`, with the cell as entity).
+    packed as ``(time within the cell) << p | position``, and the latest
+    non-empty cell before a spine row's own is found from that table. A spine
+    row's latest event is the latest one in its own cell before its cutoff
+    (:func:`_own_cell`), if any, else the latest of the cells before.
     """
-    n = len(times)
-    position_bits = max(1, (n - 1).bit_length())
-    first = int(times.min())
-    span = int(times.max()) - first + 1
-    fewest = 1 << max(0, span.bit_length() + position_bits - 63)  # so that (time within a cell, position) fits 63 bits
-    per_entity = max(fewest, min(CELLS_PER_ENTITY_CAP, 1 << max(0, (n // count).bit_length() - 1)))
-    cells = count * per_entity
-    if cells > CELL_BUDGET * max(n, 1 << 16) or _PACKED_BITS - position_bits - max(1, (cells - 1).bit_length()) < 1:
-        return None  # (the second: no time bits left to sort the events that share a cell with spine rows)
-    cell_shift = max(0, (span - 1).bit_length() - (per_entity.bit_length() - 1))  # (span - 1) >> cell_shift < per_entity
+    cells = _Cells.fit(count, len(times), int(times.min()), int(times.max()))
+    if cells is None:
+        return None
     cell = codes  # the caller's array, turned into cell numbers in place
-    cell *= per_entity
-    key = np.subtract(times, first)
-    key >>= cell_shift
+    cell *= cells.per_entity
+    key = np.subtract(times, cells.first)
+    key >>= cells.shift
     cell += key
-    np.subtract(times, first, out=key)  # then (time within the cell, position), in place
-    key &= (1 << cell_shift) - 1
-    key <<= position_bits
-    key |= np.arange(n, dtype=np.int64)
-    mask = (1 << position_bits) - 1
-    bucket = np.clip(cutoffs - first, 0, span) >> cell_shift  # per_entity: after every event
-    query_cell = np.where(ok, wanted * per_entity + bucket, 0)
-    own = ok & (bucket < per_entity)
-    marked = np.zeros(cells, dtype=np.bool_)
-    marked[query_cell[own]] = True
+    np.subtract(times, cells.first, out=key)  # then (time within the cell, position), in place
+    key &= (1 << cells.shift) - 1
+    key <<= cells.bits
+    key |= np.arange(len(times), dtype=np.int64)
+    query_cell, looking, earlier = cells.spine(wanted, cutoffs, ok)
+    marked = np.zeros(cells.cells, dtype=np.bool_)
+    marked[query_cell[looking]] = True
     shared = np.flatnonzero(marked[cell])  # events in the cell of some spine row
     del marked
-    inside: _Sorted | None = None
-    if len(shared):
-        time_bits = _PACKED_BITS - max(1, (len(shared) - 1).bit_length()) - max(1, (cells - 1).bit_length())
-        inside = _Sorted(cell[shared], times[shared], min(time_bits, TIME_BITS_CAP))
-        at = inside.search(query_cell, cutoffs, own)
-    earlier = ok & (bucket > 0)
-    out = []
+    table = np.full(cells.cells, -1, dtype=np.int64)
+    before = []
     for valid in [None, *valids]:
-        latest = np.full(cells, -1, dtype=np.int64)
-        if valid is None:
-            np.maximum.at(latest, cell, key)
-        else:
-            np.maximum.at(latest, cell[valid], key[valid])
-        upto = np.arange(cells, dtype=np.int64)
-        np.putmask(upto, latest < 0, -1)
-        np.maximum.accumulate(upto.reshape(count, per_entity), axis=1, out=upto.reshape(count, per_entity))
-        before = np.where(earlier, upto[np.maximum(query_cell - 1, 0)], -1)  # latest non-empty earlier cell
-        got = np.where(before >= 0, latest[np.maximum(before, 0)] & mask, -1)
-        if inside is not None:
-            mine = at if valid is None else inside.latest_valid(at, valid[shared])
-            found = inside.events(mine)
-            got = np.where(found >= 0, shared[np.maximum(found, 0)], got)
-        out.append(got)
-    return out
+        table.fill(-1)
+        np.maximum.at(table, cell if valid is None else cell[valid], key if valid is None else key[valid])
+        before.append(cells.before(table, query_cell, earlier)[0])
+    own = _own_cell(
+        table, cells, (query_cell, looking, cutoffs), (cell[shared], times[shared]), [None, *(v[shared] for v in valids)]
+    )
+    if not len(shared):
+        return before
+    return [np.where(mine >= 0, shared[np.maximum(mine, 0)], prior) for mine, prior in zip(own, before, strict=True)]
+
+
+def _non_empty_before(table: I64, cells: I64, rows: I64, count: int, per_entity: int) -> I64:
+    """For ``rows``, the latest non-empty cell of the entity before ``cells`` (-1: none; other rows -1).
+
+    Cells hold about one event, so most rows find one within a few steps
+    back; rows still looking after ``_STEPS_BACK`` steps get a running
+    maximum of the non-empty cells along every entity instead.
+    """
+    found = np.full(len(cells), -1, dtype=np.int64)
+    at = cells[rows] - 1
+    start = (cells[rows] // per_entity) * per_entity  # the entity's first cell
+    for _ in range(_STEPS_BACK):
+        hit = table[at] >= 0
+        found[rows[hit]] = at[hit]
+        going = ~hit & (at > start)
+        rows, at, start = rows[going], at[going] - 1, start[going]
+        if not len(rows):
+            return found
+    upto = np.arange(len(table), dtype=np.int64)
+    np.putmask(upto, table < 0, -1)
+    np.maximum.accumulate(upto.reshape(count, per_entity), axis=1, out=upto.reshape(count, per_entity))
+    found[rows] = upto[at]
+    return found
 
 
 def _latest(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, ok: Mask, valids: list[Mask]) -> list[I64] | None:
@@ -487,6 +586,171 @@ def _latest(codes: I64, times: I64, count: int, wanted: I64, cutoffs: I64, ok: M
         return [np.full(len(cutoffs), -1, dtype=np.int64) for _ in range(1 + len(valids))]
     by_cells = _by_cells(codes, times, count, wanted, cutoffs, ok, valids)  # (it returns None before touching codes)
     return by_cells if by_cells is not None else _by_sorting(codes, times, count, wanted, cutoffs, ok, valids)
+
+
+@dataclass
+class _Latest:
+    """Per spine row, the latest visible event: ``rows[0]`` whatever its values (-1: none), ``rows[1 + j]`` the
+    latest with a value in column ``j``; ``times`` theirs (anything where none) and ``values[j]`` the value there."""
+
+    rows: list[I64]
+    times: list[I64]
+    values: list[F64]
+
+
+def _filled(column: pa.Array, fill: int | float) -> npt.NDArray[Any]:
+    """A column as numpy (zero-copy without NULLs), NULLs as ``fill``."""
+    return np.asarray((pc.fill_null(column, fill) if column.null_count else column).to_numpy(zero_copy_only=False))
+
+
+def _valid(column: pa.Array) -> Mask | None:
+    """Where a column is not NULL; None when it has no NULL."""
+    return np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_) if column.null_count else None
+
+
+def _streamed(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    bounds: tuple[int, int, int, int, int],
+    spine_keys: pa.ChunkedArray,
+    cutoffs: I64,
+    timed: Mask,
+    columns: int,
+    earliest: int | None,
+) -> _Latest | None:
+    """The cells way (:func:`_by_cells`) applied batch by batch as DuckDB streams the events: no array of them is made.
+
+    For dense integer keys, whose bounds (rows, smallest and largest key and
+    time: ``bounds``) DuckDB answers from the Parquet statistics. Each batch
+    of 256 Ki rows becomes cells and keys in cache and one scatter into the
+    table; only the values are kept (for the matched rows) and the events
+    that share a cell with a spine row. Measured on the benchmark against
+    the same on arrays of every event: the same user time, less system time
+    (page faults of the big arrays: 0.3 s against 0.4 to 1.3 s). None (the caller
+    then reads every event) when the keys are not dense, the table would be
+    too big, or the source changed between the bounds and the read.
+    """
+    rows, low_key, high_key, first, last = bounds
+    if (high_key - low_key).bit_length() > rows.bit_length() + 1:
+        return None
+    cells = _Cells.fit(high_key - low_key + 1, rows, first, last)
+    if cells is None:
+        return None
+    spine_rows, present = _numpy(spine_keys, 0)
+    wanted = np.asarray(spine_rows, dtype=np.int64)
+    known = present & (wanted >= low_key) & (wanted <= high_key)
+    query_cell, looking, earlier = cells.spine(np.where(known, wanted, low_key) - low_key, cutoffs, known & timed)
+    marked = np.zeros(cells.cells, dtype=np.bool_)
+    marked[query_cell[looking]] = True
+    table = np.full(cells.cells, -1, dtype=np.int64)
+    variants: dict[int, I64] = {}  # column -> its table, from the first batch where it has a NULL
+    values = [np.empty(rows, dtype=np.float64) for _ in range(columns)]
+    shared: list[tuple[I64, I64, I64, list[Mask]]] = []  # per batch: cell, time, position, validity per column
+    offsets = np.arange(_BATCH_ROWS, dtype=np.int64)
+    # Per-batch scratch made once: allocating these for every batch costs more in page faults than the arithmetic.
+    cell_buffer, key_buffer, shifted, work = (np.empty(_BATCH_ROWS, dtype=np.int64) for _ in range(4))
+    seen_buffer = np.empty(_BATCH_ROWS, dtype=np.bool_)
+    start = 0
+    for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+        end = start + batch.num_rows
+        if end > rows or batch.num_rows > _BATCH_ROWS:
+            return None
+        keys, stamps = _filled(batch.column(0), 0), _filled(batch.column(1), 0)
+        keep = _valid(batch.column(0))
+        on_time = _valid(batch.column(1))
+        keep = on_time if keep is None else keep if on_time is None else keep & on_time
+        if earliest is not None:
+            keep = stamps >= earliest if keep is None else keep & (stamps >= earliest)
+        valid: list[Mask | None] = []
+        for j in range(columns):
+            values[j][start:end] = _filled(batch.column(2 + j), 0.0)
+            valid.append(_valid(batch.column(2 + j)))
+        positions = np.add(offsets[: batch.num_rows], start, out=work[: batch.num_rows])
+        if keep is not None:
+            kept = np.flatnonzero(keep)
+            keys, stamps, positions = keys[kept], stamps[kept], positions[kept]
+            valid = [None if v is None else v[kept] for v in valid]
+        m = len(keys)
+        if m and (keys.min() < low_key or keys.max() > high_key or stamps.min() < first or stamps.max() > last):
+            return None
+        cell = np.subtract(keys, low_key, out=cell_buffer[:m])
+        cell *= cells.per_entity
+        key = np.subtract(stamps, first, out=key_buffer[:m])
+        cell += np.right_shift(key, cells.shift, out=shifted[:m])
+        key &= (1 << cells.shift) - 1
+        key <<= cells.bits
+        key |= positions
+        for j, v in enumerate(valid):
+            if v is not None and j not in variants:
+                variants[j] = table.copy()
+        np.maximum.at(table, cell, key)
+        for j, other in variants.items():
+            v = valid[j]
+            np.maximum.at(other, cell if v is None else cell[v], key if v is None else key[v])
+        hit = np.flatnonzero(np.take(marked, cell, out=seen_buffer[:m]))
+        if len(hit):
+            shared.append(
+                (
+                    cell[hit],
+                    stamps[hit],
+                    positions[hit],
+                    [np.ones(len(hit), dtype=np.bool_) if v is None else v[hit] for v in valid],
+                )
+            )
+        start = end
+    nulls = sorted(variants)
+    prior = [cells.before(tbl, query_cell, earlier) for tbl in [table, *(variants[j] for j in nulls)]]
+    variants.clear()
+    cell = np.concatenate([part[0] for part in shared]) if shared else np.zeros(0, dtype=np.int64)
+    stamps = np.concatenate([part[1] for part in shared]) if shared else np.zeros(0, dtype=np.int64)
+    positions = np.concatenate([part[2] for part in shared]) if shared else np.zeros(0, dtype=np.int64)
+    with_value: list[Mask | None] = [None]
+    for j in nulls:
+        with_value.append(np.concatenate([part[3][j] for part in shared]) if shared else np.zeros(0, dtype=np.bool_))
+    own = _own_cell(table, cells, (query_cell, looking, cutoffs), (cell, stamps), with_value)
+    found: list[I64] = []
+    when: list[I64] = []
+    for mine, (row, time) in zip(own, prior, strict=True):
+        at = np.maximum(mine, 0)
+        found.append(np.where(mine >= 0, positions[at], row) if len(positions) else row)
+        when.append(np.where(mine >= 0, stamps[at], time) if len(stamps) else time)
+    per_column = [1 + nulls.index(j) if j in nulls else 0 for j in range(columns)]
+    rows_out = [found[0]] + [found[i] for i in per_column]
+    values = [v[:start] for v in values]
+    taken = [v[np.maximum(r, 0)] if len(v) else np.zeros(len(r)) for v, r in zip(values, rows_out[1:], strict=True)]
+    return _Latest(rows_out, [when[0]] + [when[i] for i in per_column], taken)
+
+
+def _in_memory(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    rows: int,
+    integer: bool,
+    spine_keys: pa.ChunkedArray,
+    cutoffs: I64,
+    timed: Mask,
+    columns: int,
+    earliest: int | None,
+) -> _Latest | None:
+    """Every event read into arrays (:func:`_read`), then :func:`_latest`; None when the keys do not fit."""
+    events = _read(con, query, rows, integer, columns)
+    keep = events.present
+    if not timed.any():
+        keep = np.zeros(len(events.times), dtype=np.bool_)
+    elif earliest is not None and len(events.times) and int(events.times.min()) < earliest:
+        keep = events.times >= earliest if keep is None else keep & (events.times >= earliest)
+    if keep is not None:
+        events.keep(keep)
+    codes, wanted, known, count = _codes(events.keys, spine_keys)
+    nulls = [j for j, valid in enumerate(events.valid) if valid is not None]
+    found = _latest(codes, events.times, count, wanted, cutoffs, known & timed, [v for v in events.valid if v is not None])
+    if found is None:
+        return None
+    del codes
+    times = events.times if len(events.times) else np.zeros(1, dtype=np.int64)  # (-1, none, reads index 0: masked)
+    rows_out = [found[0]] + [found[1 + nulls.index(j)] if j in nulls else found[0] for j in range(columns)]
+    taken = [v[np.maximum(r, 0)] if len(v) else np.zeros(len(r)) for v, r in zip(events.values, rows_out[1:], strict=True)]
+    return _Latest(rows_out, [times[np.maximum(r, 0)] for r in rows_out], taken)
 
 
 def asof_view_table(
@@ -523,51 +787,39 @@ def asof_view_table(
     # UNION ALL) unless preserve_insertion_order is off; then the rows are sorted by their row id.
     ordered = bool(con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0])
     values = "".join(f", CAST({quote(c)} AS DOUBLE) AS __v{j}" for j, c in enumerate(columns))
-    read = f"SELECT {key_sql} AS __k, epoch_us(CAST({quote(timestamp)} AS TIMESTAMP)) AS __s{values} FROM {quote(events)}"
-    rows = int(con.execute(f"SELECT count(*) FROM {quote(events)}").fetchall()[0][0])
-    read_events = _read(con, read + ("" if ordered else f" ORDER BY {quote(row_id)}"), rows, kind == "integer", len(columns))
-    # NULL keys and times out, on the numbers (a SQL filter of this size costs 0.1 s per 10 M rows). Of the span
-    # the general join skips, later events are never visible and earlier ones never in a window: skipping them
-    # only changes the latest event time, so only then (it is NULL there when the latest is out of the span).
-    keep = read_events.present
-    times = read_events.times
-    if not timed.any():
-        keep = np.zeros(len(times), dtype=np.bool_)
-    elif last_event and len(times):
-        low = int(t[timed].min()) - view_horizon(view) // _ONE_US
-        if int(times.min()) < low:
-            keep = times >= low if keep is None else keep & (times >= low)
-    if keep is not None:
-        read_events.keep(keep)
-        times = read_events.times
-    codes, wanted, known, count = _codes(read_events.keys, spine.column("__k"))
-    read_events.keys = codes
-    ok = known & timed
-    nulls = [j for j, valid in enumerate(read_events.valid) if valid is not None]
-    valids = [valid for valid in read_events.valid if valid is not None]
+    ts = f"CAST({quote(timestamp)} AS TIMESTAMP)"
+    read = f"SELECT {key_sql} AS __k, epoch_us({ts}) AS __s{values} FROM {quote(events)}"
+    read += "" if ordered else f" ORDER BY {quote(row_id)}"
     shift = 1 if spec.features.inclusive else 0
-    found = _latest(codes, times, count, wanted, t - (view.delay // _ONE_US - shift), ok, valids)
+    cutoffs = t - (view.delay // _ONE_US - shift)
+    # Of the span the general join skips, later events are never visible and earlier ones never in a window:
+    # skipping them only changes the latest event time, so only then (NULL there when the latest is out of the span).
+    earliest = int(t[timed].min()) - view_horizon(view) // _ONE_US if last_event and timed.any() else None
+    found: _Latest | None = None
+    if kind == "integer" and timed.any():  # bounds from the Parquet statistics, no scan
+        bounds = con.execute(
+            f"SELECT count(*), CAST(min({key}) AS BIGINT), CAST(max({key}) AS BIGINT), epoch_us(CAST(min({quote(timestamp)}) "
+            f"AS TIMESTAMP)), epoch_us(CAST(max({quote(timestamp)}) AS TIMESTAMP)) FROM {quote(events)}"
+        ).fetchall()[0]
+        if all(isinstance(b, int) for b in bounds) and bounds[0]:
+            found = _streamed(con, read, bounds, spine.column("__k"), cutoffs, timed, len(columns), earliest)
+    if found is None:
+        rows = int(con.execute(f"SELECT count(*) FROM {quote(events)}").fetchall()[0][0])
+        found = _in_memory(con, read, rows, kind == "integer", spine.column("__k"), cutoffs, timed, len(columns), earliest)
     if found is None:
         return None
-    del codes
-    if len(times) == 0:
-        times = np.zeros(1, dtype=np.int64)  # position -1 (no event) reads index 0 below; those rows are masked out
-    has = found[0] >= 0
-    latest = times[np.maximum(found[0], 0)]
+    has = found.rows[0] >= 0
+    latest = found.times[0]
     expired = np.zeros(len(t), dtype=np.bool_)
     if view.ttl is not None:
         expired = has & (t - latest > view.ttl // _ONE_US)
     out: dict[str, pa.Array] = {"__srid": spine.column("__srid").combine_chunks()}
-    taken_values: dict[int, npt.NDArray[np.float64]] = {}
     for output in outputs:
         j = columns.index(output.column)
-        got = found[1 + nulls.index(j)] if j in nulls else found[0]
-        if j not in taken_values:
-            column = read_events.values[j]
-            taken_values[j] = column[np.maximum(got, 0)] if len(column) else np.zeros(len(t))
-        in_window = (got >= 0) & ~expired & (t - times[np.maximum(got, 0)] < (view.delay + output.window) // _ONE_US)
+        got, when = found.rows[1 + j], found.times[1 + j]
+        in_window = (got >= 0) & ~expired & (t - when < (view.delay + output.window) // _ONE_US)
         missing = missing_value(output.function, spec.features.default)
-        out[output.name] = pa.array(np.where(in_window, taken_values[j], missing), pa.float64())
+        out[output.name] = pa.array(np.where(in_window, found.values[j], missing), pa.float64())
     if has_indicator(spec, view_name):
         gone = ~has | (t - latest >= view_horizon(view) // _ONE_US) | expired
         out[indicator_name(view_name)] = pa.array(np.where(gone, 1.0, 0.0), pa.float64())

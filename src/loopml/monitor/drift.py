@@ -45,12 +45,12 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loopml.monitor.predlog import (
     NUMBER_PREFIX,
     STRING_PREFIX,
     TYPED_MARKER,
-    WIDE_LABELLED,
     WIDE_PREDICTIONS,
     PredictionLogBackend,
 )
@@ -174,16 +174,25 @@ def load_live(
     counting the ones that are not numbers (``type_errors``).
     """
     names = [*numeric, *categorical]
-    stored = _columns(con, WIDE_LABELLED)
-    source = WIDE_LABELLED if stored else "labelled"
-    base = "epoch_us(ts) AS ts_us, score, latency_ms, label"
+    stored = _columns(con, WIDE_PREDICTIONS)
+    source = WIDE_PREDICTIONS if stored else "predictions"
+    # the labels apart (a join would shuffle the rows, and sorting 50 columns back costs more than the lookup)
+    labels = _fetch(con, "SELECT request_id, label FROM labelled WHERE label IS NOT NULL")
+    base = "epoch_us(ts) AS ts_us, score, latency_ms" + (", request_id" if labels.num_rows else "")
+
+    def fetch(sql: str) -> pa.Table:
+        return _in_order(_with_labels(_fetch(con, sql), labels))
+
     if not names:
-        return _live(_fetch_in_order(con, f"SELECT {base} FROM {source}"), [], [], {})
+        return _live(fetch(f"SELECT {base} FROM {source}"), [], [], {})
+    # result columns by position (n0.., c0..): a feature may be called like a base column
+    aliases = {name: f"n{i}" for i, name in enumerate(numeric)} | {name: f"c{i}" for i, name in enumerate(categorical)}
     typed = _typed_columns(stored, numeric, categorical)
     if typed is not None and not _json_rows(con, typed[0]):  # every row typed: no JSON parsed at all
-        columns = [f"{value} AS {_ident(name)}" for name, value in typed[1].items()]
-        table = _fetch_in_order(con, f"SELECT {base}, {', '.join(columns)} FROM {source}")
-        return _live(table, numeric, categorical, {name: table.column(name) for name in names})
+        selected = [f"{typed[1][name]} AS {aliases[name]}" for name in names]
+        # the filter only drops untyped rows logged since the count (as if they had come a moment later)
+        table = fetch(f"SELECT {base}, {', '.join(selected)} FROM {source} WHERE coalesce({typed[0]}, FALSE)")
+        return _live(table, numeric, categorical, {name: table.column(aliases[name]) for name in names})
 
     def pick(name: str, from_json: str) -> str:
         """The column's value: typed where the row's typed columns are usable, else ``from_json``."""
@@ -192,7 +201,7 @@ def load_live(
         return f"CASE WHEN coalesce({typed[0]}, FALSE) THEN {typed[1][name]} ELSE {from_json} END"
 
     def parsed(spec: str) -> str:
-        """``labelled`` with ``f``: the features parsed by ``spec`` (NULL in rows read from their typed columns)."""
+        """The predictions with ``f``: the features parsed by ``spec`` (NULL in rows read from their typed columns)."""
         transform = f"json_transform(features, {spec})"
         if typed is not None:
             transform = f"CASE WHEN NOT coalesce({typed[0]}, FALSE) THEN {transform} END"
@@ -202,9 +211,9 @@ def load_live(
     suspect = schema is not None and any(schema.types.get(name, "NULL") not in NUMBER_TYPES for name in numeric)
     if not suspect:
         try:
-            parts = [base] + [f"{pick(name, f'struct_extract(f, {_sql_string(name)})')} AS {_ident(name)}" for name in names]
-            table = _fetch_in_order(con, f"SELECT {', '.join(parts)} FROM {parsed(_sql_string(json.dumps(wanted)))}")
-            return _live(table, numeric, categorical, {name: table.column(name) for name in names})
+            parts = [base] + [f"{pick(name, f'struct_extract(f, {_sql_string(name)})')} AS {aliases[name]}" for name in names]
+            table = fetch(f"SELECT {', '.join(parts)} FROM {parsed(_sql_string(json.dumps(wanted)))}")
+            return _live(table, numeric, categorical, {name: table.column(aliases[name]) for name in names})
         except (duckdb.ConversionException, duckdb.InvalidInputException):
             pass  # a value of the wrong type somewhere: read everything as text, count and null the bad ones
     spec = _sql_string(json.dumps(dict.fromkeys(names, "VARCHAR")))
@@ -216,7 +225,7 @@ def load_live(
         parts.append(f"count_if({field_sql} IS NOT NULL AND TRY_CAST({field_sql} AS DOUBLE) IS NULL) OVER () AS e{i}")
     for i, name in enumerate(categorical):
         parts.append(f"{pick(name, f'struct_extract(f, {_sql_string(name)})')} AS c{i}")
-    table = _fetch_in_order(con, f"SELECT {', '.join(parts)} FROM {parsed(spec)}")
+    table = fetch(f"SELECT {', '.join(parts)} FROM {parsed(spec)}")
     columns = {name: table.column(f"n{i}") for i, name in enumerate(numeric)}
     columns |= {name: table.column(f"c{i}") for i, name in enumerate(categorical)}
     errors = {}
@@ -264,13 +273,20 @@ def _typed_columns(
 
 def _json_rows(con: duckdb.DuckDBPyConnection, usable: str) -> int:
     """How many selected rows need their JSON parsed (cheap: reads the marker and a few typed columns)."""
-    row = con.execute(f"SELECT count(*) FROM {WIDE_PREDICTIONS} WHERE NOT coalesce({usable}, FALSE)").fetchone()
-    return int(row[0]) if row else 0
+    rows = con.execute(f"SELECT count(*) FROM {WIDE_PREDICTIONS} WHERE NOT coalesce({usable}, FALSE)").fetchall()
+    return int(rows[0][0])
 
 
-def _fetch_in_order(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """The rows of ``sql`` (with ``ts_us``) oldest first; sorted here, since ``ORDER BY`` would move every column."""
-    table = _fetch(con, sql)
+def _with_labels(table: pa.Table, labels: pa.Table) -> pa.Table:
+    """``table`` with a ``label`` column: the label of its ``request_id`` in ``labels`` (NULL while none arrived)."""
+    if not labels.num_rows:
+        return table.append_column("label", pa.nulls(table.num_rows, pa.float64()))
+    found = pc.index_in(table.column("request_id"), value_set=labels.column("request_id").combine_chunks())
+    return table.append_column("label", pc.take(labels.column("label").combine_chunks(), found))
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    """``table`` (with ``ts_us``) oldest first: sorted here, as the log gives it in write order almost always."""
     ts = np.asarray(table.column("ts_us").to_numpy(zero_copy_only=False))
     if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
         table = table.take(pa.array(np.argsort(ts, kind="stable")))

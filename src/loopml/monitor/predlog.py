@@ -27,24 +27,29 @@ The Parquet backend: parts are written to a temporary name, fsync'ed and
 renamed, so a crash never leaves a half-written part, several processes can
 read while the server writes (a single DuckDB database file would lock readers
 out), and nothing already flushed is ever rewritten. Layout under
-``<state>/predictions/``: ``log/part-*.parquet`` (one row per prediction) and
-``feedback/part-*.parquet`` (request id, label, time). Feature values are
-stored as one JSON text column (what every reader of ``predictions`` sees, so
-that the view does not change when the feature list does) and, in parts written
-since typed columns were added, also once more as one typed column per feature:
-``n:<feature>`` (DOUBLE) when every value of the feature in the part is a
-number, ``s:<feature>`` (VARCHAR) when every value is a string, none when
-every value is missing, plus the marker column ``_typed`` (true). A part whose
-batch has a feature of mixed or other types (booleans, lists...) or two names
-that differ only in case (DuckDB column names are case-insensitive) gets no
-typed columns and no marker. Parts are read with ``union_by_name``, so the
-typed columns of a part that lacks them are NULL, and the marker tells those
-rows apart. :func:`loopml.monitor.drift.load_live` reads the typed columns
-straight into Arrow instead of parsing 50 JSON values per row (about 8 s per
-million rows of 50 features), and parses the JSON only of the rows without
-them (older parts, the PostgreSQL log). The hidden views ``_predictions_wide``
-and ``_labelled_wide`` are ``predictions`` and ``labelled`` with these extra
-columns.
+``<state>/predictions/``: ``log/`` (one row per prediction) and
+``feedback/part-*.parquet`` (request id, label, time).
+
+Feature values are stored as one JSON text column (what every reader of
+``predictions`` sees, so that the view does not change when the feature list
+does) and, in parts written since typed columns were added, once more as one
+typed column per feature: ``n:<feature>`` (DOUBLE) when every value of the
+feature in the part is a number, ``s:<feature>`` (VARCHAR) when every value is
+a string, none when every value is missing; plus the marker column ``_typed``
+(true). Such parts go to ``log/typed-<hash of the schema>/part-*.parquet``, one
+folder per set of typed columns, so that each folder is read as one schema
+(DuckDB then reads one footer per folder to plan a query, where a union by name
+over the files would read every footer of thousands of parts at every query).
+The folders are unioned by column name: rows of a part without a typed column
+read NULL there, and the marker tells parts without any apart. A batch with a
+feature of mixed or other types (booleans, lists...) or two column names that
+differ only in case (DuckDB names are case-insensitive) is written without
+typed columns to ``log/part-*.parquet``, where the parts written before typed
+columns also are. :func:`loopml.monitor.drift.load_live` reads the typed
+columns straight into Arrow instead of parsing 50 JSON values per row (about
+8 s per million rows of 50 features) and parses the JSON only of rows without
+them (those parts, the PostgreSQL log). The hidden view ``_predictions_wide``
+is ``predictions`` with the extra columns.
 
 Times are naive local timestamps (what ``datetime.now()`` gives, as the server
 logs them); timezone-aware bounds are converted to local time.
@@ -52,6 +57,7 @@ logs them); timezone-aware bounds are converted to local time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -93,8 +99,10 @@ LABELLED_SCHEMA = pa.schema([*LOG_SCHEMA, ("label", pa.float64()), ("label_ts", 
 TYPED_MARKER = "_typed"
 #: the typed column of a feature whose values in a part are all numbers (DOUBLE) / all strings (VARCHAR)
 NUMBER_PREFIX, STRING_PREFIX = "n:", "s:"
-#: ``predictions`` / ``labelled`` with every stored column (typed feature columns included, when there are any)
-WIDE_PREDICTIONS, WIDE_LABELLED = "_predictions_wide", "_labelled_wide"
+#: parts with typed columns live in ``log/typed-<schema hash>/``, one folder per set of typed columns
+TYPED_FOLDER_PREFIX = "typed-"
+#: ``predictions`` with every stored column (typed feature columns included, when there are any)
+WIDE_PREDICTIONS = "_predictions_wide"
 
 _STALE_TMP_SECONDS = 3600.0  # a temporary part this old belongs to a writer that died
 
@@ -216,7 +224,7 @@ def typed_feature_columns(rows: Sequence[LoggedPrediction]) -> dict[str, pa.Arra
             if kinds.get(key, kind) not in ("", kind):
                 return {}
             kinds[key] = kind
-    names = {key: kind + key for key, kind in kinds.items() if kind}
+    names = {key: kind + key for key, kind in sorted(kinds.items()) if kind}  # sorted: one schema per set of columns
     folded = {TYPED_MARKER, *(name.lower() for name in LOG_SCHEMA.names)}
     for name in names.values():
         if name.lower() in folded:
@@ -230,6 +238,12 @@ def typed_feature_columns(rows: Sequence[LoggedPrediction]) -> dict[str, pa.Arra
         else:
             out[name] = pa.array(values, pa.string())
     return out
+
+
+def typed_folder(schema: pa.Schema) -> str:
+    """The folder of the parts of this schema (names and types of every column)."""
+    described = json.dumps([[f.name, str(f.type)] for f in schema])
+    return TYPED_FOLDER_PREFIX + hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def feedback_table(items: Sequence[Feedback]) -> pa.Table:
@@ -261,10 +275,10 @@ def prediction_filter(since: datetime | None, until: datetime | None, model_vers
 
 
 def install_views(con: duckdb.DuckDBPyConnection, predictions_sql: str, feedback_sql: str, filtered: bool) -> None:
-    """Create the three views (and the two wide ones, :data:`WIDE_PREDICTIONS` and :data:`WIDE_LABELLED`) from two relations.
+    """Create the three views (and :data:`WIDE_PREDICTIONS`) from two relations.
 
     ``predictions_sql`` must have the columns of :data:`LOG_SCHEMA` and may have typed feature
-    columns (kept in the wide views only). ``feedback_sql`` must have ``request_id, label, ts`` and
+    columns (kept in :data:`WIDE_PREDICTIONS` only). ``feedback_sql`` must have ``request_id, label, ts`` and
     an ordering column ``_seq`` (a later write sorts after an earlier one), used to break ties
     between labels received at the same time.
     """
@@ -277,14 +291,13 @@ def install_views(con: duckdb.DuckDBPyConnection, predictions_sql: str, feedback
     con.execute(f"CREATE VIEW _feedback_raw AS SELECT * FROM {raw}")
     con.execute("CREATE VIEW feedback AS SELECT request_id, label, ts FROM _feedback_raw")
     con.execute(
-        f"""CREATE VIEW {WIDE_LABELLED} AS
-            SELECT p.*, f.label, f.label_ts FROM {WIDE_PREDICTIONS} p
-            LEFT JOIN (
-                SELECT request_id, label, ts AS label_ts FROM _feedback_raw
-                QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
-            ) f USING (request_id)"""
+        """CREATE VIEW labelled AS
+           SELECT p.*, f.label, f.label_ts FROM predictions p
+           LEFT JOIN (
+               SELECT request_id, label, ts AS label_ts FROM _feedback_raw
+               QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC, _seq DESC) = 1
+           ) f USING (request_id)"""
     )
-    con.execute(f"CREATE VIEW labelled AS SELECT {log_columns}, label, label_ts FROM {WIDE_LABELLED}")
 
 
 def read_labelled(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -315,26 +328,27 @@ class PredictionLog:
     def _feedback_dir(self) -> Path:
         return self.folder / "feedback"
 
-    def _write_part(self, folder: Path, table: pa.Table) -> None:
+    def _write_part(self, folder: Path, table: pa.Table, subfolder: str | None = None) -> None:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / subfolder if subfolder else folder
+            target.mkdir(parents=True, exist_ok=True)
             if not self._swept:
-                self._sweep(folder)
+                self._sweep()
             name = f"part-{datetime.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = folder / f".{name}.tmp"
+            tmp = target / f".{name}.tmp"
             with open(tmp, "wb") as fh:
                 pq.write_table(table, fh)
                 fh.flush()
                 os.fsync(fh.fileno())  # the bytes are on disk before the name is: a power cut leaves no empty part
-            os.replace(tmp, folder / name)
+            os.replace(tmp, target / name)
         except OSError as exc:
             raise LoopmlError(f"prediction log {folder}: cannot write a part ({exc.strerror or exc})") from None
 
-    def _sweep(self, folder: Path) -> None:
+    def _sweep(self) -> None:
         """Delete temporary parts left by writers that died long ago (never one being written now)."""
         self._swept = True
         cutoff = time.time() - _STALE_TMP_SECONDS
-        for sub in (self._log_dir, self._feedback_dir):
+        for sub in (self._log_dir, *self._typed_dirs(), self._feedback_dir):
             for tmp in sub.glob(".part-*.tmp") if sub.is_dir() else ():
                 try:
                     if tmp.stat().st_mtime < cutoff:
@@ -342,18 +356,37 @@ class PredictionLog:
                 except OSError:
                     pass
 
+    def _typed_dirs(self) -> list[Path]:
+        """The folders of the parts with typed columns, one per schema (see the module doc)."""
+        if not self._log_dir.is_dir():
+            return []
+        return sorted(p for p in self._log_dir.glob(f"{TYPED_FOLDER_PREFIX}*") if p.is_dir())
+
     def append(self, rows: Sequence[LoggedPrediction]) -> None:
         if rows:
             table = log_table(rows)
-            for name, column in typed_feature_columns(rows).items():
+            typed = typed_feature_columns(rows)
+            for name, column in typed.items():
                 table = table.append_column(name, column)
-            self._write_part(self._log_dir, table)
+            self._write_part(self._log_dir, table, typed_folder(table.schema) if typed else None)
 
     def add_feedback(self, items: Sequence[Feedback]) -> None:
         if items:
             self._write_part(self._feedback_dir, feedback_table(items))
 
-    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False, by_name: bool = False) -> str:
+    def _log_relation(self) -> str:
+        """Every logged prediction: the untyped parts and each folder of typed ones, unioned by column name.
+
+        Each folder holds parts of one schema, so DuckDB reads one footer per folder to bind (a union by
+        name over the files would read every footer at every query: seconds for thousands of parts).
+        """
+        folders = [self._log_dir, *self._typed_dirs()]
+        scans = [self._relation(f, LOG_SCHEMA) for f in folders if f.is_dir() and any(f.glob("part-*.parquet"))]
+        if not scans:
+            return self._relation(self._log_dir, LOG_SCHEMA)
+        return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {scan}" for scan in scans) + ")"
+
+    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False) -> str:
         extra = ", NULL::VARCHAR AS _file, NULL::BIGINT AS _row" if ordered else ""
         if not any(folder.glob("part-*.parquet")):
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in schema)
@@ -365,8 +398,7 @@ class PredictionLog:
                 f"(SELECT {cols}, filename AS _file, file_row_number AS _row "
                 f"FROM read_parquet('{pattern}', filename = true, file_row_number = true))"
             )
-        # by name: parts differ in their typed feature columns (missing ones read as NULL)
-        return f"read_parquet('{pattern}', union_by_name = true)" if by_name else f"read_parquet('{pattern}')"
+        return f"read_parquet('{pattern}')"
 
     def connect(
         self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None
@@ -376,8 +408,9 @@ class PredictionLog:
         ``labelled`` joins each prediction with its latest feedback label (NULL while none arrived).
         """
         con = duckdb.connect()
+        con.execute("SET parquet_metadata_cache = true")  # parts never change: read each footer once per connection
         where = prediction_filter(since, until, model_version)
-        predictions = f"(SELECT * FROM {self._relation(self._log_dir, LOG_SCHEMA, by_name=True)} WHERE {where})"
+        predictions = f"(SELECT * FROM {self._log_relation()} WHERE {where})"
         ordered = self._relation(self._feedback_dir, FEEDBACK_SCHEMA, ordered=True)
         feedback = f"(SELECT request_id, label, ts, (_file, _row) AS _seq FROM {ordered})"
         install_views(con, predictions, feedback, filtered=where != "TRUE")
