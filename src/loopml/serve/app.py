@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopml.monitor.predlog import Feedback, PredictionLogBackend
 from loopml.serve.admin import admin_router
+from loopml.serve.batcher import MicroBatcher
 from loopml.serve.dashboard import Dashboard, render_page
 from loopml.serve.guard import BodyGuard, RequestMetrics
 from loopml.serve.logger import AsyncLogger
@@ -51,6 +52,8 @@ class ServeOptions:
     max_batch: int = 1000
     #: seconds between checks of the registry aliases (hot swap); 0: only on POST /v1/admin/reload
     reload_seconds: float = 0.0
+    #: most single predictions scored together (``serve/batcher.py``); 1 scores each alone
+    micro_batch: int = 64
 
 
 class _Watcher:
@@ -159,12 +162,15 @@ def create_app(
             yield
         finally:
             watcher.stop()
+            batcher.close()
             service.close()
             if logger is not None:
                 logger.close()
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
     app.state.service = service
+    batcher = MicroBatcher(service, options.micro_batch)
+    app.state.batcher = batcher
     shape = RequestShape(tuple(sorted(service.entity_keys)), service.spec.features.request, options.max_batch)
     install_openapi(app, shape)
     # added before the metrics middleware below, so it runs inside it and its 413s and 422s are counted
@@ -212,10 +218,10 @@ def create_app(
         return JSONResponse(error_body("no model loaded"), status_code=503)
 
     @app.post("/v1/predict", response_model=Prediction, response_model_exclude_none=True, responses=errors)
-    def predict(body: PredictRequest, explain: bool = False) -> Prediction:
+    async def predict(body: PredictRequest, explain: bool = False) -> Prediction:
         if problems := shape.check([body]):
             raise RequestError(problems)
-        result = service.predict([body], explain=explain)[0]
+        result = await batcher.predict(body, explain)
         metrics.predictions.labels(result.variant).inc()
         return result
 

@@ -48,6 +48,7 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
         max_body_bytes=spec.serving.max_body_bytes,
         max_batch=spec.serving.max_batch,
         reload_seconds=spec.serving.reload_seconds,
+        micro_batch=spec.serving.micro_batch,
     )
     dashboard = Dashboard(service, log, alerts=alerts, runs=project.runs())
     return create_app(service, log, logger, options, dashboard=dashboard.data)

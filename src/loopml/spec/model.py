@@ -256,6 +256,8 @@ class Serving(_Strict):
     log_flush_rows: int = Field(default=500, gt=0)
     #: how often the server checks whether a registry alias moved (hot swap); 0 turns it off
     reload_seconds: float = Field(default=5.0, ge=0)
+    #: concurrent single predictions scored together, up to this many (adaptive: no waiting); 1 turns it off
+    micro_batch: int = Field(default=64, ge=1, le=1000)
 
 
 class Variant(_Strict):
