@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--spine", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--entities", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of loopml and of pandas (the best of each counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of loopml and of pandas (the best of each counts)")
     parser.add_argument("--skip-feast", action="store_true")
     args = parser.parse_args()
     cpu = next(
