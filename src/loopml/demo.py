@@ -68,7 +68,13 @@ DEMO_SETTINGS: dict[str, Any] = {
         # guardrail is loosened, errors, latency and the labelled metric still guard the canary
         "canary": {"steps": [0.1, 0.5, 1.0], "min_requests": 150, "max_score_psi": 2.0},
     },
-    "retraining": {"triggers": ["drift", "performance"], "drift_columns": 2, "canary_timeout": "3m"},
+    # retrain when the alarms ring, and whenever two days of new payments have landed (the gate decides)
+    "retraining": {
+        "triggers": ["drift", "performance", "volume"],
+        "drift_columns": 2,
+        "min_new_rows": 8000,
+        "canary_timeout": "3m",
+    },
     "gate": {"min_improvement": 0.02},
 }
 
@@ -313,6 +319,8 @@ def run_demo(
                     f"AP {'-' if ap is None else f'{ap:.3f}'}, served by {day.row()['versions']}, "
                     f"drifted: {', '.join(day.monitor['drifted'][:4]) or 'none'}"
                 )
+                if loop.busy and loop.thread is not None and client.get("/v1/models").json()["policy"] != "canary":
+                    loop.thread.join(timeout=60)  # the canary has decided: let the loop record it before the next check
                 if not loop.busy:
                     events.extend(loop.take_events(day.day))
                     if start < day_starts[-2]:  # a canary needs days of traffic left
