@@ -291,3 +291,10 @@ def test_hot_swap_when_the_alias_moves_fails_no_request(trained_copy: Path) -> N
             versions.append(response.json().get("model_version"))
     assert failures == 0
     assert versions[:20] == [1] * 20 and versions[20:] == [second] * 20
+
+
+def test_no_token_is_a_401_even_with_a_bad_body(served: tuple[httpx.Client, Project, int, BackgroundServer]) -> None:
+    client, *_ = served
+    for path, payload in [("/v1/admin/rollout", {"policy": "sometimes"}), ("/v1/admin/rollback", [1, 2])]:
+        response = client.post(path, json=payload)
+        assert response.status_code == 401 and "Bearer" in response.json()["error"]

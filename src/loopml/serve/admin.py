@@ -22,7 +22,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -33,19 +33,27 @@ from loopml.serve.schemas import ErrorResponse, error_body
 from loopml.serve.service import PredictionService
 from loopml.spec.model import Rollout
 
+_NEED_TOKEN = "admin endpoints need 'Authorization: Bearer $LOOPML_ADMIN_TOKEN'"
+
 
 def _field_errors(exc: ValidationError) -> list[tuple[str, str]]:
     return [(".".join(str(p) for p in err["loc"]) or "body", str(err["msg"])) for err in exc.errors()]
 
 
 def admin_router(service: PredictionService, logger: AsyncLogger | None, token: str | None) -> APIRouter:
-    router = APIRouter(prefix="/v1/admin", responses={401: {"model": ErrorResponse}})
+    def authorised(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        return bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+    def require_token(request: Request) -> None:
+        """A router dependency: FastAPI solves it before the body's parameters, so no token is a 401, never a 422."""
+        if not authorised(request):
+            raise HTTPException(401, _NEED_TOKEN)
+
+    router = APIRouter(prefix="/v1/admin", responses={401: {"model": ErrorResponse}}, dependencies=[Depends(require_token)])
 
     def denied(request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        if not token or not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
-            return JSONResponse(error_body("admin endpoints need 'Authorization: Bearer $LOOPML_ADMIN_TOKEN'"), 401)
-        return None
+        return None if authorised(request) else JSONResponse(error_body(_NEED_TOKEN), 401)
 
     def guarded(request: Request, action: Callable[[], dict[str, Any]]) -> JSONResponse:
         refusal = denied(request)
