@@ -180,14 +180,6 @@ def _fired(run: LoopRun) -> list[str]:
     return [t["trigger"] for t in run.triggers if t["fired"]]
 
 
-def _promoted(run: LoopRun) -> bool:
-    for step in run.steps:
-        if step.name == "canary":
-            outcome = str(step.outputs.get("outcome", ""))
-            return step.outputs.get("decision") == "promote" or outcome.startswith("promoted")
-    return False
-
-
 def _body(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
@@ -219,8 +211,7 @@ def _monitor(project: Project, start: datetime) -> dict[str, Any]:
     report = project.monitor_report(since=local, until=local + timedelta(days=1))
     drift = report.get("drift", [])
     return {
-        "score_psi": next((d.get("statistic") for d in drift if d["feature"] == "score" and d.get("test") == "psi"), None)
-        or next((d.get("psi") for d in drift if d["feature"] == "score"), None),
+        "score_psi": next((d["statistics"].get("psi") for d in drift if d["feature"] == "score"), None),
         "drifted": sorted(d["feature"] for d in drift if d.get("drifted")),
         "alerts": sorted({a["rule"] for a in report.get("alerts", [])}),
     }
@@ -269,7 +260,7 @@ def run_demo(
     first = live.column("tx_datetime")[0].as_py().replace(hour=0, minute=0, second=0, microsecond=0)
     day_starts = [first + timedelta(days=d) for d in range(live_days)]
     new_pattern_start = day_starts[drift_after]
-    timeline: list[_Day] = []
+    days_json: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = [{"day": new_pattern_start.date().isoformat(), "event": "new fraud pattern starts"}]
     latencies: list[float] = []
     pending: list[dict[str, Any]] = []
@@ -312,11 +303,12 @@ def run_demo(
                 pending = rows
                 client.post("/v1/admin/flush", headers=auth)
                 day.monitor = _monitor(project, start)
-                timeline.append(day)
-                ap = day.row()["average_precision"]
+                row = day.row()
+                days_json.append(row)
+                ap = row["average_precision"]
                 clock.step(
                     f"day {day.day}: {day.requests:,} payments, {day.fraud} fraud ({day.new_pattern} new pattern), "
-                    f"AP {'-' if ap is None else f'{ap:.3f}'}, served by {day.row()['versions']}, "
+                    f"AP {'-' if ap is None else f'{ap:.3f}'}, served by {row['versions']}, "
                     f"drifted: {', '.join(day.monitor['drifted'][:4]) or 'none'}"
                 )
                 if loop.busy and loop.thread is not None and client.get("/v1/models").json()["policy"] != "canary":
@@ -328,15 +320,14 @@ def run_demo(
                         loop.wait_for_canary()  # retraining takes "a while": the next day's traffic waits for it
             if loop.busy:  # the traffic ended before the canary did: stop it rather than wait for its timeout
                 client.post("/v1/admin/rollback", headers=auth)
-                events.append({"day": timeline[-1].day, "event": "replay over: the canary in progress was stopped"})
+                events.append({"day": days_json[-1]["day"], "event": "replay over: the canary in progress was stopped"})
             if loop.thread is not None:
                 loop.thread.join(timeout=600)
-            events.extend(loop.take_events(timeline[-1].day))
+            events.extend(loop.take_events(days_json[-1]["day"]))
         finally:
             store.close()
         models = client.get("/v1/models").json()
 
-    days_json = [d.row() for d in timeline]
     before = [d["average_precision"] for d in days_json[:drift_after] if d["average_precision"] is not None]
     hit = [d for d in days_json[drift_after:] if d["versions"].get("1")]
     after = [d for d in days_json if set(d["versions"]) - {"1"} and d["versions"].get("1", 0) == 0]
@@ -374,7 +365,7 @@ def _mean(values: list[Any]) -> float | None:
     return float(np.mean(numbers)) if numbers else None
 
 
-def _plot(days: list[dict[str, Any]], pattern_day: str, events: list[dict[str, Any]]) -> str:
+def _plot(days: list[dict[str, Any]], pattern_day: str) -> str:
     """AP per day, the score's PSI per day and the share served by each version, as one PNG (base64)."""
     import matplotlib
 
@@ -426,7 +417,7 @@ def _report_html(summary: dict[str, Any], days: list[dict[str, Any]], events: li
         for d in days
     )
     timeline = "".join(f"<tr><td>{html.escape(e['day'])}</td><td>{html.escape(e['event'])}</td></tr>" for e in events)
-    image = _plot(days, pattern_day, events)
+    image = _plot(days, pattern_day)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>loopml demo</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:2rem}td,th{border:1px solid #ccc;padding:.3rem .6rem;"

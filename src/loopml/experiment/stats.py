@@ -57,8 +57,8 @@ SRM_THRESHOLD = 0.001
 
 # --------------------------------------------------------------------------- results
 @dataclass(frozen=True)
-class ProportionTest:
-    """Two-proportion z-test: ``estimate`` is ``rate_treatment - rate_control``."""
+class _Comparison:
+    """What every comparison of two groups reports: the estimate, its interval, the test statistic and p-value."""
 
     estimate: float
     ci_low: float
@@ -66,11 +66,6 @@ class ProportionTest:
     statistic: float
     p_value: float
     alpha: float
-    rate_control: float
-    rate_treatment: float
-    n_control: int
-    n_treatment: int
-    test: str = "two-proportion z-test"
 
     @property
     def significant(self) -> bool:
@@ -81,15 +76,20 @@ class ProportionTest:
 
 
 @dataclass(frozen=True)
-class MeanTest:
+class ProportionTest(_Comparison):
+    """Two-proportion z-test: ``estimate`` is ``rate_treatment - rate_control``."""
+
+    rate_control: float
+    rate_treatment: float
+    n_control: int
+    n_treatment: int
+    test: str = "two-proportion z-test"
+
+
+@dataclass(frozen=True)
+class MeanTest(_Comparison):
     """Welch's t-test: ``estimate`` is ``mean_treatment - mean_control``; ``df`` the Welch–Satterthwaite degrees of freedom."""
 
-    estimate: float
-    ci_low: float
-    ci_high: float
-    statistic: float
-    p_value: float
-    alpha: float
     df: float
     mean_control: float
     mean_treatment: float
@@ -97,40 +97,20 @@ class MeanTest:
     n_treatment: int
     test: str = "Welch t-test"
 
-    @property
-    def significant(self) -> bool:
-        return self.p_value < self.alpha
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "significant": self.significant}
-
 
 @dataclass(frozen=True)
-class SequentialTest:
+class SequentialTest(_Comparison):
     """mSPRT: ``statistic`` is the largest mixture likelihood ratio seen, ``p_value`` the always-valid p-value.
 
     ``ci_low``/``ci_high`` is the always-valid confidence interval at the latest look; ``looks`` counts
     the looks taken (those with at least ``min_n`` observations per group).
     """
 
-    estimate: float
-    ci_low: float
-    ci_high: float
-    statistic: float
-    p_value: float
-    alpha: float
     mixing_sd: float
     looks: int
     n_control: int
     n_treatment: int
     test: str = "mSPRT (always valid)"
-
-    @property
-    def significant(self) -> bool:
-        return self.p_value < self.alpha
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "significant": self.significant}
 
 
 @dataclass(frozen=True)

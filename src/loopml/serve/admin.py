@@ -52,13 +52,8 @@ def admin_router(service: PredictionService, logger: AsyncLogger | None, token: 
 
     router = APIRouter(prefix="/v1/admin", responses={401: {"model": ErrorResponse}}, dependencies=[Depends(require_token)])
 
-    def denied(request: Request) -> JSONResponse | None:
-        return None if authorised(request) else JSONResponse(error_body(_NEED_TOKEN), 401)
-
-    def guarded(request: Request, action: Callable[[], dict[str, Any]]) -> JSONResponse:
-        refusal = denied(request)
-        if refusal is not None:
-            return refusal
+    def guarded(action: Callable[[], dict[str, Any]]) -> JSONResponse:
+        """Run an admin action (the token was checked by the router); its errors become 422 or 409."""
         try:
             return JSONResponse(action())
         except ValidationError as exc:
@@ -67,30 +62,30 @@ def admin_router(service: PredictionService, logger: AsyncLogger | None, token: 
             return JSONResponse(error_body(str(exc)), status_code=409)
 
     @router.get("/rollout")
-    def get_rollout(request: Request) -> JSONResponse:
-        return guarded(request, lambda: {**service.rollout.state(), "events": service.events()[-50:]})
+    def get_rollout() -> JSONResponse:
+        return guarded(lambda: {**service.rollout.state(), "events": service.events()[-50:]})
 
     @router.post("/rollout", responses={422: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
-    def set_rollout(request: Request, changes: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
+    def set_rollout(changes: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
         def change() -> dict[str, Any]:
             current = service.rollout.settings.model_dump(mode="json")
             settings = Rollout.model_validate({**current, **changes})
             service.set_policy(settings)
             return service.rollout.state()
 
-        return guarded(request, change)
+        return guarded(change)
 
     @router.post("/switch", responses={409: {"model": ErrorResponse}})
-    def switch(request: Request) -> JSONResponse:
+    def switch() -> JSONResponse:
         def flip() -> dict[str, Any]:
             live = service.rollout.switch()
             service.record_event({"action": "switch", "live": live})
             return {"status": "switched", "live": live, "traffic": service.models()["traffic"]}
 
-        return guarded(request, flip)
+        return guarded(flip)
 
     @router.post("/promote", responses={409: {"model": ErrorResponse}})
-    def promote(request: Request) -> JSONResponse:
+    def promote() -> JSONResponse:
         def go() -> dict[str, Any]:
             challenger = service.live_models.get(CHALLENGER)
             if challenger is None:
@@ -98,26 +93,26 @@ def admin_router(service: PredictionService, logger: AsyncLogger | None, token: 
             version = service.promote(challenger.version, "promoted through the admin API")
             return {"status": "promoted", "model_version": version}
 
-        return guarded(request, go)
+        return guarded(go)
 
     @router.post("/rollback", responses={409: {"model": ErrorResponse}})
-    def rollback(request: Request, body: dict[str, Any] | None = Body(default=None)) -> JSONResponse:  # noqa: B008
+    def rollback(body: dict[str, Any] | None = Body(default=None)) -> JSONResponse:  # noqa: B008
         def go() -> dict[str, Any]:
             version = service.rollback(previous=bool((body or {}).get("previous")))
             return {"status": "rolled back", "model_version": version, "policy": service.rollout.policy}
 
-        return guarded(request, go)
+        return guarded(go)
 
     @router.post("/reload")
-    def reload(request: Request) -> JSONResponse:
+    def reload() -> JSONResponse:
         def go() -> dict[str, Any]:
             live = service.reload()
             return {"status": "reloaded", "model_version": live.version if live else None}
 
-        return guarded(request, go)
+        return guarded(go)
 
     @router.post("/flush")
-    def flush(request: Request) -> JSONResponse:
-        return guarded(request, lambda: {"status": "flushed", "rows": logger.flush() if logger is not None else 0})
+    def flush() -> JSONResponse:
+        return guarded(lambda: {"status": "flushed", "rows": logger.flush() if logger is not None else 0})
 
     return router

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,7 @@ from loopml.features.encodings import EncodingState, apply_encodings
 from loopml.features.online import OnlineStoreUnavailable, datetime_from_us
 from loopml.features.vector import AssembledBatch, FeatureAssembler
 from loopml.monitor.predlog import LoggedPrediction
+from loopml.monitor.rules import AlertSink
 from loopml.registry.base import Registry
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.rollout import CHAMPION, Decision, RolloutController
@@ -123,20 +124,6 @@ class LiveModel:
     predictor: Predictor
     variant: str
     inputs: ModelInput
-
-
-class AlertSink(Protocol):
-    """Where the service raises alerts (:class:`loopml.monitor.alerts.AlertStore`)."""
-
-    def fire(
-        self,
-        rule: str,
-        subject: str,
-        message: str,
-        value: float | None = None,
-        threshold: float | None = None,
-        severity: str = "warning",
-    ) -> Any: ...
 
 
 _MAX_SHADOW_JOBS = 64  # shadow batches waiting to be scored; beyond that they are dropped and counted
