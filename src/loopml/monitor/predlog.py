@@ -63,14 +63,16 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import duckdb
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopml.errors import LoopmlError
@@ -180,13 +182,26 @@ def clean_float(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
+def to_json(values: dict[str, Any], default: Callable[[Any], Any] | None = None) -> str:
+    """JSON text of a row's entities or features; non-finite numbers become null.
+
+    orjson first (about ten times faster than ``json``, and it writes NaN and
+    Infinity as null already); ``json`` for what orjson refuses (integers past
+    64 bits, lone surrogates), so every row is still logged.
+    """
+    try:
+        return orjson.dumps(values, default=default, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:
+        return json.dumps({k: clean_float(v) for k, v in values.items()}, default=default)
+
+
 def log_table(rows: Sequence[LoggedPrediction]) -> pa.Table:
     return pa.Table.from_pydict(
         {
             "request_id": [r.request_id for r in rows],
             "ts": [r.ts for r in rows],
-            "entities": [json.dumps(r.entities, default=str) for r in rows],
-            "features": [json.dumps({k: clean_float(v) for k, v in r.features.items()}) for r in rows],
+            "entities": [to_json(r.entities, default=str) for r in rows],
+            "features": [to_json(r.features) for r in rows],
             "score": [r.score for r in rows],
             "model_version": [r.model_version for r in rows],
             "variant": [r.variant for r in rows],
@@ -200,44 +215,36 @@ def typed_feature_columns(rows: Sequence[LoggedPrediction]) -> dict[str, pa.Arra
     """The batch's features as typed columns (see the module doc), the marker first; empty when the batch cannot have them.
 
     A feature with only missing values gets no column (a reader sees NULL, as the JSON gives); a
-    value of another type than number or string (a boolean, a list...), a feature holding numbers in
-    some rows and strings in others, or two column names equal but for case leave the whole part
-    untyped: its readers parse the JSON, which stays the reference.
+    value of another type than number or string (a boolean, a list...), an integer past 64 bits, a
+    feature holding numbers in some rows and strings in others, or two column names equal but for
+    case leave the whole part untyped: its readers parse the JSON, which stays the reference. Each
+    column is converted by Arrow in one call (its type inference decides the kind), not value by value.
     """
-    kinds: dict[str, str] = {}
+    keys: dict[str, None] = {}
     for row in rows:
-        for key, raw in row.features.items():
-            value = clean_float(raw)
-            if value is None:
-                kinds.setdefault(key, "")
-                continue
-            if isinstance(value, str):
-                kind = STRING_PREFIX
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                try:
-                    float(value)
-                except OverflowError:  # an integer beyond the range of a double
-                    return {}
-                kind = NUMBER_PREFIX
-            else:
-                return {}
-            if kinds.get(key, kind) not in ("", kind):
-                return {}
-            kinds[key] = kind
-    names = {key: kind + key for key, kind in sorted(kinds.items()) if kind}  # sorted: one schema per set of columns
+        keys.update(dict.fromkeys(row.features))
+    columns: dict[str, pa.Array] = {}
+    for key in sorted(keys):  # sorted: one schema per set of columns
+        try:
+            array = pa.array([row.features.get(key) for row in rows], from_pandas=True)  # NaN -> null
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return {}
+        kind = array.type
+        if pa.types.is_null(kind):
+            continue
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            numbers = array.cast(pa.float64(), safe=False)
+            columns[NUMBER_PREFIX + key] = pc.if_else(pc.is_finite(numbers), numbers, None)  # +-Infinity -> null
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            columns[STRING_PREFIX + key] = array.cast(pa.string())
+        else:
+            return {}
     folded = {TYPED_MARKER, *(name.lower() for name in LOG_SCHEMA.names)}
-    for name in names.values():
+    for name in columns:
         if name.lower() in folded:
             return {}
         folded.add(name.lower())
-    out: dict[str, pa.Array] = {TYPED_MARKER: pa.array([True] * len(rows), pa.bool_())}
-    for key, name in names.items():
-        values = [clean_float(row.features.get(key)) for row in rows]
-        if kinds[key] == NUMBER_PREFIX:
-            out[name] = pa.array([None if v is None else float(v) for v in values], pa.float64())
-        else:
-            out[name] = pa.array(values, pa.string())
-    return out
+    return {TYPED_MARKER: pa.array([True] * len(rows), pa.bool_()), **columns}
 
 
 def typed_folder(schema: pa.Schema) -> str:

@@ -22,11 +22,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from loopml.monitor.predlog import Feedback, PredictionLogBackend
 from loopml.serve.admin import admin_router
 from loopml.serve.batcher import MicroBatcher
 from loopml.serve.dashboard import Dashboard, render_page
+from loopml.serve.fastpath import PredictLane
 from loopml.serve.guard import BodyGuard, RequestMetrics
 from loopml.serve.logger import AsyncLogger
 from loopml.serve.schemas import (
@@ -143,6 +145,19 @@ def _parse_failure(exc: StarletteHTTPException) -> str:
     return f"not valid JSON ({type(cause).__name__}: {cause})" if cause is not None else "not valid JSON"
 
 
+class _ServeApp(FastAPI):
+    """FastAPI with the predict lane (``serve/fastpath.py``) in front of its own stack."""
+
+    lane: PredictLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.lane
+        if lane is not None and lane.takes(scope):
+            await lane.handle(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     service: PredictionService,
     log: PredictionLogBackend,
@@ -167,7 +182,7 @@ def create_app(
             if logger is not None:
                 logger.close()
 
-    app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
+    app = _ServeApp(title="loopml", version="0.1.0", lifespan=lifespan)
     app.state.service = service
     batcher = MicroBatcher(service, options.micro_batch)
     app.state.batcher = batcher
@@ -181,6 +196,9 @@ def create_app(
         metrics.latency.labels(path).observe(seconds)
 
     app.add_middleware(RequestMetrics, observe=observe)
+
+    def predicted(result: Prediction) -> None:
+        metrics.predictions.labels(result.variant).inc()
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -196,14 +214,21 @@ def create_app(
         message = f"{exc.detail}: {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         return JSONResponse(error_body(message), status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(RequestError)
-    async def on_request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(error_body("invalid request", exc.details), status_code=422)
+    def scoring_failure(exc: Exception) -> JSONResponse | None:
+        """The answer to an error raised while scoring (None: not one of those)."""
+        if isinstance(exc, RequestError):
+            return JSONResponse(error_body("invalid request", exc.details), status_code=422)
+        if isinstance(exc, ModelFailure):
+            metrics.model_errors.inc()
+            return JSONResponse(error_body(str(exc)), status_code=503)
+        return None
 
+    @app.exception_handler(RequestError)
     @app.exception_handler(ModelFailure)
-    async def on_model_failure(_: Request, exc: ModelFailure) -> JSONResponse:
-        metrics.model_errors.inc()
-        return JSONResponse(error_body(str(exc)), status_code=503)
+    async def on_scoring_failure(_: Request, exc: Exception) -> JSONResponse:
+        response = scoring_failure(exc)
+        assert response is not None  # registered for these two classes only
+        return response
 
     errors: dict[int | str, dict[str, Any]] = {422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
@@ -222,7 +247,7 @@ def create_app(
         if problems := shape.check([body]):
             raise RequestError(problems)
         result = await batcher.predict(body, explain)
-        metrics.predictions.labels(result.variant).inc()
+        predicted(result)
         return result
 
     @app.post("/v1/predict/batch", response_model=PredictBatchResponse, response_model_exclude_none=True, responses=errors)
@@ -274,4 +299,5 @@ def create_app(
 
     app.include_router(admin_router(service, logger, options.admin_token))
 
+    app.lane = PredictLane(batcher, shape, options.max_body_bytes, observe, predicted, scoring_failure)
     return app

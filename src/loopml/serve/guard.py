@@ -46,9 +46,14 @@ class _NonFinite:
         self.token = token
 
 
+def suspect(body: bytes) -> bool:
+    """Whether the body holds a token that may be a non-finite number (``NaN``, ``Infinity``, ``1e400``)."""
+    return _SUSPECT.search(body) is not None
+
+
 def non_finite_fields(body: bytes) -> list[tuple[str, str]]:
     """(field path, message) for each ``NaN``, ``Infinity`` or out-of-range number in a JSON body; [] if none or not JSON."""
-    if not _SUSPECT.search(body):
+    if not suspect(body):
         return []
     seen: list[_NonFinite] = []
 
@@ -78,6 +83,20 @@ def non_finite_fields(body: bytes) -> list[tuple[str, str]]:
         elif isinstance(value, list):
             stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in reversed(list(enumerate(value))))
     return found
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body already read, then hands over to the real one."""
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
 
 
 async def _answer(send: Send, status: int, message: str, details: list[tuple[str, str]]) -> None:
@@ -132,16 +151,7 @@ class BodyGuard:
         if bad:
             await _answer(send, 422, "invalid request: non-finite number", bad)
             return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(body, receive), send)
 
 
 class RequestMetrics:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from loopml.serve.service import PredictionService
 
 _PROJECT_ENV = "LOOPML_PROJECT"
 _TOKEN_ENV = "LOOPML_ADMIN_TOKEN"
+#: seconds a thread may hold the GIL while another waits for it (Python's default: 0.005)
+SWITCH_INTERVAL = 0.0005
 
 
 def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
@@ -54,8 +57,19 @@ def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     return create_app(service, log, logger, options, dashboard=dashboard.data)
 
 
+def _serving_process() -> None:
+    """Tune the interpreter of a process that serves: hand the GIL over every 0.5 ms instead of every 5 ms.
+
+    A request crosses threads twice (event loop -> micro-batch thread -> event loop); while the
+    prediction-log writer runs Python code, each crossing waited up to the 5 ms default interval.
+    Measured on the fraud model at 500 requests/s: p99 7-10 ms with the default, 4-5 ms with 0.5 ms.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 def app_from_environment() -> FastAPI:
     """uvicorn factory for multi-worker mode."""
+    _serving_process()
     folder = os.environ.get(_PROJECT_ENV)
     if not folder:
         raise LoopmlError(f"{_PROJECT_ENV} is not set")
@@ -70,7 +84,7 @@ def run_server(project: Project, host: str, port: int, workers: int = 1, admin_t
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         scheduler = RetrainScheduler(project.layout.root, interval, url, admin_token).start()
     try:
-        if workers > 1:
+        if workers > 1:  # each worker process tunes itself (app_from_environment)
             os.environ[_PROJECT_ENV] = str(project.layout.root)
             if admin_token:
                 os.environ[_TOKEN_ENV] = admin_token
@@ -83,6 +97,7 @@ def run_server(project: Project, host: str, port: int, workers: int = 1, admin_t
                 log_level="warning",
             )
         else:
+            _serving_process()
             uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
     finally:
         if scheduler is not None:
