@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterator
@@ -68,6 +69,24 @@ def test_batch_keeps_order_and_matches_single(server: tuple[httpx.Client, Path])
     assert [p["request_id"] for p in preds] == [str(i) for i in range(20)]
     single = client.post("/v1/predict", json=body(rows[7])).json()
     assert single["score"] == pytest.approx(preds[7]["score"], rel=1e-12)
+
+
+def test_fast_lane_answers_as_the_full_app_does(server: tuple[httpx.Client, Path]) -> None:
+    """The same body sent with a Content-Length (fast lane) and chunked (full app) gets the same answer, both counted."""
+    client, project = server
+    rows = live_rows(project, 5)
+    for i, row in enumerate(rows):
+        raw = json.dumps(body(row, request_id=f"r{i}")).encode()
+        lane = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+        full = client.post("/v1/predict", content=iter([raw[:10], raw[10:]]), headers={"content-type": "application/json"})
+        assert "content-length" not in full.request.headers  # chunked: the lane leaves it to the full app
+        assert lane.status_code == full.status_code == 200
+        assert lane.json() == full.json() and lane.headers["content-type"] == full.headers["content-type"]
+    explained = client.post("/v1/predict?explain=true", json=body(rows[0])).json()
+    assert explained["score"] == pytest.approx(client.post("/v1/predict?explain=1", json=body(rows[0])).json()["score"])
+    metrics = client.get("/metrics").text
+    assert 'loopml_requests_total{endpoint="/v1/predict",status="200"} 12.0' in metrics  # 5 + 5 + 2
+    assert 'loopml_predictions_total{variant="champion"} 12.0' in metrics
 
 
 def test_unknown_entity_gets_defaults_and_a_flag(server: tuple[httpx.Client, Path]) -> None:

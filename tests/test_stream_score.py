@@ -8,7 +8,8 @@ uninterrupted on its own copy of the project; the interrupted scorers (a
 ``loopml stream score`` process killed with SIGKILL, and in-process scorers
 stopped between the output write and the store write, or between the store
 write and the acknowledgement) must end with exactly the reference's output:
-one entry per input entry, same ids, same scores, and the same online store.
+one entry per input entry, same ids, same scores, and the same online store;
+and their prediction logs hold each output entry once, with its written score.
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ def check_against(reference: dict[str, Any], client: redis.Redis, project: Path)
     pending: Any = client.xpending(IN, "loopml-score")
     assert pending["pending"] == 0  # everything acknowledged
     assert customers_features(project) == reference["features"]  # every event applied once
+    check_log(out, project)
+
+
+def check_log(out: dict[str, dict[str, str]], project: Path) -> None:
+    """The prediction log holds each output entry once, with the score written to the stream."""
+    log = Project.load(project).prediction_log()
+    try:
+        logged = log.read().to_pylist()
+    finally:
+        log.close()
+    assert len(logged) == len(out)  # once each, whatever was redone after a crash
+    assert {r["request_id"]: r["score"] for r in logged} == {e["request_id"]: float(e["score"]) for e in out.values()}
+    assert {(r["model_version"], r["variant"]) for r in logged} == {(1, "champion")}
+    assert all("tx_amount" in r["features"] for r in logged)  # the model's inputs by name, as the service logs them
 
 
 def test_scores_are_the_online_services_before_the_event_is_applied(
@@ -191,9 +206,10 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
     with redis_server.client() as client:
         feed(client, project)
     store = p.online_store()
+    log = p.prediction_log()
     streams = connect_streams(p.spec.storage.redis_url)
     try:
-        dying = DyingScorer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", batch=50)
+        dying = DyingScorer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", batch=50, log=log)
         dying.before = before
         with pytest.raises(Crash):
             dying.run(until_idle=True)
@@ -202,11 +218,12 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
         in_flight_ids = {e["message_id"].decode() for e in in_flight}
         assert in_flight_ids and in_flight_ids & set(entries(streams, OUT))  # scores written, never acknowledged
         name = dying.consumer if before == "push" else "another-name"  # a restart under a new name takes over too
-        again = ScoringConsumer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", consumer=name, batch=50)
+        again = ScoringConsumer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", consumer=name, batch=50, log=log)
         stats = again.run(until_idle=True)
         assert stats.written == N - len(UNSCORABLE) - written  # what was already there was not written twice
         check_against(reference, streams, project)
     finally:
+        log.close()
         streams.close()
         store.close()
 

@@ -196,9 +196,11 @@ class Project:
         except ImportError:
             raise LoopmlError("stream score needs the redis extra (pip install 'loopml[redis]')") from None
         store = self.online_store()
+        log = self.prediction_log()
         try:
-            return score_stream(self.spec, store, self.registry(), input, output, **options)
+            return score_stream(self.spec, store, self.registry(), input, output, log=log, **options)
         finally:
+            log.close()
             store.close()
 
     def train(self, trials: int = 0, progress: Progress | None = None, promote_to: str | None = None) -> TrainResult:

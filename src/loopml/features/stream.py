@@ -99,7 +99,8 @@ def stream_event_id(entry_id: str) -> int:
     return (int(ms) << _SEQUENCE_BITS) | sequence
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes or text) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -145,12 +146,12 @@ class StreamConsumer:
         if not entries:
             own: Any = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
             entries = list(own[0][1]) if own else []
-        return [(_text(i), None if not f else {_text(k): _text(v) for k, v in f.items()}) for i, f in entries]
+        return [(as_text(i), None if not f else {as_text(k): as_text(v) for k, v in f.items()}) for i, f in entries]
 
     def _new(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str] | None]]:
         got: Any = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         entries = list(got[0][1]) if got else []
-        return [(_text(i), {_text(k): _text(v) for k, v in (f or {}).items()}) for i, f in entries]
+        return [(as_text(i), {as_text(k): as_text(v) for k, v in (f or {}).items()}) for i, f in entries]
 
     def step(self, block_ms: int = 1000, limit: int | None = None) -> ConsumeStats:
         """Process one batch (pending entries first, else new ones, waiting up to ``block_ms``)."""

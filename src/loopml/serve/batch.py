@@ -116,7 +116,10 @@ class LoadedModel:
 
     def score(self, assembled: AssembledBatch, where: str = "") -> npt.NDArray[np.float64]:
         """Scores of the batch's rows; raises naming the version (and ``where``) if the model fails or gives NaN."""
-        matrix = self.inputs.matrix(assembled)
+        return self.score_matrix(self.inputs.matrix(assembled), where)
+
+    def score_matrix(self, matrix: npt.NDArray[np.float64], where: str = "") -> npt.NDArray[np.float64]:
+        """Scores of a model-input matrix (:meth:`matrix`), checked as :meth:`score` checks them."""
         try:
             scores = np.asarray(self.predictor.predict(matrix), dtype=np.float64)
         except LoopmlError:

@@ -102,6 +102,40 @@ def _local(utc: datetime) -> datetime:
     return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
+def prediction_record(
+    request_id: str,
+    entities: dict[str, Any],
+    feature_names: Sequence[str],
+    inputs: npt.NDArray[np.float64],
+    assembled: AssembledBatch,
+    i: int,
+    now: datetime,
+    score: float,
+    version: int,
+    variant: str,
+    latency_ms: float,
+) -> LoggedPrediction:
+    """The prediction log's record of row ``i`` of a scored batch (online service and stream scorer).
+
+    Features: the model's inputs by name, plus the string request features; time: the request's
+    event time when it has one (so replays and late traffic land in their own window), else ``now``.
+    """
+    values: dict[str, Any] = {n: float(v) for n, v in zip(feature_names, inputs, strict=False)}
+    for name, column in assembled.strings.items():
+        values.setdefault(name, column[i])
+    event = assembled.event_us[i] if assembled.event_us else None
+    return LoggedPrediction(
+        request_id=request_id,
+        ts=now if event is None else _local(datetime_from_us(event)),
+        entities=entities,
+        features=values,
+        score=score,
+        model_version=version,
+        variant=variant,
+        latency_ms=latency_ms,
+    )
+
+
 def load_version(spec: Spec, registry: Registry, version: int, columns: list[str]) -> tuple[Predictor, ModelInput]:
     """A registered version's predictor (hash-checked by the registry) and its input builder over assembled ``columns``,
     with the categorical encodings fitted when that version was trained (online service, batch and stream scoring)."""
@@ -318,20 +352,19 @@ class PredictionService:
     ) -> None:
         if self.logger is None:
             return
-        values: dict[str, Any] = {n: float(v) for n, v in zip(model.predictor.feature_names, inputs, strict=False)}
-        for name, column in assembled.strings.items():
-            values.setdefault(name, column[i])
-        event = assembled.event_us[i] if assembled.event_us else None
         self.logger.submit(
-            LoggedPrediction(
-                request_id=request_id,
-                ts=now if event is None else _local(datetime_from_us(event)),
-                entities=dict(req.entities),
-                features=values,
-                score=score,
-                model_version=model.version,
-                variant=model.variant,
-                latency_ms=latency_ms,
+            prediction_record(
+                request_id,
+                dict(req.entities),
+                model.predictor.feature_names,
+                inputs,
+                assembled,
+                i,
+                now,
+                score,
+                model.version,
+                model.variant,
+                latency_ms,
             )
         )
 

@@ -21,7 +21,10 @@ order:
    store did not know, when any.
 3. **Apply** the event to the online store
    (:func:`~loopml.features.push.push_events`, idempotent per event id).
-4. **Acknowledge** (``XACK``) only after both.
+4. **Log** the batch's predictions to the prediction log (``storage.prediction_log``),
+   as the online service logs its own: model inputs by name, the entry's event
+   time, variant, version; ``latency_ms`` is the time to score the entry's run.
+5. **Acknowledge** (``XACK``) only after all of them.
 
 Batches: entries are read ``batch`` at a time and processed in runs of
 consecutive entries that share no entity key; a run is scored in one call,
@@ -37,7 +40,11 @@ output keeps the score written the first time. Re-applying an event changes
 nothing (one copy per event id). Scores equal an uninterrupted run's: events
 are applied only after their scores were written, in stream order, so an entry
 whose score was not written yet is scored from the same store state as before
-the crash. Because output ids follow input ids, one scorer writes an output
+the crash. The prediction log gets each output entry once: a redone entry
+whose prediction is already logged is not logged again, and one whose score was
+written before the crash is logged with that score (read back from the output
+stream); its logged features are recomputed, and include its own event when the
+crash came after the event was applied. Because output ids follow input ids, one scorer writes an output
 stream (a second scorer in the group stops with an error naming the entry
 rather than lose it). Entries idle longer than ``claim_idle_ms`` in another
 consumer are claimed (``XAUTOCLAIM``), as in ``features consume``.
@@ -62,8 +69,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis
 
 from loopml.errors import LoopmlError
@@ -75,13 +85,16 @@ from loopml.features.stream import (
     REASON_FIELD,
     ConsumeStats,
     StreamConsumer,
+    as_text,
     connect_streams,
     stream_event_id,
     stream_source,
 )
-from loopml.features.vector import FeatureAssembler, RequestFeatureError
+from loopml.features.vector import AssembledBatch, FeatureAssembler, RequestFeatureError
+from loopml.monitor.predlog import LoggedPrediction, PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.serve.batch import LoadedModel, load_model
+from loopml.serve.service import prediction_record
 from loopml.spec.model import Spec
 
 __all__ = ["DEFAULT_GROUP", "ScoringConsumer", "default_scorer_name", "score_stream"]
@@ -107,6 +120,21 @@ class _Entry:
     reason: str | None = None
 
 
+@dataclass
+class _Scored:
+    """One run's scored entries (the assembler's refusals left out) and what the prediction log needs."""
+
+    entries: list[_Entry]
+    scores: list[float]
+    assembled: AssembledBatch | None
+    matrix: npt.NDArray[np.float64] | None
+    latency_ms: float
+
+    @property
+    def missing(self) -> list[list[str]]:
+        return self.assembled.missing_entities if self.assembled is not None else []
+
+
 class ScoringConsumer(StreamConsumer):
     """One scorer: reads ``stream`` in ``group``, writes scores to ``output`` (see the module docstring)."""
 
@@ -126,6 +154,7 @@ class ScoringConsumer(StreamConsumer):
         version: int | None = None,
         alias: str | None = None,
         reload_seconds: float = RELOAD_SECONDS,
+        log: PredictionLogBackend | None = None,
     ) -> None:
         if output == stream:
             raise LoopmlError(f"--output {output}: the output stream must not be the input stream")
@@ -137,6 +166,7 @@ class ScoringConsumer(StreamConsumer):
         self.alias = alias or spec.rollout.alias
         self.variant = self.alias if version is None else f"v{version}"
         self.reload_seconds = reload_seconds
+        self.log = log
         self.assembler = FeatureAssembler(spec, store)
         self.id_column = event_id_column(spec, source)
         self.keys = list(dict.fromkeys(view_key(spec, name) for name in spec.features.views))
@@ -210,8 +240,9 @@ class ScoringConsumer(StreamConsumer):
             runs.append(current)
         return runs
 
-    def _score(self, run: list[_Entry], model: LoadedModel) -> list[tuple[_Entry, float, list[str]]]:
+    def _score(self, run: list[_Entry], model: LoadedModel) -> _Scored:
         """Score the run's entries in one call; an entry the assembler refuses is marked bad and the rest retried."""
+        started = time.perf_counter()
         pending = [e for e in run if e.reason is None]
         while pending:
             try:
@@ -221,23 +252,28 @@ class ScoringConsumer(StreamConsumer):
                 pending[index].reason = f"{exc.field}: {exc.message}"
                 pending = [e for e in pending if e.reason is None]
                 continue
-            scores = model.score(assembled, f" on {self.stream} entry {pending[0].id}")
-            return [(e, float(s), m) for e, s, m in zip(pending, scores.tolist(), assembled.missing_entities, strict=True)]
-        return []
+            matrix = model.matrix(assembled)
+            scores = model.score_matrix(matrix, f" on {self.stream} entry {pending[0].id}")
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            return _Scored(pending, scores.tolist(), assembled, matrix, latency_ms)
+        return _Scored([], [], None, None, 0.0)
 
-    def _xadd_once(self, stream: str, records: Sequence[tuple[str, Mapping[str, str]]]) -> int:
-        """``XADD stream <id>`` each record; an id Redis refuses must already be there. Returns how many were new."""
+    def _request_id(self, entry: _Entry) -> str:
+        value = entry.row.get(self.id_column) if self.id_column is not None else None
+        return str(value) if value is not None else entry.id
+
+    def _xadd_once(self, stream: str, records: Sequence[tuple[str, Mapping[str, str]]]) -> dict[str, dict[str, str]]:
+        """``XADD stream <id>`` each record; an id Redis refuses must already be there. Returns those already there."""
         if not records:
-            return 0
+            return {}
         pipe = self.client.pipeline(transaction=False)
         for entry_id, fields in records:
             record: dict[Any, Any] = dict(fields)
             pipe.xadd(stream, record, id=entry_id)
         results = pipe.execute(raise_on_error=False)
-        written = 0
+        before: dict[str, dict[str, str]] = {}
         for (entry_id, _), result in zip(records, results, strict=True):
             if not isinstance(result, Exception):
-                written += 1
                 continue
             if not (isinstance(result, redis.exceptions.ResponseError) and _TOO_SMALL in str(result)):
                 raise result
@@ -247,14 +283,15 @@ class ScoringConsumer(StreamConsumer):
                     f"stream {stream}: entry {entry_id} is not there but later entries are; the output follows the input's "
                     "ids, so only one scorer may write it (run a single consumer per output stream)"
                 )
-        return written
+            before[entry_id] = {as_text(k): as_text(v) for k, v in there[0][1].items()}
+        return before
 
-    def _write(self, scored: list[tuple[_Entry, float, list[str]]], version: int) -> int:
+    def _write(self, scored: _Scored, version: int) -> dict[str, dict[str, str]]:
+        """Write the run's scores; returns the output entries that were already there (id -> fields)."""
         records = []
-        for entry, score, missing in scored:
-            request_id = entry.row.get(self.id_column) if self.id_column is not None else None
+        for entry, score, missing in zip(scored.entries, scored.scores, scored.missing, strict=True):
             fields = {
-                "request_id": str(request_id) if request_id is not None else entry.id,
+                "request_id": self._request_id(entry),
                 "score": repr(score),
                 "model_version": str(version),
                 "variant": self.variant,
@@ -263,6 +300,46 @@ class ScoringConsumer(StreamConsumer):
                 fields["missing_entities"] = ",".join(missing)
             records.append((entry.id, fields))
         return self._xadd_once(self.output, records)
+
+    def _records(self, scored: _Scored, version: int, before: dict[str, dict[str, str]]) -> list[LoggedPrediction]:
+        """The run's prediction-log records; an entry already written keeps the score it was written with."""
+        if scored.assembled is None or scored.matrix is None:
+            return []
+        model = self._model
+        names = model.predictor.feature_names if model is not None else []
+        now = datetime.now()
+        out = []
+        for i, (entry, score) in enumerate(zip(scored.entries, scored.scores, strict=True)):
+            written = before.get(entry.id)
+            logged_version = version
+            if written is not None:
+                score, logged_version = float(written["score"]), int(written["model_version"])
+            entities = {key: entry.row[key] for key in self.keys if entry.row.get(key) is not None}
+            out.append(
+                prediction_record(
+                    self._request_id(entry),
+                    entities,
+                    names,
+                    scored.matrix[i],
+                    scored.assembled,
+                    i,
+                    now,
+                    score,
+                    logged_version,
+                    self.variant,
+                    scored.latency_ms,
+                )
+            )
+        return out
+
+    def _log(self, records: list[LoggedPrediction], redone: bool) -> None:
+        """Append the batch's records; a redone batch skips the request ids already logged."""
+        if self.log is None or not records:
+            return
+        if redone:
+            known = self.log.known_request_ids([r.request_id for r in records])
+            records = [r for r in records if r.request_id not in known]
+        self.log.append(records)
 
     def _push(self, entries: list[_Entry]) -> None:
         """Apply the events to the online store; the ones it refuses are marked bad."""
@@ -276,16 +353,23 @@ class ScoringConsumer(StreamConsumer):
     def step(self, block_ms: int = 1000, limit: int | None = None) -> ConsumeStats:
         """Process one batch (pending entries first, else new ones, waiting up to ``block_ms``); see the module docstring."""
         count = self.batch if limit is None else max(1, min(self.batch, limit))
-        raw = self._pending(count) or self._new(count, block_ms)
+        raw = self._pending(count)
+        redone = bool(raw)
+        raw = raw or self._new(count, block_ms)
         stats = ConsumeStats(messages=len(raw))
         if not raw:
             return stats
         model = self.model()
         entries = [self._parse(entry_id, fields) for entry_id, fields in raw if fields]
+        records: list[LoggedPrediction] = []
         for run in self._runs(entries):
             scored = self._score(run, model)
-            stats.written += self._write(scored, model.version)
-            self._push([entry for entry, _, _ in scored])
+            before = self._write(scored, model.version)
+            stats.written += len(scored.entries) - len(before)
+            if self.log is not None:
+                records.extend(self._records(scored, model.version, before))
+            self._push(scored.entries)
+        self._log(records, redone)
         bad = [(e.id, {**e.fields, REASON_FIELD: e.reason or "", ORIGIN_FIELD: e.id}) for e in entries if e.reason is not None]
         self._xadd_once(self.quarantine, bad)
         stats.quarantined = len(bad)
@@ -308,10 +392,12 @@ def score_stream(
     until_idle: bool = False,
     report: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    log: PredictionLogBackend | None = None,
 ) -> ConsumeStats:
     """``loopml stream score``: score ``stream`` into ``output`` (both at ``storage.redis_url``) until told to stop.
 
     Returns the entries handled, the output entries newly written (``written``) and the entries quarantined.
+    With ``log``, every prediction written is also logged there (the project's prediction log for the CLI).
     """
     if batch < 1:
         raise LoopmlError(f"--batch: must be at least 1, got {batch}")
@@ -321,7 +407,18 @@ def score_stream(
     client = connect_streams(spec.storage.redis_url)
     try:
         scorer = ScoringConsumer(
-            spec, store, client, registry, stream, output, name, group=group, consumer=consumer, batch=batch, version=version
+            spec,
+            store,
+            client,
+            registry,
+            stream,
+            output,
+            name,
+            group=group,
+            consumer=consumer,
+            batch=batch,
+            version=version,
+            log=log,
         )
         scorer.model()  # fail now, not at the first entry, when there is no model
         progress = None
