@@ -640,6 +640,25 @@ def test_csv_spine_with_text_keys_and_request_features_it_lacks(tmp_path: Path) 
     assert out.column("shop").to_pylist() == [None, None, None]
 
 
+def test_spine_times_with_offsets_are_converted_to_utc(tmp_path: Path) -> None:
+    """A JSON Lines spine with '+02:00' / 'Z' times gets the features of the same UTC moments as a naive UTC one."""
+    table = small_table([START, START + MINUTE, START + 2 * MINUTE], [1.0, 2.0, 4.0], user=[7, 7, 7])
+    spec = make_spec({"u": view("user", ["count", "sum"], ["1h"])})
+    path = write(table, tmp_path / "events.parquet")
+    utc = ["2025-04-01T00:01:30", "2025-04-01T00:00:30", "2025-04-01T02:00:00"]
+    shifted = ["2025-04-01T02:01:30+02:00", "2025-04-01T00:00:30Z", "2025-03-31T21:00:00-05:00"]
+    columns = {}
+    for name, times in (("utc", utc), ("shifted", shifted)):
+        lines = "".join(json.dumps({"user_id": 7, "when": t}) + "\n" for t in times)
+        (tmp_path / f"{name}.jsonl").write_text(lines)
+        result = build_spine_training_set(
+            spec, {"events": path}, tmp_path / f"{name}.jsonl", tmp_path / f"{name}.parquet", spine_time="when"
+        )
+        columns[name] = pq.read_table(result.path).select(["when", "u_count_1h", "u_amount_sum_1h"]).to_pylist()
+    assert columns["shifted"] == columns["utc"]
+    assert [r["u_count_1h"] for r in columns["utc"]] == [2.0, 1.0, 0.0]  # 00:01:30 sees two events, 00:00:30 one, 02:00 none
+
+
 @pytest.mark.parametrize(
     ("content", "time", "message"),
     [

@@ -11,8 +11,10 @@ back in spine order. It checks, with one line naming the file and the column
   name) and every view's entity key are present;
 - the time column is a ``TIMESTAMP`` or ``DATE``, or text in which every
   non-empty value parses as a timestamp (CSV cells DuckDB did not sniff as
-  times); it is then replaced by its parsed value. Empty times are kept: the
-  row gets the missing-history values, like an event without a time;
+  times, JSON strings); it is then replaced by its parsed value, naive UTC (an
+  offset such as ``+02:00`` or ``Z`` is converted, a time without one is UTC,
+  as at ingestion). Empty times are kept: the row gets the missing-history
+  values, like an event without a time;
 - entity keys have the type of the key column in the view's source snapshot,
   or convert to it value by value (``"42"`` in a CSV against an integer key);
   a value that does not convert is an error, a NULL key is kept (missing
@@ -49,11 +51,19 @@ class Spine:
     rows: int
 
 
+def _cast(col: str, target: str) -> str:
+    """SQL casting ``col`` to ``target`` (NULL when it does not convert); text times go through TIMESTAMPTZ, so that
+    an offset (``+02:00``, ``Z``) is converted to UTC instead of dropped (the connection's time zone is UTC)."""
+    if target == "TIMESTAMP":
+        return f"TRY_CAST(TRY_CAST({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    return f"TRY_CAST({col} AS {target})"
+
+
 def _first_bad(con: duckdb.DuckDBPyConnection, column: str, target: str) -> tuple[int, str] | None:
     col = quote(column)
     row = con.execute(
         f"SELECT {ROW_ID} + 1, CAST({col} AS VARCHAR) FROM {SPINE_TABLE} "
-        f"WHERE {col} IS NOT NULL AND TRY_CAST({col} AS {target}) IS NULL ORDER BY {ROW_ID} LIMIT 1"
+        f"WHERE {col} IS NOT NULL AND {_cast(col, target)} IS NULL ORDER BY {ROW_ID} LIMIT 1"
     ).fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
 
@@ -64,7 +74,7 @@ def _convert(con: duckdb.DuckDBPyConnection, path: Path, column: str, target: st
     if bad is not None:
         raise DataError(f"{path}: row {bad[0]}: column {column!r} value {bad[1]!r} is not a {target} ({why})")
     col = quote(column)
-    replace = f"REPLACE (TRY_CAST({col} AS {target}) AS {col})"
+    replace = f"REPLACE ({_cast(col, target)} AS {col})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {SPINE_TABLE} AS SELECT * {replace} FROM {SPINE_TABLE}")
 
 
@@ -96,6 +106,8 @@ def load_spine(
     if types[time] not in TIME_TYPES:
         if types[time] != "VARCHAR":
             raise DataError(f"{path}: time column {time!r} has type {types[time]}; expected TIMESTAMP or DATE")
+        _convert(con, path, time, "TIMESTAMP", "the spine's time")
+    elif types[time] == "TIMESTAMP WITH TIME ZONE":  # naive UTC, like every time in loopml
         _convert(con, path, time, "TIMESTAMP", "the spine's time")
     for key, (source_type, why) in keys.items():
         if types[key] != source_type:
