@@ -12,7 +12,8 @@ scores whatever piled up while it was working, so batches grow with load.
 
 Each request keeps its own outcome: when a group fails (a bad request's 4xx,
 a model's 503), its requests are scored one by one so that only the guilty
-one fails. Written by hand because the batching libraries (BentoML's
+one fails; the failed group attempt is not counted by the rollout (canary
+error rate, alerts), only the requests that fail alone are. Written by hand because the batching libraries (BentoML's
 adaptive batcher, Ray Serve's ``@serve.batch``) come with their own server.
 """
 
@@ -68,7 +69,8 @@ class MicroBatcher:
         self.batches += 1
         self.requests += len(group)
         try:
-            results = self.service.predict([request for request, _, _ in group], explain=explain)
+            requests = [request for request, _, _ in group]
+            results = self.service.predict(requests, explain=explain, retried=len(group) > 1)
         except Exception as exc:
             if len(group) == 1:
                 group[0][2].set_exception(exc)

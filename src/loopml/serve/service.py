@@ -266,7 +266,11 @@ class PredictionService:
             raise ModelFailure(f"model version {model.version} returned a non-finite score")
         return matrix, scores
 
-    def predict(self, requests: Sequence[PredictRequest], explain: bool = False, batch: bool = False) -> list[Prediction]:
+    def predict(
+        self, requests: Sequence[PredictRequest], explain: bool = False, batch: bool = False, retried: bool = False
+    ) -> list[Prediction]:
+        """Score the requests together. ``retried``: a failing model is not recorded (nor alerted) here, because the
+        caller scores each request again alone (the micro-batcher), and those attempts record the failures."""
         models = self.live_models
         if not models:
             raise ModelFailure("no model is loaded yet (train and promote one, then POST /v1/admin/reload)")
@@ -295,8 +299,9 @@ class PredictionService:
             try:
                 matrices[name], scores[rows] = self._score(model, assembled, rows)
             except ModelFailure as exc:
-                latency = (time.perf_counter() - started) * 1000.0
-                self._failed(model, str(exc), latency)
+                if not retried:
+                    latency = (time.perf_counter() - started) * 1000.0
+                    self._failed(model, str(exc), latency, len(rows))
                 raise
         latency_ms = (time.perf_counter() - started) * 1000.0 / max(len(requests), 1)
         contributions: dict[str, npt.NDArray[np.float64]] = {}
@@ -381,7 +386,7 @@ class PredictionService:
             try:
                 matrix, scores = self._score(model, assembled, list(range(len(requests))))
             except ModelFailure as exc:
-                self._failed(model, str(exc), (time.perf_counter() - started) * 1000.0)
+                self._failed(model, str(exc), (time.perf_counter() - started) * 1000.0, len(requests))
                 return
             finally:
                 self._shadow_jobs -= 1
@@ -392,10 +397,12 @@ class PredictionService:
 
         self._shadow_pool.submit(job)
 
-    def _failed(self, model: LiveModel, reason: str, latency_ms: float) -> None:
+    def _failed(self, model: LiveModel, reason: str, latency_ms: float, requests: int = 1) -> None:
+        """``requests`` requests of the model's variant failed: alert, and count each as an error for the rollout."""
         if self.alerts is not None:
             self.alerts.fire("model_failure", f"version {model.version}", reason, severity="critical")
-        self._act(self.rollout.record(model.variant, None, latency_ms, None))
+        for _ in range(requests):
+            self._act(self.rollout.record(model.variant, None, latency_ms, None))
 
     def feedback(self, request_id: str, label: float) -> None:
         self._act(self.rollout.feedback(request_id, label))
