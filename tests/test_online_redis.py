@@ -225,6 +225,8 @@ def test_killed_redis_gives_503_with_a_reason_then_recovers(redis_project: Path,
             assert "online store" in r.json()["error"] and redis_server.url in r.json()["error"]
         assert http.post("/v1/predict/batch", json={"instances": bodies}).status_code == 503
         assert http.get("/healthz").status_code == 200  # the process lives on
+        metrics = http.get("/metrics").text
+        assert "loopml_feature_store_errors_total 4.0" in metrics and "loopml_model_errors_total 0.0" in metrics
         redis_server.start()
         time.sleep(COOLDOWN_SECONDS + 0.1)
         back = http.post("/v1/predict", json=bodies[0])

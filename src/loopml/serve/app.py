@@ -43,7 +43,7 @@ from loopml.serve.schemas import (
     error_body,
     install_openapi,
 )
-from loopml.serve.service import ModelFailure, PredictionService, RequestError
+from loopml.serve.service import FeaturesUnavailable, ModelFailure, PredictionService, RequestError
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ class _Metrics:
         )
         self.predictions = Counter("loopml_predictions", "predictions served", ["variant"], registry=self.registry)
         self.model_errors = Counter("loopml_model_errors", "requests failed by the model", registry=self.registry)
+        self.store_errors = Counter(
+            "loopml_feature_store_errors", "requests failed because the online store was unreachable", registry=self.registry
+        )
         version = Gauge("loopml_model_version", "live model version", registry=self.registry)
         version.set_function(lambda: float(service.live.version) if service.live else 0.0)
         dropped = Gauge("loopml_log_dropped", "prediction log records dropped", registry=self.registry)
@@ -219,7 +222,7 @@ def create_app(
         if isinstance(exc, RequestError):
             return JSONResponse(error_body("invalid request", exc.details), status_code=422)
         if isinstance(exc, ModelFailure):
-            metrics.model_errors.inc()
+            (metrics.store_errors if isinstance(exc, FeaturesUnavailable) else metrics.model_errors).inc()
             return JSONResponse(error_body(str(exc)), status_code=503)
         return None
 
