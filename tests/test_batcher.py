@@ -10,18 +10,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from fraud_requests import body
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
 from loopml.serve.schemas import Prediction, PredictRequest
 from loopml.serve.service import ModelFailure
-
-
-def body(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
-        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
-        **extra,
-    }
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(trained_copy: Path) -> None:

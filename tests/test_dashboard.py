@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_score, r2_score, roc_auc_score
 
+from fraud_requests import body
 from loopml.project import Project
 from loopml.serve.dashboard import bucket_width_us, window_metrics, windows_by_count
 from loopml.serve.runner import BackgroundServer, build_app
@@ -42,14 +43,6 @@ def chromium_binary() -> str | None:
     return None
 
 
-def body(row: dict[str, Any], request_id: str) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
-        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
-    }
-
-
 def serve(folder: Path) -> BackgroundServer:
     return BackgroundServer(build_app(Project.load(folder), admin_token=TOKEN))
 
@@ -65,7 +58,7 @@ def busy(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     rows = pq.read_table(folder / "data" / "live.parquet").slice(0, ROWS).to_pylist()
     with serve(folder) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         for start in range(0, ROWS, 100):
-            batch = [body(r, f"r{start + i}") for i, r in enumerate(rows[start : start + 100])]
+            batch = [body(r, request_id=f"r{start + i}") for i, r in enumerate(rows[start : start + 100])]
             assert client.post("/v1/predict/batch", json={"instances": batch}).status_code == 200
         for i, row in enumerate(rows):
             assert client.post("/v1/feedback", json={"request_id": f"r{i}", "label": row["tx_fraud"]}).status_code == 202
@@ -157,7 +150,7 @@ def test_dashboard_json_shows_a_canary_champion_and_challenger(trained_copy: Pat
     with serve(trained_copy) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         canary = {"policy": "canary", "canary": {"steps": [0.25, 1.0], "min_requests": 10_000}}
         assert client.post("/v1/admin/rollout", json=canary, headers=auth).status_code == 200
-        batch = [body(r, f"c{i}") for i, r in enumerate(rows)]
+        batch = [body(r, request_id=f"c{i}") for i, r in enumerate(rows)]
         variants = [p["variant"] for p in client.post("/v1/predict/batch", json={"instances": batch}).json()["predictions"]]
         assert client.post("/v1/admin/flush", headers=auth).status_code == 200
         got = sections(client)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow.parquet as pq
 import pytest
 import redis
 from typer.testing import CliRunner
 
+from fraud_requests import body, live_rows
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.features import push_events
@@ -195,14 +195,7 @@ def test_cli_consume_into_the_sqlite_store(redis_server: RedisServer, trained_co
 
 
 def live_bodies(project: Path, n: int) -> list[dict[str, Any]]:
-    rows = pq.read_table(project / "data" / "live.parquet").slice(0, n).to_pylist()
-    return [
-        {
-            "entities": {"customer_id": r["customer_id"], "terminal_id": r["terminal_id"]},
-            "features": {"tx_amount": r["tx_amount"], "tx_datetime": r["tx_datetime"].isoformat()},
-        }
-        for r in rows
-    ]
+    return [body(r) for r in live_rows(project, n)]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from fraud_requests import body
 from loopml.cli import app
 from loopml.project import Project
 from loopml.serve import batch
@@ -57,13 +58,6 @@ def live(project: Path) -> pa.Table:
 def cli(*args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr
-
-
-def body(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
-        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
-    }
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from fraud_requests import body, live_rows
 from loopml.project import Project
 from loopml.registry.base import Registry
 from loopml.serve.rollout import CHALLENGER, CHAMPION, RolloutController, unit_hash
@@ -160,14 +160,6 @@ def add_version(registry: Registry, alias: str) -> int:
     return version.version
 
 
-def body(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
-        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
-        **extra,
-    }
-
-
 @pytest.fixture
 def served(trained_copy: Path) -> Iterator[tuple[httpx.Client, Project, int, BackgroundServer]]:
     project = Project.load(trained_copy)
@@ -178,7 +170,7 @@ def served(trained_copy: Path) -> Iterator[tuple[httpx.Client, Project, int, Bac
 
 
 def rows(project: Project, n: int) -> list[dict[str, Any]]:
-    return pq.read_table(project.layout.root / "data" / "live.parquet").slice(0, n).to_pylist()
+    return live_rows(project.layout.root, n)
 
 
 def test_admin_needs_the_token(served: tuple[httpx.Client, Project, int, BackgroundServer]) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow.parquet as pq
 import pytest
 
+from fraud_requests import body, live_rows
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
 
@@ -26,18 +26,6 @@ def server(trained_copy: Path) -> Iterator[tuple[httpx.Client, Path]]:
         httpx.Client(base_url=srv.url, timeout=10) as client,
     ):
         yield client, trained_copy
-
-
-def live_rows(project: Path, n: int) -> list[dict[str, Any]]:
-    return pq.read_table(project / "data" / "live.parquet").slice(0, n).to_pylist()
-
-
-def body(row: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "entities": {"customer_id": row["customer_id"], "terminal_id": row["terminal_id"]},
-        "features": {"tx_amount": row["tx_amount"], "tx_datetime": row["tx_datetime"].isoformat()},
-        **extra,
-    }
 
 
 def test_health_ready_and_predict(server: tuple[httpx.Client, Path]) -> None:

@@ -421,12 +421,19 @@ def chosen_test(summary: ColumnSummary, rows: int, settings: Monitoring) -> str:
     return wanted if wanted in summary.scores else "psi"
 
 
-def _threshold(test: str, settings: Monitoring) -> float:
+def thresholds(settings: Monitoring) -> dict[str, float]:
+    """Each test's limit: a distance above it, or a corrected p-value below it (``ks``, ``chi2``), is drift."""
     return {
         "psi": settings.psi_threshold,
+        "ks": settings.p_value,
+        "chi2": settings.p_value,
         "jensenshannon": settings.jensenshannon_threshold,
         "wasserstein": settings.wasserstein_threshold,
-    }.get(test, settings.p_value)
+    }
+
+
+def _threshold(test: str, settings: Monitoring) -> float:
+    return thresholds(settings).get(test, settings.p_value)
 
 
 def decide(summaries: list[ColumnSummary], settings: Monitoring) -> list[list[DriftResult]]:

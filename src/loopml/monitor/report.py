@@ -46,6 +46,7 @@ from loopml.monitor.drift import (
     load_live,
     logged_schema,
     summarise,
+    thresholds,
 )
 from loopml.monitor.performance import ScoreCalibration, performance
 from loopml.monitor.predlog import PredictionLogBackend
@@ -53,7 +54,7 @@ from loopml.monitor.quality import column_quality, freshness, schema_issues
 from loopml.monitor.rules import AlertSink, apply, evaluate
 from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
 from loopml.registry.base import Registry
-from loopml.spec.model import Monitoring, Spec
+from loopml.spec.model import Spec
 
 IntArray = npt.NDArray[np.int64]
 #: at most this many windows in one report (a longer period needs a larger window)
@@ -80,16 +81,6 @@ def watched_metric(spec: Spec) -> str:
     if spec.task == "regression" and "metric" not in spec.gate.model_fields_set:
         return "rmse"
     return spec.gate.metric
-
-
-def _thresholds(settings: Monitoring) -> dict[str, float]:
-    return {
-        "psi": settings.psi_threshold,
-        "ks": settings.p_value,
-        "chi2": settings.p_value,
-        "jensenshannon": settings.jensenshannon_threshold,
-        "wasserstein": settings.wasserstein_threshold,
-    }
 
 
 def _iso(us: int) -> str:
@@ -277,7 +268,7 @@ def build_report(
         "windows": windows,
     }
     breaches, checked = evaluate(
-        report, settings.alerts, _thresholds(settings), watched_metric(spec), spec.serving.latency_budget_ms
+        report, settings.alerts, thresholds(settings), watched_metric(spec), spec.serving.latency_budget_ms
     )
     if alerts is not None:
         report["alerts"], report["resolved_alerts"] = apply(alerts, breaches, checked)
