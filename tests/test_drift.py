@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from loopml.features.transforms import CALENDAR_CYCLE_US
 from loopml.monitor.drift import (
     ColumnSummary,
     LiveData,
@@ -22,6 +23,7 @@ from loopml.monitor.drift import (
     decide,
     summarise,
     summarise_column,
+    window_spans,
 )
 from loopml.monitor.stattests import (
     PSI,
@@ -312,6 +314,34 @@ def test_windows_with_too_few_rows_are_not_enough_data_never_drift() -> None:
     assert all(r.drifted and r.rows == n for r in per_window[2] if r.feature != "score")  # the whole period
     empty = decide(summaries_for(0, {}), Monitoring())
     assert all(r.status == "not enough data" for r in empty[-1])
+
+
+def test_calendar_features_are_seasonal_in_windows_shorter_than_their_cycle() -> None:
+    """A daily window of ``is_weekend`` is all weekend or all weekdays: not drift; two weeks are tested like any column."""
+    day_us, week = 86_400_000_000, CALENDAR_CYCLE_US["is_weekend"]
+    ts = np.sort(RNG.integers(0, 14 * day_us, size=14_000)).astype(np.int64)  # 1970-01-01 was a Thursday
+    weekend = (((ts // day_us) + 3) % 7 >= 5).astype(np.float64)
+    other = RNG.normal(size=len(ts))
+    reference = reference_stats(np.c_[weekend, other], ["wknd", "other"], RNG.uniform(size=5_000), bins=10)
+    references = column_references(reference)
+    window = (ts // day_us).astype(np.int64)
+    n = len(ts)
+    live = LiveData(ts, RNG.uniform(size=n), np.full(n, np.nan), np.ones(n), {"wknd": weekend, "other": other}, {})
+    summaries = summarise(references, live, window, 14)
+    spans = window_spans(ts, window, 14)
+    assert spans[-1] == ts[-1] - ts[0] and all(spans[:-1] < day_us)
+    naive = decide(summaries, Monitoring())
+    assert any(r.drifted for w in naive[:-1] for r in w if r.feature == "wknd")  # what a week-mixed reference says per day
+    aware = decide(summaries, Monitoring(), spans, {"wknd": week})
+    for results in aware[:-1]:
+        by_name = {r.feature: r for r in results}
+        assert by_name["wknd"].status == "seasonal" and not by_name["wknd"].drifted and by_name["wknd"].statistic is not None
+        assert by_name["other"].status == "ok"
+    assert {r.feature: r.status for r in aware[-1]}["wknd"] == "ok"  # two full weeks: tested, and no drift
+    shifted = np.where(RNG.uniform(size=len(ts)) < 0.9, 1.0, 0.0)  # a real change: nine tenths of the traffic on weekends
+    moved_live = LiveData(ts, live.score, live.label, live.latency_ms, {"wknd": shifted, "other": other}, {})
+    moved = summarise(references, moved_live, window, 14)
+    assert {r.feature: r.drifted for r in decide(moved, Monitoring(), spans, {"wknd": week})[-1]}["wknd"]
 
 
 def test_window_counts_add_up_to_the_period() -> None:

@@ -72,6 +72,14 @@ def _weekday(us: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return days
 
 
+#: microseconds of the cycle each calendar transform repeats over (its distribution is seasonal within shorter spans)
+CALENDAR_CYCLE_US: dict[str, int] = {
+    "hour": _US_PER_DAY,
+    "is_night": _US_PER_DAY,
+    "day_of_week": 7 * _US_PER_DAY,
+    "is_weekend": 7 * _US_PER_DAY,
+}
+
 _TIME_OPS: dict[str, Callable[[npt.NDArray[np.int64]], npt.NDArray[np.generic]]] = {
     "hour": _hour,
     "day_of_week": _weekday,

@@ -10,7 +10,7 @@ column to a profile (:mod:`loopml.monitor.stattests`) and scores every test on
 every window and on the whole period; columns run on a small thread pool
 (numpy releases the GIL while binning). :func:`decide` then picks the test that
 decides each column, corrects the p-values across columns, and says "drift",
-"ok" or "not enough data".
+"ok", "not enough data" or "seasonal".
 
 Default test (``monitoring.test: auto``), by column type and rows in the window:
 
@@ -29,6 +29,14 @@ the ``correction`` across the columns of the window tested with a p-value
 (Benjamini-Hochberg by default, Bonferroni or none) < ``p_value`` (0.001).
 A window (or period) with fewer than ``monitoring.min_rows`` rows of a column
 is "not enough data": no statistic, never drift.
+
+Calendar features (transforms ``hour``, ``is_night``: a one-day cycle;
+``day_of_week``, ``is_weekend``: one week) are compared with a reference that
+mixes every hour and day, so a window covering less than their cycle differs
+by design (a Saturday is all weekend): in such a window they are "seasonal",
+with their statistic shown but never drift, and left out of the p-value
+correction; over a window (or the whole period) whose rows span at least 95 %
+of the cycle they are tested like any column.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loopml.features.transforms import CALENDAR_CYCLE_US
 from loopml.monitor.predlog import (
     NUMBER_PREFIX,
     STRING_PREFIX,
@@ -67,7 +76,7 @@ from loopml.monitor.stattests import (
     make_test,
     numeric_profile,
 )
-from loopml.spec.model import Monitoring
+from loopml.spec.model import Monitoring, Spec
 from loopml.train.reference import DEFAULT_EPSILON
 
 FloatArray = npt.NDArray[np.float64]
@@ -88,7 +97,7 @@ class DriftResult:
     statistic: float | None
     drifted: bool
     rows: int
-    status: str  # "ok" | "drift" | "not enough data"
+    status: str  # "ok" | "drift" | "not enough data" | "seasonal"
     p_value: float | None = None
     #: every test's statistic (``ks_p``/``chi2_p``: raw p-values) where it applies
     statistics: dict[str, float | None] = field(default_factory=dict)
@@ -436,15 +445,42 @@ def _threshold(test: str, settings: Monitoring) -> float:
     return thresholds(settings).get(test, settings.p_value)
 
 
-def decide(summaries: list[ColumnSummary], settings: Monitoring) -> list[list[DriftResult]]:
-    """Per window (the whole period last): one :class:`DriftResult` per column, p-values corrected across columns."""
+def calendar_cycles(spec: Spec) -> dict[str, int]:
+    """The calendar features of a spec and the cycle (microseconds) each repeats over."""
+    return {name: CALENDAR_CYCLE_US[t.op] for name, t in spec.features.transforms.items() if t.op in CALENDAR_CYCLE_US}
+
+
+def window_spans(ts_us: IntArray, window: IntArray, n_windows: int) -> IntArray:
+    """Microseconds between the first and the last row of each window, the whole period last (``W + 1``; 0 if empty)."""
+    if len(ts_us) == 0:
+        return np.zeros(n_windows + 1, dtype=np.int64)
+    first = np.full(n_windows, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(n_windows, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, window, ts_us)
+    np.maximum.at(last, window, ts_us)
+    spans = np.where(last >= first, last - first, 0)
+    return np.append(spans, int(ts_us.max()) - int(ts_us.min())).astype(np.int64)
+
+
+def decide(
+    summaries: list[ColumnSummary],
+    settings: Monitoring,
+    spans: IntArray | None = None,
+    cycles: dict[str, int] | None = None,
+) -> list[list[DriftResult]]:
+    """Per window (the whole period last): one :class:`DriftResult` per column, p-values corrected across columns.
+
+    With ``spans`` (:func:`window_spans`) and ``cycles`` (:func:`calendar_cycles`), a calendar feature is
+    "seasonal" in a window spanning less than 95 % of its cycle (see the module doc).
+    """
     if not summaries:
         return []
     n_rows = len(summaries[0].rows)
     out: list[list[DriftResult]] = []
     for w in range(n_rows):
         tests = [chosen_test(s, int(s.rows[w]), settings) for s in summaries]
-        enough = [int(s.rows[w]) >= settings.min_rows for s in summaries]
+        seasonal = [_seasonal(s.name, w, spans, cycles) for s in summaries]
+        enough = [int(s.rows[w]) >= settings.min_rows and not short for s, short in zip(summaries, seasonal, strict=True)]
         raw = np.array(
             [
                 s.scores[t].p_value[w] if ok and t in P_VALUE_TESTS and s.scores[t].p_value is not None else np.nan  # type: ignore[index]
@@ -455,6 +491,10 @@ def decide(summaries: list[ColumnSummary], settings: Monitoring) -> list[list[Dr
         results = []
         for i, (s, test) in enumerate(zip(summaries, tests, strict=True)):
             rows = int(s.rows[w])
+            if seasonal[i] and rows >= settings.min_rows:
+                statistic = finite_or_none(float(s.scores[test].statistic[w]))
+                results.append(DriftResult(s.name, test, statistic, False, rows, "seasonal", None, _statistics(s, w)))
+                continue
             statistics = _statistics(s, w) if enough[i] else {}
             if not enough[i]:
                 results.append(DriftResult(s.name, test, None, False, rows, "not enough data"))
@@ -469,6 +509,11 @@ def decide(summaries: list[ColumnSummary], settings: Monitoring) -> list[list[Dr
             results.append(DriftResult(s.name, test, statistic, drifted, rows, "drift" if drifted else "ok", p_value, statistics))
         out.append(results)
     return out
+
+
+def _seasonal(name: str, w: int, spans: IntArray | None, cycles: dict[str, int] | None) -> bool:
+    cycle = (cycles or {}).get(name)
+    return cycle is not None and spans is not None and int(spans[w]) < 0.95 * cycle
 
 
 def _statistics(summary: ColumnSummary, w: int) -> dict[str, float | None]:

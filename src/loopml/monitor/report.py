@@ -41,12 +41,14 @@ from loopml.monitor.drift import (
     DriftResult,
     LiveData,
     LoggedSchema,
+    calendar_cycles,
     column_references,
     decide,
     load_live,
     logged_schema,
     summarise,
     thresholds,
+    window_spans,
 )
 from loopml.monitor.performance import ScoreCalibration, performance
 from loopml.monitor.predlog import PredictionLogBackend
@@ -183,7 +185,7 @@ def build_report(
     if live is not None:
         window_idx = np.asarray(live.ts_us // period.window_us - first_bucket, dtype=np.int64)
         summaries = summarise(references, live, window_idx, n_windows)
-        decisions = decide(summaries, settings)
+        decisions = decide(summaries, settings, window_spans(live.ts_us, window_idx, n_windows), calendar_cycles(spec))
     overall_drift = decisions[-1] if decisions else []
 
     quality: dict[str, Any] = {"columns": [], "issues": [], "schema": None, "freshness": []}
@@ -309,6 +311,7 @@ def drift_results(
     categorical = [n for n, r in references.items() if isinstance(r, CategoricalReference)]
     with log.connect(since=since, model_version=version) as con:
         live = load_live(con, numeric, categorical)
-    summaries = summarise(references, live, np.zeros(live.rows, dtype=np.int64), 1)
-    decisions = decide(summaries, settings)
+    whole = np.zeros(live.rows, dtype=np.int64)
+    summaries = summarise(references, live, whole, 1)
+    decisions = decide(summaries, settings, window_spans(live.ts_us, whole, 1), calendar_cycles(spec))
     return version, decisions[-1] if decisions else []

@@ -55,7 +55,16 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from loopml.monitor.drift import SCORE, LiveData, column_references, decide, load_live, summarise
+from loopml.monitor.drift import (
+    SCORE,
+    LiveData,
+    calendar_cycles,
+    column_references,
+    decide,
+    load_live,
+    summarise,
+    window_spans,
+)
 from loopml.monitor.performance import ScoreCalibration, estimate_binary
 from loopml.monitor.predlog import PredictionLogBackend
 from loopml.monitor.stattests import ColumnReference
@@ -486,7 +495,8 @@ class Dashboard:
         live = monitored.live
         window, n = windows_by_count(live.rows, settings.min_rows, self.max_points)
         summaries = summarise(monitored.references, live, window, n) if live.rows else []
-        verdicts = decide(summaries, settings) if summaries else []
+        spans = window_spans(live.ts_us, window, n)
+        verdicts = decide(summaries, settings, spans, calendar_cycles(self.service.spec)) if summaries else []
         ends = _window_ends_ms(live.ts_us, window, n)
         series = []
         rows = []
