@@ -26,9 +26,18 @@ one received last (ties: the one written last).
 The Parquet backend: parts are written to a temporary name, fsync'ed and
 renamed, so a crash never leaves a half-written part, several processes can
 read while the server writes (a single DuckDB database file would lock readers
-out), and nothing already flushed is ever rewritten. Layout under
+out), and writers never rewrite a part. Layout under
 ``<state>/predictions/``: ``log/`` (one row per prediction) and
 ``feedback/part-*.parquet`` (request id, label, time).
+
+Compaction (:mod:`loopml.monitor.predlog_compact`, :meth:`PredictionLog.compact`,
+run by the serving logger every few minutes) merges runs of old small parts of
+a folder into one part that sorts where the run was, and records in the
+folder's ``compacted.json`` which parts it replaces. The reader rule: a reader
+lists a folder's parts first, then reads that record, drops replaced parts
+whose merged part it listed, and hands DuckDB that explicit list (never a
+pattern DuckDB would expand later): every row is read exactly once while
+compactions run. Replaced parts are deleted ``grace`` seconds (10 minutes) later.
 
 Feature values are stored as one JSON text column (what every reader of
 ``predictions`` sees, so that the view does not change when the feature list
@@ -76,6 +85,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopml.errors import LoopmlError
+from loopml.monitor.predlog_compact import STALE_TMP_SECONDS, CompactStats, compact_log, live_parts
 
 if TYPE_CHECKING:
     from loopml.layout import Layout
@@ -105,8 +115,6 @@ NUMBER_PREFIX, STRING_PREFIX = "n:", "s:"
 TYPED_FOLDER_PREFIX = "typed-"
 #: ``predictions`` with every stored column (typed feature columns included, when there are any)
 WIDE_PREDICTIONS = "_predictions_wide"
-
-_STALE_TMP_SECONDS = 3600.0  # a temporary part this old belongs to a writer that died
 
 
 @dataclass(frozen=True)
@@ -354,7 +362,7 @@ class PredictionLog:
     def _sweep(self) -> None:
         """Delete temporary parts left by writers that died long ago (never one being written now)."""
         self._swept = True
-        cutoff = time.time() - _STALE_TMP_SECONDS
+        cutoff = time.time() - STALE_TMP_SECONDS
         for sub in (self._log_dir, *self._typed_dirs(), self._feedback_dir):
             for tmp in sub.glob(".part-*.tmp") if sub.is_dir() else ():
                 try:
@@ -387,25 +395,31 @@ class PredictionLog:
         Each folder holds parts of one schema, so DuckDB reads one footer per folder to bind (a union by
         name over the files would read every footer at every query: seconds for thousands of parts).
         """
-        folders = [self._log_dir, *self._typed_dirs()]
-        scans = [self._relation(f, LOG_SCHEMA) for f in folders if f.is_dir() and any(f.glob("part-*.parquet"))]
+        listed = [live_parts(folder) for folder in (self._log_dir, *self._typed_dirs())]
+        scans = [self._relation(parts, LOG_SCHEMA) for parts in listed if parts]
         if not scans:
-            return self._relation(self._log_dir, LOG_SCHEMA)
+            return self._relation([], LOG_SCHEMA)
         return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {scan}" for scan in scans) + ")"
 
-    def _relation(self, folder: Path, schema: pa.Schema, ordered: bool = False) -> str:
+    @staticmethod
+    def _relation(parts: list[Path], schema: pa.Schema, ordered: bool = False) -> str:
+        """A scan of one folder's parts, as listed by :func:`~loopml.monitor.predlog_compact.live_parts`.
+
+        An explicit list, never a pattern DuckDB would expand at query time: only a listing taken
+        before the compaction record was read is consistent with it (see the module doc).
+        """
         extra = ", NULL::VARCHAR AS _file, NULL::BIGINT AS _row" if ordered else ""
-        if not any(folder.glob("part-*.parquet")):
+        if not parts:
             cols = ", ".join(f"NULL::{_duck_type(f.type)} AS {f.name}" for f in schema)
             return f"(SELECT {cols}{extra} WHERE false)"
-        pattern = str(folder / "part-*.parquet").replace("'", "''")
+        files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts) + "]"
         if ordered:  # part names start with their write time: (file name, row) is the write order
             cols = ", ".join(f.name for f in schema)
             return (
                 f"(SELECT {cols}, filename AS _file, file_row_number AS _row "
-                f"FROM read_parquet('{pattern}', filename = true, file_row_number = true))"
+                f"FROM read_parquet({files}, filename = true, file_row_number = true))"
             )
-        return f"read_parquet('{pattern}')"
+        return f"read_parquet({files})"
 
     def connect(
         self, since: datetime | None = None, until: datetime | None = None, model_version: int | None = None
@@ -418,7 +432,7 @@ class PredictionLog:
         con.execute("SET parquet_metadata_cache = true")  # parts never change: read each footer once per connection
         where = prediction_filter(since, until, model_version)
         predictions = f"(SELECT * FROM {self._log_relation()} WHERE {where})"
-        ordered = self._relation(self._feedback_dir, FEEDBACK_SCHEMA, ordered=True)
+        ordered = self._relation(live_parts(self._feedback_dir), FEEDBACK_SCHEMA, ordered=True)
         feedback = f"(SELECT request_id, label, ts, (_file, _row) AS _seq FROM {ordered})"
         install_views(con, predictions, feedback, filtered=where != "TRUE")
         return con
@@ -454,6 +468,15 @@ class PredictionLog:
 
     def close(self) -> None:
         return None
+
+    def compact(self, min_age: float = 60.0, target_rows: int = 1_000_000, grace: float = 600.0) -> CompactStats:
+        """Merge runs of small parts older than ``min_age`` seconds (see :mod:`loopml.monitor.predlog_compact`).
+
+        Safe while other processes write and read; while another process compacts, this call does
+        nothing (``skipped``). Replaced parts are deleted once ``grace`` seconds have passed, by this
+        call or a later one.
+        """
+        return compact_log(self.folder, [self._log_dir, *self._typed_dirs(), self._feedback_dir], min_age, target_rows, grace)
 
 
 def _duck_type(t: pa.DataType) -> str:

@@ -9,15 +9,28 @@ when the queue is full the record is counted as dropped (reported on
 queue into the :class:`~loopml.monitor.predlog.PredictionLog` every
 ``flush_rows`` records or ``flush_seconds``, whichever comes first; ``close``
 flushes what is left.
+
+Every ``compact_seconds`` (0: never) a second daemon thread compacts the log
+when its backend has a ``compact`` method (the Parquet one: many small parts
+merged into few, :mod:`loopml.monitor.predlog_compact`; PostgreSQL needs none).
+Its own thread, not the flush thread: merging a large backlog can take seconds,
+during which the queue would fill and drop records. A failed compaction is
+reported through ``on_error`` (else logged as a warning) and never stops
+logging; several server processes compacting one folder take turns (the
+compactor's lock).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLogBackend
+
+_log = logging.getLogger(__name__)
 
 
 class AsyncLogger:
@@ -28,22 +41,32 @@ class AsyncLogger:
         flush_rows: int = 500,
         flush_seconds: float = 1.0,
         on_error: Callable[[Exception], None] | None = None,
+        compact_seconds: float = 300.0,
     ) -> None:
         self.log = log
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.on_error = on_error
+        self.compact_seconds = compact_seconds
         self.dropped = 0
         self.written = 0
+        self.compactions = 0  # compaction rounds run (failed ones included)
         self._queue: queue.Queue[LoggedPrediction | Feedback] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._compactor: threading.Thread | None = None
         self._flush_lock = threading.Lock()
 
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="loopml-prediction-log", daemon=True)
             self._thread.start()
+        compact: Callable[[], Any] | None = getattr(self.log, "compact", None)
+        if self._compactor is None and self.compact_seconds > 0 and callable(compact):
+            self._compactor = threading.Thread(
+                target=self._compact_loop, args=(compact,), name="loopml-log-compaction", daemon=True
+            )
+            self._compactor.start()
 
     def submit(self, record: LoggedPrediction | Feedback) -> bool:
         try:
@@ -78,11 +101,33 @@ class AsyncLogger:
             self._stop.wait(self.flush_seconds)
             self.flush()
 
+    def _compact_loop(self, compact: Callable[[], Any]) -> None:
+        while not self._stop.wait(self.compact_seconds):
+            self.compact_now(compact)
+
+    def compact_now(self, compact: Callable[[], Any] | None = None) -> None:
+        """One compaction round of the backend (when it has one); an error goes to ``on_error``."""
+        compact = compact or getattr(self.log, "compact", None)
+        if compact is None:
+            return
+        try:
+            compact()
+        except Exception as exc:  # the log stays usable uncompacted: report and carry on
+            if self.on_error is not None:
+                self.on_error(exc)
+            else:
+                _log.warning("prediction log compaction failed (logging goes on): %s", exc)
+        finally:
+            self.compactions += 1
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._compactor is not None:
+            self._compactor.join(timeout=10)  # a round cut short by exit is safe: compaction is crash-safe
+            self._compactor = None
         self.flush()
 
     @property
