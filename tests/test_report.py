@@ -184,7 +184,8 @@ def test_other_families_register_and_serve(tmp_path: Path, model_type: str) -> N
     layout, registry = project(tmp_path, spec)
     result = train(spec, layout, write(synthetic_table(n=5000), tmp_path / "t.parquet"), FEATURES, LINEAGE, registry)
     version = registry.get(result.model_version)
-    assert version.kind == "calibrated" and result.metrics["test"]["roc_auc"] > 0.8 and result.promoted
+    assert version.kind == "calibrated" and result.metrics["test"]["roc_auc"] > 0.8
+    assert result.promoted, result.gate.reasons  # the gate says why when it refuses
     X = np.array([[2.0, -1.0, 0.0], [-2.0, 1.0, np.nan]])
     high, low = registry.load_predictor(result.model_version).predict(X)
     assert high > low
