@@ -54,6 +54,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loopml.durable import fsync_dir
 from loopml.errors import LoopmlError
 
 RECORD_NAME = "compacted.json"
@@ -366,7 +367,7 @@ def _merge(folder: Path, group: list[_Part], schema: pa.Schema, entries: list[En
     entries.append(Entry(merged=merged, replaces=[name for name, _ in group], at=time.time()))
     _write_record(folder, entries)  # the entry is on disk before the merged part is visible
     os.replace(tmp, folder / merged)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return rows
 
 
@@ -398,7 +399,7 @@ def _write_record(folder: Path, entries: list[Entry]) -> None:
     path = folder / RECORD_NAME
     if not entries:
         path.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return
     data = [{"merged": e.merged, "replaces": e.replaces, "at": e.at, "deleted": e.deleted} for e in entries]
     tmp = folder / f".{RECORD_NAME}.tmp"
@@ -407,13 +408,4 @@ def _write_record(folder: Path, entries: list[Entry]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in the folder durable in the order made (the record before the merged part it names)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(folder)

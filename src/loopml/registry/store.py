@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from loopml.durable import fsync_dir
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
 from loopml.registry.base import CHAMPION, AliasEvent, ModelVersion, Registry, Signature
@@ -78,14 +79,6 @@ def _dumps(value: Any, what: str) -> str:
         return json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise LoopmlError(f"registry: {what} is not plain JSON ({exc})") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Connection(Protocol):
@@ -163,7 +156,7 @@ class SqliteRegistry:
     def _place(self, staged: StagedArtifact, version: int) -> Path:
         final = self.artifacts / f"{version}-{staged.sha256[:16]}{SUFFIXES[staged.kind]}"
         os.replace(staged.path, final)
-        _fsync_dir(self.artifacts)
+        fsync_dir(self.artifacts)
         return final
 
     def register(
