@@ -31,6 +31,8 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.features.stream import connect_streams
 from loopml.features.vector import FeatureAssembler
+from loopml.monitor.predlog import PredictionLog
+from loopml.monitor.predlog_compact import CompactStats
 from loopml.project import Project
 from loopml.serve.schemas import PredictRequest
 from loopml.serve.service import PredictionService
@@ -178,6 +180,13 @@ def test_sigkilled_scorer_process_restarts_without_loss_or_duplicates(
         check_against(reference, client, project)
 
 
+class EagerLog(PredictionLog):
+    """The project's Parquet log, compacting every part at once (no minimum age, no grace)."""
+
+    def compact(self, min_age: float = 0.0, target_rows: int = 1_000_000, grace: float = 0.0) -> CompactStats:
+        return super().compact(min_age=0.0, target_rows=target_rows, grace=0.0)
+
+
 class Crash(Exception):
     """The scorer dies here."""
 
@@ -206,7 +215,7 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
     with redis_server.client() as client:
         feed(client, project)
     store = p.online_store()
-    log = p.prediction_log()
+    log = EagerLog(p.layout.prediction_log)
     streams = connect_streams(p.spec.storage.redis_url)
     try:
         dying = DyingScorer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", batch=50, log=log)
@@ -218,9 +227,14 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
         in_flight_ids = {e["message_id"].decode() for e in in_flight}
         assert in_flight_ids and in_flight_ids & set(entries(streams, OUT))  # scores written, never acknowledged
         name = dying.consumer if before == "push" else "another-name"  # a restart under a new name takes over too
-        again = ScoringConsumer(p.spec, store, streams, p.registry(), IN, OUT, "transactions", consumer=name, batch=50, log=log)
+        again = ScoringConsumer(
+            p.spec, store, streams, p.registry(), IN, OUT, "transactions", consumer=name, batch=50, log=log, compact_seconds=1e-9
+        )
         stats = again.run(until_idle=True)
         assert stats.written == N - len(UNSCORABLE) - written  # what was already there was not written twice
+        assert again.compactions > 0  # compacting the log between batches loses and duplicates nothing either
+        parts = list((p.layout.prediction_log / "log").rglob("part-*.parquet"))
+        assert 0 < len(parts) < N // 50  # fewer parts than batches: they were merged
         check_against(reference, streams, project)
     finally:
         log.close()

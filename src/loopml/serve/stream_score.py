@@ -24,6 +24,8 @@ order:
 4. **Log** the batch's predictions to the prediction log (``storage.prediction_log``),
    as the online service logs its own: model inputs by name, the entry's event
    time, variant, version; ``latency_ms`` is the time to score the entry's run.
+   Every ``COMPACT_SECONDS`` the scorer compacts the log's small parts, as a
+   server does (one part per batch would otherwise pile up).
 5. **Acknowledge** (``XACK``) only after all of them.
 
 Batches: entries are read ``batch`` at a time and processed in runs of
@@ -64,6 +66,7 @@ optional ``loopml[redis]`` extra.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -103,6 +106,9 @@ __all__ = ["DEFAULT_GROUP", "ScoringConsumer", "default_scorer_name", "score_str
 DEFAULT_GROUP = "loopml-score"
 #: How often the champion alias is looked up again (hot swap).
 RELOAD_SECONDS = 5.0
+#: How often the prediction log is compacted (as ``loopml serve`` does, for a scorer running without a server).
+COMPACT_SECONDS = 300.0
+_log = logging.getLogger(__name__)
 _TOO_SMALL = "equal or smaller than the target stream top item"
 
 
@@ -155,6 +161,7 @@ class ScoringConsumer(StreamConsumer):
         alias: str | None = None,
         reload_seconds: float = RELOAD_SECONDS,
         log: PredictionLogBackend | None = None,
+        compact_seconds: float = COMPACT_SECONDS,
     ) -> None:
         if output == stream:
             raise LoopmlError(f"--output {output}: the output stream must not be the input stream")
@@ -167,6 +174,9 @@ class ScoringConsumer(StreamConsumer):
         self.variant = self.alias if version is None else f"v{version}"
         self.reload_seconds = reload_seconds
         self.log = log
+        self.compact_seconds = compact_seconds
+        self.compactions = 0
+        self._compacted = time.monotonic()
         self.assembler = FeatureAssembler(spec, store)
         self.id_column = event_id_column(spec, source)
         self.keys = list(dict.fromkeys(view_key(spec, name) for name in spec.features.views))
@@ -340,6 +350,19 @@ class ScoringConsumer(StreamConsumer):
             known = self.log.known_request_ids([r.request_id for r in records])
             records = [r for r in records if r.request_id not in known]
         self.log.append(records)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Every ``compact_seconds``, merge the log's small parts (the Parquet log; one part per batch adds up)."""
+        compact = getattr(self.log, "compact", None)
+        if compact is None or self.compact_seconds <= 0 or time.monotonic() - self._compacted < self.compact_seconds:
+            return
+        self._compacted = time.monotonic()
+        self.compactions += 1
+        try:
+            compact()
+        except Exception as exc:  # the log stays readable uncompacted; scoring goes on
+            _log.warning("prediction log compaction failed (scoring goes on): %s", exc)
 
     def _push(self, entries: list[_Entry]) -> None:
         """Apply the events to the online store; the ones it refuses are marked bad."""
