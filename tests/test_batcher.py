@@ -10,11 +10,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from fraud_requests import body
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
 from loopml.serve.schemas import Prediction, PredictRequest
 from loopml.serve.service import ModelFailure
+from served_fraud import body
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(trained_copy: Path) -> None:

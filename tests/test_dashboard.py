@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_score, r2_score, roc_auc_score
 
-from fraud_requests import body
 from loopml.project import Project
 from loopml.serve.dashboard import bucket_width_us, window_metrics, windows_by_count
 from loopml.serve.runner import BackgroundServer, build_app
+from served_fraud import add_version, body, live_rows
 
 TOKEN = "dashboard-token"
 ROWS = 400
@@ -137,19 +137,8 @@ def test_dashboard_json_reports_traffic_drift_performance_latency_alerts_and_ver
 
 def test_dashboard_json_shows_a_canary_champion_and_challenger(trained_copy: Path) -> None:
     project = Project.load(trained_copy)
-    registry = project.registry()
-    champion = registry.alias("champion")
-    assert champion is not None
-    second = registry.register(  # the champion's artifact again, as version 2, behind the challenger alias
-        champion.artifact_path,
-        champion.kind,
-        champion.metrics,
-        champion.lineage,
-        champion.signature,
-        registry.reference_stats(champion.version),
-    )
-    registry.set_alias("challenger", second.version, "test challenger")
-    rows = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 200).to_pylist()
+    assert add_version(project.registry(), "challenger") == 2  # the champion's artifact again, behind the challenger alias
+    rows = live_rows(trained_copy, 200)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with serve(trained_copy) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
         canary = {"policy": "canary", "canary": {"steps": [0.25, 1.0], "min_requests": 10_000}}

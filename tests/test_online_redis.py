@@ -13,7 +13,6 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from fraud_requests import body, live_rows
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.features import push_events
@@ -25,6 +24,7 @@ from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app, free_port
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
+from served_fraud import body, live_rows
 from servers import RedisServer
 
 FRAUD_YAML = Path(__file__).resolve().parents[1] / "src" / "loopml" / "datasets" / "fraud.yaml"

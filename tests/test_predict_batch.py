@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from fraud_requests import body
 from loopml.cli import app
 from loopml.project import Project
 from loopml.serve import batch
 from loopml.serve.runner import BackgroundServer, build_app
+from served_fraud import body
 
 runner = CliRunner()
 

@@ -12,12 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from fraud_requests import body, live_rows
 from loopml.project import Project
-from loopml.registry.base import Registry
 from loopml.serve.rollout import CHALLENGER, CHAMPION, RolloutController, unit_hash
 from loopml.serve.runner import BackgroundServer, build_app
 from loopml.spec.model import Rollout
+from served_fraud import add_version, body, live_rows
 
 TOKEN = "rollout-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -142,22 +141,6 @@ def test_bad_policies_are_refused() -> None:
 
 
 # --- over HTTP --------------------------------------------------------------------------------------
-
-
-def add_version(registry: Registry, alias: str) -> int:
-    """Register the champion's artifact again as a new version and point ``alias`` at it."""
-    champion = registry.alias("champion")
-    assert champion is not None
-    version = registry.register(
-        champion.artifact_path,
-        champion.kind,
-        champion.metrics,
-        champion.lineage,
-        champion.signature,
-        registry.reference_stats(champion.version),
-    )
-    registry.set_alias(alias, version.version, "test challenger")
-    return version.version
 
 
 @pytest.fixture

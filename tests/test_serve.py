@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from fraud_requests import body, live_rows
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
+from served_fraud import body, live_rows
 
 TOKEN = "test-token"
 

@@ -29,6 +29,7 @@ from rich.table import Table
 from loopml.errors import LoopmlError, SpecError
 
 if TYPE_CHECKING:
+    from loopml.features.stream import ConsumeStats
     from loopml.project import Project
     from loopml.train.tracking import RunStore
 
@@ -104,6 +105,22 @@ def run_command(fn: Callable[[], None]) -> None:
         message = str(exc).splitlines()[0] if str(exc) else ""
         err.print(f"internal error: {type(exc).__name__}: {message} (rerun with --debug for the traceback)", markup=False)
         raise typer.Exit(2) from None
+
+
+def consume_until_stopped(
+    consume: Callable[[Callable[[str], None]], ConsumeStats], as_json: bool, summary: Callable[[ConsumeStats], str]
+) -> None:
+    """Run a stream consumer (``consume(report)``, its progress lines to stderr) until it ends or Ctrl-C, then print
+    its totals: ``--json`` or the ``summary`` line."""
+    try:
+        stats = consume(lambda line: err.print(line, markup=False, highlight=False))
+    except KeyboardInterrupt:
+        err.print("stopped")
+        return
+    if as_json:
+        emit_json(stats.to_json())
+    else:
+        out.print(summary(stats), highlight=False)
 
 
 def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -12,6 +12,7 @@ from loopml.cli.common import (
     JsonOpt,
     ProjectOpt,
     as_of_time,
+    consume_until_stopped,
     emit_json,
     err,
     fmt,
@@ -145,12 +146,8 @@ def features_consume(
 
     def go() -> None:
         p = load_project(project)
-
-        def report(line: str) -> None:
-            err.print(line, markup=False, highlight=False)
-
-        try:
-            stats = p.consume(
+        consume_until_stopped(
+            lambda report: p.consume(
                 stream,
                 group=group,
                 consumer=consumer,
@@ -158,17 +155,13 @@ def features_consume(
                 max_messages=max_messages,
                 until_idle=until_idle,
                 report=report,
-            )
-        except KeyboardInterrupt:
-            err.print("stopped")
-            return
-        if as_json:
-            emit_json(stats.to_json())
-        else:
-            out.print(
+            ),
+            as_json,
+            lambda stats: (
                 f"{stats.messages:,} entries, {stats.written:,} new events, {stats.quarantined:,} quarantined "
                 f"(in {stream}:quarantine)"
-            )
+            ),
+        )
 
     run_command(go)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from loopml.cli.common import JsonOpt, ProjectOpt, emit_json, err, load_project, out, progress_bar, run_command
+from loopml.cli.common import JsonOpt, ProjectOpt, consume_until_stopped, emit_json, load_project, out, progress_bar, run_command
 
 stream_app = typer.Typer(help="Score a Redis Stream of events into an output stream.", no_args_is_help=True)
 
@@ -89,12 +89,8 @@ def stream_score(
 
     def go() -> None:
         p = load_project(project)
-
-        def report(line: str) -> None:
-            err.print(line, markup=False, highlight=False)
-
-        try:
-            stats = p.score_stream(
+        consume_until_stopped(
+            lambda report: p.score_stream(
                 input,
                 output,
                 group=group,
@@ -105,17 +101,12 @@ def stream_score(
                 max_entries=max_entries,
                 until_idle=until_idle,
                 report=report,
-            )
-        except KeyboardInterrupt:
-            err.print("stopped")
-            return
-        if as_json:
-            emit_json(stats.to_json())
-        else:
-            out.print(
+            ),
+            as_json,
+            lambda stats: (
                 f"{stats.messages:,} entries, {stats.written:,} scores written to {output}, "
-                f"{stats.quarantined:,} quarantined (in {output}:quarantine)",
-                highlight=False,
-            )
+                f"{stats.quarantined:,} quarantined (in {output}:quarantine)"
+            ),
+        )
 
     run_command(go)

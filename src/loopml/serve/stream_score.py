@@ -311,12 +311,11 @@ class ScoringConsumer(StreamConsumer):
             records.append((entry.id, fields))
         return self._xadd_once(self.output, records)
 
-    def _records(self, scored: _Scored, version: int, before: dict[str, dict[str, str]]) -> list[LoggedPrediction]:
+    def _records(self, scored: _Scored, model: LoadedModel, before: dict[str, dict[str, str]]) -> list[LoggedPrediction]:
         """The run's prediction-log records; an entry already written keeps the score it was written with."""
         if scored.assembled is None or scored.matrix is None:
             return []
-        model = self._model
-        names = model.predictor.feature_names if model is not None else []
+        names, version = model.predictor.feature_names, model.version
         now = datetime.now()
         out = []
         for i, (entry, score) in enumerate(zip(scored.entries, scored.scores, strict=True)):
@@ -390,7 +389,7 @@ class ScoringConsumer(StreamConsumer):
             before = self._write(scored, model.version)
             stats.written += len(scored.entries) - len(before)
             if self.log is not None:
-                records.extend(self._records(scored, model.version, before))
+                records.extend(self._records(scored, model, before))
             self._push(scored.entries)
         self._log(records, redone)
         bad = [(e.id, {**e.fields, REASON_FIELD: e.reason or "", ORIGIN_FIELD: e.id}) for e in entries if e.reason is not None]
