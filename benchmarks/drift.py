@@ -19,7 +19,7 @@ loopml side, in this process:
   (:func:`~loopml.monitor.drift.summarise` + :func:`~loopml.monitor.drift.decide`);
   this is what Evidently is timed on (it gets the columns as DataFrames);
 * *the same from a prediction log*: the current rows written as one Parquet part
-  of a :class:`~loopml.monitor.predlog.PredictionLog` in the layout the server
+  of a :class:`~loopml.predlog.parquet.PredictionLog` in the layout the server
   writes (features as JSON text and as one typed column each; the part's schema
   is checked against one written by ``PredictionLog.append``), then read with
   DuckDB (:func:`~loopml.monitor.drift.load_live`, typed columns straight to
@@ -58,7 +58,8 @@ import pyarrow.parquet as pq
 from common import ratio, timed
 
 from loopml.monitor.drift import SCORE, LiveData, column_references, decide, load_live, summarise
-from loopml.monitor.predlog import LOG_SCHEMA, NUMBER_PREFIX, STRING_PREFIX, TYPED_MARKER, LoggedPrediction, PredictionLog
+from loopml.predlog.parquet import PredictionLog
+from loopml.predlog.records import LOG_SCHEMA, NUMBER_PREFIX, STRING_PREFIX, TYPED_MARKER, LoggedPrediction
 from loopml.spec.model import Monitoring
 from loopml.train.reference import reference_stats
 

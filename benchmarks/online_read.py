@@ -43,9 +43,9 @@ import redis
 
 from loopml.datasets.fraud import FraudWorldConfig, simulate
 from loopml.features import FeatureAssembler, materialize
-from loopml.features.online import OnlineStore, micros
-from loopml.features.online_redis import RedisOnlineStore
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import OnlineStore, micros
+from loopml.features.online.redis import RedisOnlineStore
+from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.scaffold import example_spec_text
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec

@@ -74,7 +74,7 @@ import pyarrow.parquet as pq
 from common import MLFLOW_VENV, mlflow_python
 
 from loopml.project import Project
-from loopml.serve.runner import free_port
+from loopml.server import free_port
 
 T = TypeVar("T")
 CACHE = Path(tempfile.gettempdir()) / "loopml-bench-serve"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from loopml.serve.runner import free_port
+from loopml.server import free_port
 
 
 def _bin(name: str) -> str:

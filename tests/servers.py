@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from loopml.serve.runner import free_port
+from loopml.server import free_port
 
 
 def redis_binary() -> str:

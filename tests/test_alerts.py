@@ -20,10 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from loopml.cli import app
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, SpecError
 from loopml.layout import Layout
 from loopml.monitor.alerts import Alert, AlertStore, open_alert_store
-from loopml.serve.runner import free_port
+from loopml.server import free_port
+from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 
 
@@ -216,15 +217,16 @@ RAW_SPEC: dict[str, Any] = {
 }
 
 
-def test_the_project_store_uses_the_spec_webhook_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LOOPML_WEBHOOK_URL", raising=False)
+def test_the_project_store_uses_the_spec_webhook_or_the_environment(tmp_path: Path) -> None:
     spec = Spec.model_validate(RAW_SPEC)
     store = open_alert_store(spec, Layout.for_project(tmp_path, spec))
     assert store.path == tmp_path.resolve() / ".loopml" / "alerts.sqlite" and store.webhook_url is None
     spec = Spec.model_validate({**RAW_SPEC, "monitoring": {"webhook_url": "https://hooks.example.com/T1"}})
     assert open_alert_store(spec, Layout.for_project(tmp_path, spec)).webhook_url == "https://hooks.example.com/T1"
-    monkeypatch.setenv("LOOPML_WEBHOOK_URL", "http://127.0.0.1:9/secret")
-    assert open_alert_store(spec, Layout.for_project(tmp_path, spec)).webhook_url == "http://127.0.0.1:9/secret"
+    overridden = apply_environment(spec, {"LOOPML_WEBHOOK_URL": "http://127.0.0.1:9/secret"})
+    assert open_alert_store(overridden, Layout.for_project(tmp_path, spec)).webhook_url == "http://127.0.0.1:9/secret"
+    with pytest.raises(SpecError, match=r"^environment variable LOOPML_WEBHOOK_URL: monitoring\.webhook_url: "):
+        apply_environment(spec, {"LOOPML_WEBHOOK_URL": "not a url"})
     with pytest.raises(ValueError, match=r"monitoring\.webhook_url"):
         Spec.model_validate({**RAW_SPEC, "monitoring": {"webhook_url": "hooks.example.com"}})
 

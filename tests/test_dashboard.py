@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 
 from loopml.project import Project
 from loopml.serve.dashboard import bucket_width_us, window_metrics, windows_by_count
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 from served_fraud import add_version, body, live_rows
 
 TOKEN = "dashboard-token"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from loopml.cli import app
 from loopml.project import Project
-from loopml.serve.runner import build_app
+from loopml.server import build_app
 
 PAGE = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
 

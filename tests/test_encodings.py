@@ -30,7 +30,7 @@ from loopml.layout import Layout
 from loopml.loop.train import train
 from loopml.project import Project
 from loopml.registry import SqliteRegistry
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Spec
 from loopml.train.split import split_rows
 

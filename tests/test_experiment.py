@@ -30,7 +30,10 @@ from typer.testing import CliRunner
 
 from loopml.cli import app
 from loopml.errors import LoopmlError
-from loopml.experiment import (
+from loopml.predlog.parquet import PredictionLog
+from loopml.predlog.records import Feedback, LoggedPrediction
+from loopml.project import Project
+from loopml.rollout import (
     MSPRT,
     experiment_report,
     msprt_test,
@@ -41,10 +44,8 @@ from loopml.experiment import (
     welch_t_test,
     welch_t_test_from_stats,
 )
-from loopml.experiment.report import parse_since
-from loopml.experiment.stats import parse_weights
-from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLog
-from loopml.project import Project
+from loopml.rollout.report import parse_since
+from loopml.rollout.stats import parse_weights
 
 runner = CliRunner()
 T0 = datetime(2024, 5, 1, 12, 0, 0)
@@ -381,7 +382,7 @@ def prediction_log(request: pytest.FixtureRequest, tmp_path: Path) -> Prediction
     if request.param == "duckdb":
         return PredictionLog(tmp_path / "predictions")
     pytest.importorskip("psycopg")
-    from loopml.monitor.predlog_postgres import PostgresPredictionLog
+    from loopml.predlog.postgres import PostgresPredictionLog
 
     log = PostgresPredictionLog(request.getfixturevalue("postgres_url"))
     request.addfinalizer(log.close)

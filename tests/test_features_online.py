@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.features import FeatureAssembler, SqliteOnlineStore, build_training_set, feature_columns, materialize, push_events
-from loopml.features.online import Event, EventLog, micros
-from loopml.features.online_windows import ViewWindows, aggregate
+from loopml.features.online.base import Event, EventLog, micros
+from loopml.features.online.windows import ViewWindows, aggregate
 from loopml.features.vector import RequestFeatureError
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec

@@ -19,11 +19,11 @@ from loopml.cli import app
 from loopml.monitor.alerts import AlertStore
 from loopml.monitor.drift import LiveData, column_references, summarise
 from loopml.monitor.performance import estimate_binary, performance
-from loopml.monitor.predlog import Feedback, LoggedPrediction
 from loopml.monitor.quality import column_quality
 from loopml.monitor.rules import Breach, apply, metric_drop_rule, throughput_rule
+from loopml.predlog.records import Feedback, LoggedPrediction
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Quality
 from loopml.train.metrics import binary_metrics
 from loopml.train.reference import reference_stats

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from loopml.errors import LoopmlError
-from loopml.features.online import Event, EventLog, OnlineStore
-from loopml.features.online_redis import RedisOnlineStore
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import Event, EventLog, OnlineStore
+from loopml.features.online.redis import RedisOnlineStore
+from loopml.features.online.sqlite import SqliteOnlineStore
 
 AS_OF = datetime(2025, 5, 1, 12, 0)
 DAY = 86_400_000_000

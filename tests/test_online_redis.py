@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.features import push_events
-from loopml.features.online import OnlineStoreUnavailable
-from loopml.features.online_redis import COOLDOWN_SECONDS, RedisOnlineStore
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import OnlineStoreUnavailable
+from loopml.features.online.redis import COOLDOWN_SECONDS, RedisOnlineStore
+from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.features.stream import REASON_FIELD, StreamConsumer
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app, free_port
+from loopml.server import BackgroundServer, build_app, free_port
 from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
 from served_fraud import body, live_rows

@@ -30,9 +30,9 @@ import pytest
 from loopml.datasets.fraud import FraudWorldConfig, simulate
 from loopml.features import FeatureAssembler, build_training_set, feature_columns, materialize, push_events
 from loopml.features.join import connect, point_in_time_join, register_source
-from loopml.features.online import OnlineStore, micros
-from loopml.features.online_redis import RedisOnlineStore
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import OnlineStore, micros
+from loopml.features.online.redis import RedisOnlineStore
+from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.spec.model import Spec
 
 SAMPLE = 2500  # sampled events per replay (four replays: two backends x inclusive/exclusive)

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.project import Project
 from loopml.serve import batch
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 from served_fraud import body
 
 runner = CliRunner()

@@ -30,20 +30,16 @@ from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
 from loopml.monitor.drift import LiveData, current_values, load_live, logged_schema
-from loopml.monitor.predlog import (
-    LABELLED_SCHEMA,
-    LOG_SCHEMA,
-    Feedback,
-    LoggedPrediction,
-    PredictionLog,
-    PredictionLogBackend,
-    log_table,
-    open_prediction_log,
-    read_labels_file,
-)
-from loopml.monitor.predlog_postgres import PostgresPredictionLog
+from loopml.predlog.backends import open_prediction_log
+from loopml.predlog.base import PredictionLogBackend
+from loopml.predlog.labels import read_labels_file
+from loopml.predlog.parquet import PredictionLog
+from loopml.predlog.postgres import PostgresPredictionLog
+from loopml.predlog.records import LABELLED_SCHEMA, LOG_SCHEMA, Feedback, LoggedPrediction
+from loopml.predlog.tables import log_table
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app, free_port
+from loopml.server import BackgroundServer, build_app, free_port
+from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 
 BACKENDS = ("duckdb", "postgres")
@@ -176,8 +172,9 @@ _WRITER = textwrap.dedent(
     import itertools, sys
     from datetime import datetime
     from pathlib import Path
-    from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLog
-    from loopml.monitor.predlog_postgres import PostgresPredictionLog
+    from loopml.predlog.records import Feedback, LoggedPrediction
+    from loopml.predlog.parquet import PredictionLog
+    from loopml.predlog.postgres import PostgresPredictionLog
 
     target = sys.argv[1]
     log = PostgresPredictionLog(target) if target.startswith("postgresql://") else PredictionLog(Path(target))
@@ -251,20 +248,16 @@ RAW_SPEC: dict[str, Any] = {
 }
 
 
-def test_open_prediction_log_follows_the_spec_and_the_environment(
-    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("LOOPML_PREDLOG_URL", raising=False)
+def test_open_prediction_log_follows_the_spec_and_the_environment(tmp_path: Path, postgres_url: str) -> None:
     spec = Spec.model_validate(RAW_SPEC)
     default = open_prediction_log(spec, Layout.for_project(tmp_path, spec))
     assert isinstance(default, PredictionLog) and default.folder == tmp_path.resolve() / ".loopml" / "predictions"
     spec = Spec.model_validate({**RAW_SPEC, "storage": {"prediction_log": "postgres"}})
     with pytest.raises(LoopmlError, match=r"^storage\.prediction_log_url: the postgres prediction log needs a URL"):
         open_prediction_log(spec, Layout.for_project(tmp_path, spec))
-    monkeypatch.setenv("LOOPML_PREDLOG_URL", postgres_url)
-    from_env = open_prediction_log(spec, Layout.for_project(tmp_path, spec))
+    overridden = apply_environment(spec, {"LOOPML_PREDLOG_URL": postgres_url})
+    from_env = open_prediction_log(overridden, Layout.for_project(tmp_path, spec))
     assert isinstance(from_env, PostgresPredictionLog) and from_env.count() == 0
-    monkeypatch.delenv("LOOPML_PREDLOG_URL")
     spec = Spec.model_validate({**RAW_SPEC, "storage": {"prediction_log": "postgres", "prediction_log_url": postgres_url}})
     open_prediction_log(spec, Layout.for_project(tmp_path, spec)).append([pred(1)])
     assert from_env.count() == 1

@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from loopml.errors import LoopmlError
-from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLog
-from loopml.monitor.predlog_compact import LOCK_NAME, RECORD_NAME, CompactStats, live_parts, read_record
-from loopml.serve.logger import AsyncLogger
+from loopml.predlog.compact import LOCK_NAME, RECORD_NAME, CompactStats, live_parts, read_record
+from loopml.predlog.parquet import PredictionLog
+from loopml.predlog.records import Feedback, LoggedPrediction
+from loopml.predlog.writer import AsyncLogger
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
@@ -416,30 +417,10 @@ def test_a_failing_compaction_is_reported_and_logging_goes_on(tmp_path: Path) ->
     assert logger.dropped == 0 and logger.written == 20 and log.count() == 20
 
 
-def test_no_compaction_thread_for_a_backend_without_compact_or_when_disabled(tmp_path: Path) -> None:
+def test_no_compaction_thread_when_disabled(tmp_path: Path) -> None:
     log = EagerLog(tmp_path / "predictions")
     disabled = AsyncLogger(log, compact_seconds=0)
     disabled.start()
     disabled.submit(pred(1))
     disabled.close()
     assert disabled.compactions == 0 and log.count() == 1
-
-    class NoCompaction:  # what a backend without parts to merge (PostgreSQL) looks like to the logger
-        where = "elsewhere"
-
-        def __init__(self) -> None:
-            self.rows: list[LoggedPrediction] = []
-
-        def append(self, rows: list[LoggedPrediction]) -> None:
-            self.rows.extend(rows)
-
-        def add_feedback(self, items: list[Feedback]) -> None:
-            pass
-
-    other = NoCompaction()
-    logger = AsyncLogger(other, compact_seconds=0.01)  # type: ignore[arg-type]
-    logger.start()
-    logger.submit(pred(2))
-    time.sleep(0.1)
-    logger.close()
-    assert logger.compactions == 0 and [r.request_id for r in other.rows] == ["r2"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loopml.serve.runner import free_port
+from loopml.server import free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -26,7 +26,8 @@ from loopml.registry import (
     open_registry,
 )
 from loopml.registry.postgres import PostgresRegistry
-from loopml.serve.runner import free_port
+from loopml.server import free_port
+from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 from loopml.train.artifact import LinearModel, LinearPredictor, Predictor, sha256_file
 
@@ -206,7 +207,7 @@ _CRASH = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from loopml.registry.postgres import PostgresRegistry
-    from loopml.registry.store import SqliteRegistry
+    from loopml.registry.sqlite import SqliteRegistry
 
     if sys.argv[1].startswith("postgresql://"):
         registry = PostgresRegistry(sys.argv[1], Path(sys.argv[2]))
@@ -306,13 +307,10 @@ def test_open_registry_postgres_from_spec_or_environment(
         "storage": {"registry": "postgres"},
     }
     spec = Spec.model_validate(raw)
-    monkeypatch.delenv("LOOPML_REGISTRY_URL", raising=False)
     with pytest.raises(LoopmlError, match=r"storage\.registry_url: the postgres registry needs a URL"):
         open_registry(spec, Layout.for_project(tmp_path, spec))
-    monkeypatch.setenv("LOOPML_REGISTRY_URL", postgres_url)
-    registry = open_registry(spec, Layout.for_project(tmp_path, spec))
+    registry = open_registry(apply_environment(spec, {"LOOPML_REGISTRY_URL": postgres_url}), Layout.for_project(tmp_path, spec))
     assert isinstance(registry, PostgresRegistry) and registry.list() == []
-    monkeypatch.delenv("LOOPML_REGISTRY_URL")
     spec = Spec.model_validate({**raw, "storage": {"registry": "postgres", "registry_url": postgres_url}})
     assert register(open_registry(spec, Layout.for_project(tmp_path, spec)), tmp_path) == 1
 

@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 
 from loopml.loop.retrain import LoopStore, evaluate_triggers
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 
 TOKEN = "loop-token"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from loopml.project import Project
-from loopml.serve.rollout import CHALLENGER, CHAMPION, RolloutController, unit_hash
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.rollout.policy import CHALLENGER, CHAMPION, RolloutController, unit_hash
+from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Rollout
 from served_fraud import add_version, body, live_rows
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 from served_fraud import body, live_rows
 
 TOKEN = "test-token"

@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from loopml.project import Project
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 
 TOKEN = "fuzz-token"
 FUZZ_EXAMPLES = 200  # per generation mode: keeps the whole file well under a minute on two cores

@@ -25,7 +25,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from loopml.project import Project
-from loopml.serve.runner import free_port
+from loopml.server import free_port
 
 REQUESTS = 240
 _COUNT = re.compile(r'^loopml_requests_(total|created)\{endpoint="/v1/predict",status="200"\} (\S+)$', re.M)

@@ -110,3 +110,13 @@ def test_durations_round_trip(text: str | int, seconds: int) -> None:
 def test_bad_duration() -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration("seven days")
+
+
+def test_the_environment_overrides_storage_urls_once_where_the_spec_loads(tmp_path: Path) -> None:
+    (tmp_path / "loopml.yaml").write_text(EXAMPLE)
+    plain, digest = load_spec(tmp_path, environ={})
+    env = {"LOOPML_REGISTRY_URL": "postgresql://u@h/reg", "LOOPML_PREDLOG_URL": "postgresql://u@h/log", "LOOPML_REDIS_URL": ""}
+    spec, same = load_spec(tmp_path, environ=env)
+    assert (spec.storage.registry_url, spec.storage.prediction_log_url) == ("postgresql://u@h/reg", "postgresql://u@h/log")
+    assert spec.storage.redis_url == plain.storage.redis_url  # an empty variable overrides nothing
+    assert plain.storage.registry_url is None and same == digest  # the hash is the file's

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.features.stream import connect_streams
 from loopml.features.vector import FeatureAssembler
-from loopml.monitor.predlog import PredictionLog
-from loopml.monitor.predlog_compact import CompactStats
+from loopml.predlog.compact import CompactStats
+from loopml.predlog.parquet import PredictionLog
 from loopml.project import Project
 from loopml.serve.schemas import PredictRequest
 from loopml.serve.service import PredictionService
@@ -243,7 +243,7 @@ def test_scorer_stopped_between_write_and_ack_restarts_without_loss_or_duplicate
 
 
 def test_cli_errors_are_one_line(trained_project: Path, tmp_path: Path) -> None:
-    from loopml.serve.runner import free_port
+    from loopml.server import free_port
 
     project = project_copy(trained_project, tmp_path / "project", f"redis://127.0.0.1:{free_port()}/0")
     runner = CliRunner()

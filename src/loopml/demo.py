@@ -51,7 +51,7 @@ from loopml.features.push import push_events
 from loopml.loop.retrain import LoopRun, LoopStore
 from loopml.project import Project, materialize_summary
 from loopml.scaffold import init_example
-from loopml.serve.runner import BackgroundServer, build_app
+from loopml.server import BackgroundServer, build_app
 
 ADMIN_TOKEN = "demo-admin-token"
 BATCH = 250

@@ -24,18 +24,19 @@ from loopml.features.catalog import feature_catalog
 from loopml.features.definitions import feature_columns
 from loopml.features.materialize import MaterializeResult, materialize
 from loopml.features.offline import BuildResult, build_spine_training_set, build_training_set
-from loopml.features.online import OnlineStore, OnlineStoreUnavailable
-from loopml.features.online_backends import open_fallback, open_online_store
-from loopml.features.online_fallback import Fallback
+from loopml.features.online.backends import open_fallback, open_online_store
+from loopml.features.online.base import OnlineStore, OnlineStoreUnavailable
+from loopml.features.online.fallback import Fallback
 from loopml.features.vector import online_features
 from loopml.layout import Layout
 from loopml.loop.train import TrainResult, train
 from loopml.monitor.alerts import AlertStore, open_alert_store
 from loopml.monitor.drift import DriftResult
-from loopml.monitor.predlog import PredictionLogBackend, open_prediction_log
 from loopml.monitor.report import build_report, drift_results
+from loopml.predlog.backends import open_prediction_log
+from loopml.predlog.base import PredictionLogBackend
+from loopml.registry.backends import open_registry
 from loopml.registry.base import Registry
-from loopml.registry.store import open_registry
 from loopml.spec.load import load_spec, spec_hash
 from loopml.spec.model import Spec
 from loopml.train.tracking import RunStore

@@ -141,7 +141,7 @@ def as_of_time(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        from loopml.features.online import datetime_from_us, timestamp_us
+        from loopml.features.online.base import datetime_from_us, timestamp_us
 
         return datetime_from_us(timestamp_us(text))
     except (ValueError, OverflowError) as exc:

@@ -55,8 +55,8 @@ def experiment_report_cmd(
     """Per-variant counts and metrics, and each variant against the control: z-test, Welch, mSPRT, SRM."""
 
     def go() -> None:
-        from loopml.experiment.report import experiment_report, parse_since
-        from loopml.experiment.stats import parse_weights
+        from loopml.rollout.report import experiment_report, parse_since
+        from loopml.rollout.stats import parse_weights
 
         p = load_project(project)
         candidates, default_weights, srm_skip = _experiment_defaults(p)
@@ -138,7 +138,7 @@ def experiment_size_cmd(
     """Observations per group for a two-sided test: two proportions (Cohen's h) or two means."""
 
     def go() -> None:
-        from loopml.experiment.stats import sample_size_means, sample_size_proportions
+        from loopml.rollout.stats import sample_size_means, sample_size_proportions
 
         props = rate_control is not None or rate_treatment is not None
         means = difference is not None or sd is not None

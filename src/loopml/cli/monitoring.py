@@ -95,7 +95,8 @@ def feedback(
 
     def go() -> None:
         from loopml.layout import Layout
-        from loopml.monitor.predlog import open_prediction_log, read_labels_file
+        from loopml.predlog.backends import open_prediction_log
+        from loopml.predlog.labels import read_labels_file
         from loopml.spec.load import load_spec
 
         spec, _ = load_spec(project)

@@ -23,7 +23,7 @@ def serve(
 
     def go() -> None:
         p = load_project(project)
-        from loopml.serve.runner import run_server
+        from loopml.server import run_server
 
         run_server(
             p,

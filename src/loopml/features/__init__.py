@@ -10,8 +10,8 @@ from loopml.features.definitions import feature_columns
 from loopml.features.join import point_in_time_join
 from loopml.features.materialize import MaterializeResult, materialize
 from loopml.features.offline import BuildResult, build_spine_training_set, build_training_set
-from loopml.features.online import OnlineStore, OnlineStoreUnavailable
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import OnlineStore, OnlineStoreUnavailable
+from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.features.push import PushResult, push_events
 from loopml.features.transforms import apply_transforms
 from loopml.features.vector import AssembledBatch, FeatureAssembler, RequestFeatureError

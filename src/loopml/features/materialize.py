@@ -1,6 +1,6 @@
 """Load the online store from the latest snapshot: every entity's recent events, per view.
 
-The online state is events, not values (see :mod:`loopml.features.online`),
+The online state is events, not values (see :mod:`loopml.features.online.base`),
 so materializing a view as of ``as_of`` loads, for every entity of the view's
 source with an event at or before ``as_of``, its events inside the view's
 horizon (``as_of - delay - longest window < s <= as_of``). The event id is
@@ -14,7 +14,7 @@ features as of any later time; events that arrive later are appended with
 
 One DuckDB query per view streams the events ordered by entity; they are
 grouped in Python and written in chunks of :data:`WRITE_CHUNK` entities with
-:meth:`~loopml.features.online.OnlineStore.replace_view`, which swaps the
+:meth:`~loopml.features.online.base.OnlineStore.replace_view`, which swaps the
 whole view atomically for readers. Events with a NULL key or time are never
 loaded (ingest quarantines unparsable times; a NULL key belongs to no entity).
 """
@@ -34,7 +34,7 @@ import duckdb
 from loopml.errors import DataError
 from loopml.features.definitions import check_features, view_horizon, view_key, view_value_columns
 from loopml.features.join import check_view_sources, connect, register_source
-from loopml.features.online import EntityKey, Event, OnlineStore, datetime_from_us, micros
+from loopml.features.online.base import EntityKey, Event, OnlineStore, datetime_from_us, micros
 from loopml.features.push import event_id_column
 from loopml.features.windows import quote
 from loopml.spec.model import Spec

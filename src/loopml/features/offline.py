@@ -1,7 +1,7 @@
 """Point-in-time-correct feature tables, computed offline in DuckDB.
 
 Semantics (``docs/features.md`` has them with an executed example; the online
-path, :mod:`loopml.features.online_windows`, computes the same windows from
+path, :mod:`loopml.features.online.windows`, computes the same windows from
 each entity's events, and ``tests/test_online_skew.py`` holds the two equal):
 
 - A *spine row* is an entity value ``k`` at a time ``t``. For a view with

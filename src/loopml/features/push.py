@@ -5,7 +5,7 @@ column -> value each, the source's own column names), checks what the windows
 need and appends each row, as one event, to every view over that source. The
 windows stay exact because features are computed from the events at read
 time; the store prunes what falls out of every window (see
-:mod:`loopml.features.online`).
+:mod:`loopml.features.online.base`).
 
 - **Event id**: ``event_ids`` if given, else the source's id column: its one
   ``int`` column declared ``unique: true`` (``transaction_id`` in the fraud
@@ -35,7 +35,7 @@ from typing import Any
 
 from loopml.errors import LoopmlError
 from loopml.features.definitions import view_horizon, view_key, view_value_columns
-from loopml.features.online import EntityKey, Event, OnlineStore, key_text, timestamp_us
+from loopml.features.online.base import EntityKey, Event, OnlineStore, key_text, timestamp_us
 from loopml.spec.model import Spec
 
 __all__ = ["PushResult", "event_id_column", "push_events"]

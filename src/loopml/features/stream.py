@@ -38,8 +38,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from loopml.errors import LoopmlError
-from loopml.features.online import OnlineStore, OnlineStoreUnavailable
-from loopml.features.online_redis import safe_url
+from loopml.features.online.base import OnlineStore, OnlineStoreUnavailable
+from loopml.features.online.redis import safe_url
 from loopml.features.push import event_id_column, push_events
 from loopml.spec.model import Spec
 

@@ -6,7 +6,7 @@ features, as they arrive in a predict body) into the model matrix, in
 path stays lean: each view's events are read from the store once per batch
 (one store call per view), every view's features are computed from those
 events *as of each request's time* by
-:class:`~loopml.features.online_windows.ViewWindows` (the offline window
+:class:`~loopml.features.online.windows.ViewWindows` (the offline window
 semantics: delay, inclusive/exclusive, ttl, missing values), values go
 straight into numpy columns (no DataFrame), and the transforms are computed by
 :func:`~loopml.features.transforms.apply_transforms`, the same function the
@@ -31,8 +31,8 @@ Rules:
   field. An optional feature left out is NaN (NaT for timestamps, ``None`` for
   strings), as a NULL would be offline. Unknown keys are ignored.
 - An unreachable online store raises
-  :class:`~loopml.features.online.OnlineStoreUnavailable`, unless the
-  assembler has a :class:`~loopml.features.online_fallback.Fallback`: then
+  :class:`~loopml.features.online.base.OnlineStoreUnavailable`, unless the
+  assembler has a :class:`~loopml.features.online.fallback.Fallback`: then
   the views are computed from the local cache and the batch is flagged
   ``fallback``.
 """
@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.features.definitions import feature_columns, request_time_feature, view_key
-from loopml.features.online import (
+from loopml.features.online.base import (
     EntityKey,
     EventLog,
     OnlineStore,
@@ -60,8 +60,8 @@ from loopml.features.online import (
     micros,
     timestamp_us,
 )
-from loopml.features.online_fallback import Fallback
-from loopml.features.online_windows import ViewWindows
+from loopml.features.online.fallback import Fallback
+from loopml.features.online.windows import ViewWindows
 from loopml.features.transforms import apply_transforms
 from loopml.spec.model import RequestFeature, Spec
 
@@ -157,7 +157,7 @@ def _now_us() -> int:
 
 
 class FeatureAssembler:
-    """Builds feature vectors from an :class:`~loopml.features.online.OnlineStore` and request features."""
+    """Builds feature vectors from an :class:`~loopml.features.online.base.OnlineStore` and request features."""
 
     def __init__(self, spec: Spec, store: OnlineStore, fallback: Fallback | None = None) -> None:
         self.spec = spec

@@ -55,7 +55,7 @@ from loopml.data.snapshot import Snapshot
 from loopml.data.sources import file_format, scan_sql
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
-from loopml.monitor.predlog import PredictionLogBackend
+from loopml.predlog.base import PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.spec.model import Spec
 

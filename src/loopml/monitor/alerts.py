@@ -22,7 +22,6 @@ per ``(rule, subject)``. Times are UTC.
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -260,4 +259,4 @@ class AlertStore:
 
 def open_alert_store(spec: Spec, layout: Layout) -> AlertStore:
     """The project's alert store: ``<state>/alerts.sqlite``, webhook from ``LOOPML_WEBHOOK_URL`` or ``monitoring.webhook_url``."""
-    return AlertStore(layout.alerts, webhook_url=os.environ.get("LOOPML_WEBHOOK_URL") or spec.monitoring.webhook_url)
+    return AlertStore(layout.alerts, webhook_url=spec.monitoring.webhook_url)

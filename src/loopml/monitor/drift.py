@@ -56,13 +56,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loopml.features.transforms import CALENDAR_CYCLE_US
-from loopml.monitor.predlog import (
-    NUMBER_PREFIX,
-    STRING_PREFIX,
-    TYPED_MARKER,
-    WIDE_PREDICTIONS,
-    PredictionLogBackend,
-)
 from loopml.monitor.stattests import (
     P_VALUE_TESTS,
     TEST_NAMES,
@@ -76,6 +69,8 @@ from loopml.monitor.stattests import (
     make_test,
     numeric_profile,
 )
+from loopml.predlog.base import PredictionLogBackend
+from loopml.predlog.records import NUMBER_PREFIX, STRING_PREFIX, TYPED_MARKER, WIDE_PREDICTIONS
 from loopml.spec.model import Monitoring, Spec
 from loopml.train.reference import DEFAULT_EPSILON
 
@@ -174,7 +169,7 @@ def load_live(
 ) -> LiveData:
     """Rows of the connection's ``labelled`` view (already bounded by time/version), features as columns, oldest first.
 
-    Rows from parts with typed feature columns (:mod:`loopml.monitor.predlog`) are read from those
+    Rows from parts with typed feature columns (:mod:`loopml.predlog`) are read from those
     columns as they are: no JSON parsed. The JSON of the other rows (older parts, the PostgreSQL
     log, and the rare row whose typed value is not of the wanted type: a string logged for a numeric
     feature, a number for a categorical one) is parsed, numbers straight to DOUBLE. When the schema

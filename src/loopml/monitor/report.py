@@ -51,10 +51,10 @@ from loopml.monitor.drift import (
     window_spans,
 )
 from loopml.monitor.performance import ScoreCalibration, performance
-from loopml.monitor.predlog import PredictionLogBackend
 from loopml.monitor.quality import column_quality, freshness, schema_issues
 from loopml.monitor.rules import AlertSink, apply, evaluate
 from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
+from loopml.predlog.base import PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.spec.model import Spec
 

@@ -1,7 +1,7 @@
 """The PostgreSQL model registry: the SQLite registry's SQL and steps, on a shared server.
 
 :class:`PostgresRegistry` reuses every query and every crash-safe step of
-:class:`~loopml.registry.store.SqliteRegistry` (the statements are plain SQL
+:class:`~loopml.registry.sqlite.SqliteRegistry` (the statements are plain SQL
 both databases accept) and changes only what differs: the connection (psycopg
 3 in autocommit mode, ``?`` placeholders rewritten to ``%s``), the schema
 (``GENERATED ... AS IDENTITY`` instead of ``AUTOINCREMENT``) and the write lock
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.errors import LoopmlError
-from loopml.registry.store import Connection, SqliteRegistry
+from loopml.registry.sqlite import Connection, SqliteRegistry
 from loopml.train.artifact import Predictor
 
 _SCHEMA = [

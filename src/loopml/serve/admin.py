@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from loopml.errors import LoopmlError
-from loopml.serve.logger import AsyncLogger
-from loopml.serve.rollout import CHALLENGER
+from loopml.predlog.writer import AsyncLogger
+from loopml.rollout.policy import CHALLENGER
 from loopml.serve.schemas import ErrorResponse, error_body
 from loopml.serve.service import PredictionService
 from loopml.spec.model import Rollout

@@ -66,8 +66,8 @@ from loopml.monitor.drift import (
     window_spans,
 )
 from loopml.monitor.performance import ScoreCalibration, estimate_binary
-from loopml.monitor.predlog import PredictionLogBackend
 from loopml.monitor.stattests import ColumnReference
+from loopml.predlog.base import PredictionLogBackend
 from loopml.train.metrics import DEFAULT_THRESHOLD, binary_metrics, metric_names, regression_metrics
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ columns plus the categorical encodings of the request's string features
 (:func:`~loopml.features.encodings.apply_encodings` with the state fitted when
 that version was trained: the same code as training; an unseen category or a
 null gets the documented value, never an error) -> score with the model the rollout policy picks for each request
-(:mod:`loopml.serve.rollout`) -> hand the record, with the model input (and
+(:mod:`loopml.rollout.policy`) -> hand the record, with the model input (and
 the raw string request features) as logged features, to the async logger.
 A prediction is logged at its event time (the request's timestamp feature,
 e.g. ``tx_datetime``, read as UTC and converted to the log's clock, naive local
@@ -44,13 +44,13 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.features.encodings import EncodingState, apply_encodings
-from loopml.features.online import OnlineStoreUnavailable, datetime_from_us
+from loopml.features.online.base import OnlineStoreUnavailable, datetime_from_us
 from loopml.features.vector import AssembledBatch, FeatureAssembler
-from loopml.monitor.predlog import LoggedPrediction
 from loopml.monitor.rules import AlertSink
+from loopml.predlog.records import LoggedPrediction
+from loopml.predlog.writer import AsyncLogger
 from loopml.registry.base import Registry
-from loopml.serve.logger import AsyncLogger
-from loopml.serve.rollout import CHAMPION, Decision, RolloutController
+from loopml.rollout.policy import CHAMPION, Decision, RolloutController
 from loopml.serve.schemas import Prediction, PredictRequest
 from loopml.spec.model import Rollout, Spec
 from loopml.train.artifact import Predictor
@@ -98,7 +98,7 @@ class ModelInput:
 
 
 def _local(utc: datetime) -> datetime:
-    """Naive UTC -> naive local time, the prediction log's clock (``monitor/predlog.py``)."""
+    """Naive UTC -> naive local time, the prediction log's clock (``loopml.predlog``)."""
     return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 

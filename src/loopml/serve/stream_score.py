@@ -81,7 +81,7 @@ import redis
 
 from loopml.errors import LoopmlError
 from loopml.features.definitions import feature_columns, view_key
-from loopml.features.online import OnlineStore, key_text
+from loopml.features.online.base import OnlineStore, key_text
 from loopml.features.push import event_id_column, push_events
 from loopml.features.stream import (
     ORIGIN_FIELD,
@@ -94,7 +94,8 @@ from loopml.features.stream import (
     stream_source,
 )
 from loopml.features.vector import AssembledBatch, FeatureAssembler, RequestFeatureError
-from loopml.monitor.predlog import LoggedPrediction, PredictionLogBackend
+from loopml.predlog.base import PredictionLogBackend
+from loopml.predlog.records import LoggedPrediction
 from loopml.registry.base import Registry
 from loopml.serve.batch import LoadedModel, load_model
 from loopml.serve.service import prediction_record
@@ -353,13 +354,12 @@ class ScoringConsumer(StreamConsumer):
 
     def _compact(self) -> None:
         """Every ``compact_seconds``, merge the log's small parts (the Parquet log; one part per batch adds up)."""
-        compact = getattr(self.log, "compact", None)
-        if compact is None or self.compact_seconds <= 0 or time.monotonic() - self._compacted < self.compact_seconds:
+        if self.log is None or self.compact_seconds <= 0 or time.monotonic() - self._compacted < self.compact_seconds:
             return
         self._compacted = time.monotonic()
         self.compactions += 1
         try:
-            compact()
+            self.log.compact()
         except Exception as exc:  # the log stays readable uncompacted; scoring goes on
             _log.warning("prediction log compaction failed (scoring goes on): %s", exc)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from ruamel.yaml.error import YAMLError
 
 from loopml.errors import SpecError
 from loopml.spec.checks import cross_reference_problems
+from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 
 SPEC_FILE = "loopml.yaml"
@@ -79,8 +82,11 @@ def parse_spec(text: str, path: str = SPEC_FILE) -> Spec:
     return spec
 
 
-def load_spec(folder: Path) -> tuple[Spec, str]:
-    """Read ``folder/loopml.yaml``; return the spec and its content hash."""
+def load_spec(folder: Path, environ: Mapping[str, str] | None = None) -> tuple[Spec, str]:
+    """Read ``folder/loopml.yaml`` with the environment's overrides applied; return the spec and the file's content hash.
+
+    ``environ`` defaults to the process environment (:mod:`loopml.spec.environment` lists what it may override).
+    """
     path = folder / SPEC_FILE
     if not path.is_file():
         raise SpecError(str(path), [f"{path}: no loopml.yaml here (run 'loopml init' or pass --project DIR)"])
@@ -88,7 +94,8 @@ def load_spec(folder: Path) -> tuple[Spec, str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [f"{path}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_spec(text, str(path)), spec_hash(text)
+    spec = apply_environment(parse_spec(text, str(path)), os.environ if environ is None else environ)
+    return spec, spec_hash(text)
 
 
 def spec_hash(text: str) -> str:

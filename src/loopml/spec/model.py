@@ -268,7 +268,7 @@ class Variant(_Strict):
 
 
 class Canary(_Strict):
-    """Canary steps and guardrails (see :mod:`loopml.serve.rollout`)."""
+    """Canary steps and guardrails (see :mod:`loopml.rollout.policy`)."""
 
     #: the challenger's share of traffic at each step; passing the last step promotes it
     steps: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.05, 0.25, 1.0]
@@ -290,7 +290,7 @@ class Bandit(_Strict):
 
 
 class Rollout(_Strict):
-    """How traffic is split between model versions (``loopml.serve.rollout``; changeable at run time)."""
+    """How traffic is split between model versions (``loopml.rollout.policy``; changeable at run time)."""
 
     policy: Literal["single", "ab", "shadow", "canary", "bandit", "bluegreen"] = "single"
     #: the champion's registry alias: what ``single`` serves and what canary/blue-green fall back to

@@ -26,10 +26,10 @@ from fastapi import FastAPI
 from loopml.errors import LoopmlError
 from loopml.features.vector import FeatureAssembler
 from loopml.loop.schedule import RetrainScheduler
+from loopml.predlog.writer import AsyncLogger
 from loopml.project import Project
 from loopml.serve.app import ServeOptions, create_app
 from loopml.serve.dashboard import Dashboard
-from loopml.serve.logger import AsyncLogger
 from loopml.serve.service import PredictionService
 
 _PROJECT_ENV = "LOOPML_PROJECT"
@@ -89,7 +89,7 @@ def run_server(project: Project, host: str, port: int, workers: int = 1, admin_t
             if admin_token:
                 os.environ[_TOKEN_ENV] = admin_token
             uvicorn.run(
-                "loopml.serve.runner:app_from_environment",
+                "loopml.server:app_from_environment",
                 factory=True,
                 host=host,
                 port=port,

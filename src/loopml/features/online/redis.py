@@ -3,7 +3,7 @@
 Layout, under the prefix ``loopml:<project>:``:
 
 - ``view:<view>``: a hash per view, field = entity key, value = the entity's
-  events as one blob of :mod:`loopml.features.online`'s codec (the same bytes
+  events as one blob of :mod:`loopml.features.online.base`'s codec (the same bytes
   the SQLite backend stores). A read of a batch is one ``HMGET``.
 - ``views``: a hash of each view's materialization time (epoch µs).
 
@@ -17,7 +17,7 @@ with ``RENAME`` inside ``MULTI``: readers see the old view until the new one
 is complete. (A push racing a materialization of the same view may be lost
 with the old hash; run the stream consumer again from the snapshot's end.)
 
-Failures to reach Redis raise :class:`~loopml.features.online.OnlineStoreUnavailable`
+Failures to reach Redis raise :class:`~loopml.features.online.base.OnlineStoreUnavailable`
 naming the URL (the password masked). Timeouts are short and, after a
 failure, calls fail at once for :data:`COOLDOWN_SECONDS` instead of each
 waiting for a connection, so a dead Redis costs requests microseconds; the
@@ -43,7 +43,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from loopml.errors import LoopmlError
-from loopml.features.online import (
+from loopml.features.online.base import (
     EntityKey,
     Event,
     EventLog,
@@ -100,7 +100,7 @@ def safe_url(url: str) -> str:
 
 
 class RedisOnlineStore:
-    """:class:`~loopml.features.online.OnlineStore` on a Redis server."""
+    """:class:`~loopml.features.online.base.OnlineStore` on a Redis server."""
 
     def __init__(self, url: str, namespace: str, connect_timeout: float = 0.5, timeout: float = 2.0) -> None:
         self.url = url

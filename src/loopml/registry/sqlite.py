@@ -31,9 +31,8 @@ from typing import Any, Protocol
 from loopml.durable import fsync_dir
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
-from loopml.registry.base import CHAMPION, AliasEvent, ModelVersion, Registry, Signature
+from loopml.registry.base import CHAMPION, AliasEvent, ModelVersion, Signature
 from loopml.registry.gate import GateVerdict
-from loopml.spec.model import Spec
 from loopml.train.artifact import SUFFIXES, Predictor, sha256_file
 
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -317,15 +316,3 @@ class SqliteRegistry:
         with self._transaction() as con:
             self._get(con, version)
             con.execute("UPDATE versions SET gate = ? WHERE version = ?", (_dumps(verdict.to_json(), "gate verdict"), version))
-
-
-def open_registry(spec: Spec, layout: Layout) -> Registry:
-    """The registry backend named by ``storage.registry``."""
-    if spec.storage.registry == "postgres":
-        from loopml.registry.postgres import PostgresRegistry
-
-        url = os.environ.get("LOOPML_REGISTRY_URL") or spec.storage.registry_url
-        if not url:
-            raise LoopmlError("storage.registry_url: the postgres registry needs a URL (or set LOOPML_REGISTRY_URL)")
-        return PostgresRegistry(url, layout.artifacts)
-    return SqliteRegistry.for_layout(layout)

@@ -6,13 +6,13 @@ file per request.
 The request handler only calls :meth:`AsyncLogger.submit`, which never blocks:
 when the queue is full the record is counted as dropped (reported on
 ``/metrics``) instead of slowing the response. A daemon thread drains the
-queue into the :class:`~loopml.monitor.predlog.PredictionLog` every
+queue into the :class:`~loopml.predlog.parquet.PredictionLog` every
 ``flush_rows`` records or ``flush_seconds``, whichever comes first; ``close``
 flushes what is left.
 
-Every ``compact_seconds`` (0: never) a second daemon thread compacts the log
-when its backend has a ``compact`` method (the Parquet one: many small parts
-merged into few, :mod:`loopml.monitor.predlog_compact`; PostgreSQL needs none).
+Every ``compact_seconds`` (0: never) a second daemon thread calls the backend's
+``compact`` (the Parquet one merges many small parts into few,
+:mod:`loopml.predlog.compact`; PostgreSQL's does nothing).
 Its own thread, not the flush thread: merging a large backlog can take seconds,
 during which the queue would fill and drop records. A failed compaction is
 reported through ``on_error`` (else logged as a warning) and never stops
@@ -26,9 +26,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from loopml.monitor.predlog import Feedback, LoggedPrediction, PredictionLogBackend
+from loopml.predlog.base import PredictionLogBackend
+from loopml.predlog.records import Feedback, LoggedPrediction
 
 _log = logging.getLogger(__name__)
 
@@ -61,11 +61,8 @@ class AsyncLogger:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="loopml-prediction-log", daemon=True)
             self._thread.start()
-        compact: Callable[[], Any] | None = getattr(self.log, "compact", None)
-        if self._compactor is None and self.compact_seconds > 0 and callable(compact):
-            self._compactor = threading.Thread(
-                target=self._compact_loop, args=(compact,), name="loopml-log-compaction", daemon=True
-            )
+        if self._compactor is None and self.compact_seconds > 0:
+            self._compactor = threading.Thread(target=self._compact_loop, name="loopml-log-compaction", daemon=True)
             self._compactor.start()
 
     def submit(self, record: LoggedPrediction | Feedback) -> bool:
@@ -101,17 +98,14 @@ class AsyncLogger:
             self._stop.wait(self.flush_seconds)
             self.flush()
 
-    def _compact_loop(self, compact: Callable[[], Any]) -> None:
+    def _compact_loop(self) -> None:
         while not self._stop.wait(self.compact_seconds):
-            self.compact_now(compact)
+            self.compact_now()
 
-    def compact_now(self, compact: Callable[[], Any] | None = None) -> None:
-        """One compaction round of the backend (when it has one); an error goes to ``on_error``."""
-        compact = compact or getattr(self.log, "compact", None)
-        if compact is None:
-            return
+    def compact_now(self) -> None:
+        """One compaction round of the backend; an error goes to ``on_error``."""
         try:
-            compact()
+            self.log.compact()
         except Exception as exc:  # the log stays usable uncompacted: report and carry on
             if self.on_error is not None:
                 self.on_error(exc)

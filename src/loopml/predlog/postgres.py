@@ -1,7 +1,7 @@
 """The prediction log in PostgreSQL: the same contract as the Parquet log, on a shared server.
 
 Two tables, created on first use: ``prediction_log`` (one row per prediction,
-the columns of :data:`~loopml.monitor.predlog.LOG_SCHEMA`) and
+the columns of :data:`~loopml.predlog.records.LOG_SCHEMA`) and
 ``prediction_feedback`` (every label received, with an identity column that
 orders writes). Labels are never joined on write: a label whose prediction is
 not (yet) logged simply waits in ``prediction_feedback`` and is joined at read
@@ -38,18 +38,10 @@ import pyarrow.csv as pacsv
 from psycopg import sql
 
 from loopml.errors import LoopmlError
-from loopml.monitor.predlog import (
-    FEEDBACK_SCHEMA,
-    LOG_SCHEMA,
-    Feedback,
-    LoggedPrediction,
-    feedback_list,
-    feedback_table,
-    install_views,
-    log_table,
-    prediction_filter,
-    read_labelled,
-)
+from loopml.predlog.compact import CompactStats
+from loopml.predlog.records import FEEDBACK_SCHEMA, LOG_SCHEMA, Feedback, LoggedPrediction
+from loopml.predlog.tables import feedback_table, log_table
+from loopml.predlog.views import feedback_list, install_views, prediction_filter, read_labelled
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS prediction_log (request_id TEXT NOT NULL, ts TIMESTAMP NOT NULL, entities TEXT NOT NULL,"
@@ -187,6 +179,10 @@ class PostgresPredictionLog:
                 {"cutoff": cutoff},
             ).fetchall()
         return sorted(feedback_list(rows), key=lambda f: (f.ts, f.request_id))
+
+    def compact(self) -> CompactStats:
+        """Nothing to merge: rows live in two indexed tables (PostgreSQL's autovacuum keeps them)."""
+        return CompactStats()
 
     def known_request_ids(self, request_ids: Sequence[str]) -> set[str]:
         if not request_ids:

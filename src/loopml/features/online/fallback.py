@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from loopml.features.online import (
+from loopml.features.online.base import (
     EntityKey,
     Event,
     EventLog,
@@ -43,7 +43,7 @@ REMEMBER = 100_000
 
 
 class MirroredStore:
-    """An :class:`~loopml.features.online.OnlineStore` writing to ``primary`` and then to a local ``mirror``."""
+    """An :class:`~loopml.features.online.base.OnlineStore` writing to ``primary`` and then to a local ``mirror``."""
 
     def __init__(self, primary: OnlineStore, mirror: OnlineStore) -> None:
         self.primary = primary

@@ -4,7 +4,7 @@ The online state of a feature view is, per entity, the entity's recent
 *events*: event time (epoch microseconds, naive UTC), event id and the values
 of the columns the view aggregates (``None`` for a NULL). Feature values are
 not stored; they are computed from the events as of each request's time by
-:mod:`loopml.features.online_windows`, with exactly the offline semantics, so
+:mod:`loopml.features.online.windows`, with exactly the offline semantics, so
 a window slides by itself between two writes and nothing goes stale.
 
 - **Event id**: an integer that identifies an event within its source and

@@ -7,7 +7,7 @@ schema per folder) into one part, without a reader ever seeing a row twice or mi
 
 * **The record.** ``<folder>/compacted.json`` lists entries ``{"merged", "replaces", "at", "deleted"}``,
   always rewritten atomically (temporary file, fsync, ``os.replace``, fsync of the folder).
-* **The reader rule** (:func:`live_parts`, the only way :class:`~loopml.monitor.predlog.PredictionLog`
+* **The reader rule** (:func:`live_parts`, the only way :class:`~loopml.predlog.parquet.PredictionLog`
   lists parts): list the folder's ``part-*.parquet`` files FIRST, read the record SECOND, and drop a
   replaced part only when its entry's merged part is in the listing (or is itself replaced by a part
   that is). A merged part is renamed into place only after its entry is on disk, so a listing that

@@ -2,12 +2,12 @@
 
 The one place that maps the spec's choice to a backend object:
 
-- ``sqlite`` (default): :class:`~loopml.features.online_sqlite.SqliteOnlineStore`
+- ``sqlite`` (default): :class:`~loopml.features.online.sqlite.SqliteOnlineStore`
   at ``.loopml/online.sqlite``;
-- ``redis``: :class:`~loopml.features.online_redis.RedisOnlineStore` at
+- ``redis``: :class:`~loopml.features.online.redis.RedisOnlineStore` at
   ``storage.redis_url``, keys prefixed by the project name. With
   ``storage.online_unavailable: fallback`` it is wrapped in a
-  :class:`~loopml.features.online_fallback.MirroredStore` that also writes
+  :class:`~loopml.features.online.fallback.MirroredStore` that also writes
   ``.loopml/online-cache.sqlite``, and :func:`open_fallback` gives the reader
   of that cache for the request path.
 
@@ -22,9 +22,9 @@ from datetime import timedelta
 
 from loopml.errors import LoopmlError
 from loopml.features.definitions import view_horizon
-from loopml.features.online import OnlineStore, OnlineStoreUnavailable
-from loopml.features.online_fallback import Fallback, MirroredStore
-from loopml.features.online_sqlite import SqliteOnlineStore
+from loopml.features.online.base import OnlineStore, OnlineStoreUnavailable
+from loopml.features.online.fallback import Fallback, MirroredStore
+from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.layout import Layout
 from loopml.spec.model import Spec
 
@@ -46,7 +46,7 @@ def open_online_store(spec: Spec, layout: Layout, check: bool = True) -> OnlineS
     store: OnlineStore
     if storage.online == "redis":
         try:  # an optional extra: imported only when configured
-            from loopml.features.online_redis import RedisOnlineStore
+            from loopml.features.online.redis import RedisOnlineStore
         except ImportError:
             raise LoopmlError("storage.online: redis needs the redis extra (pip install 'loopml[redis]')") from None
         store = RedisOnlineStore(storage.redis_url, spec.project)

@@ -1,7 +1,7 @@
 """The embedded online store: one SQLite file (``.loopml/online.sqlite`` by default).
 
 Tables: ``online_events`` (one row per (view, entity key), unique, with the
-entity's events as one blob of :mod:`loopml.features.online`'s codec) and
+entity's events as one blob of :mod:`loopml.features.online.base`'s codec) and
 ``online_views`` (the ``as_of`` of each view's last materialization). The
 events table is an ordinary rowid table: its rows hold kilobytes of events,
 and a ``WITHOUT ROWID`` table would push them to overflow pages (measured:
@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from loopml.errors import LoopmlError
-from loopml.features.online import (
+from loopml.features.online.base import (
     EntityKey,
     Event,
     EventLog,
@@ -73,7 +73,7 @@ def _use_wal(conn: sqlite3.Connection, attempts: int = 300) -> None:
 
 
 class SqliteOnlineStore:
-    """:class:`~loopml.features.online.OnlineStore` in one SQLite file."""
+    """:class:`~loopml.features.online.base.OnlineStore` in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

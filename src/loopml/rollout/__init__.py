@@ -1,7 +1,8 @@
-"""Experiment statistics (:mod:`.stats`) and the per-variant report over the prediction log (:mod:`.report`)."""
+"""Rollout: the traffic policies (:mod:`.policy`: A/B, shadow, canary, bandit, blue-green), the experiment
+statistics they and the report use (:mod:`.stats`), and the per-variant report over the prediction log (:mod:`.report`)."""
 
-from loopml.experiment.report import Comparison, ExperimentReport, VariantSummary, experiment_report
-from loopml.experiment.stats import (
+from loopml.rollout.report import Comparison, ExperimentReport, VariantSummary, experiment_report
+from loopml.rollout.stats import (
     MSPRT,
     MeanTest,
     ProportionTest,

@@ -11,7 +11,7 @@ then compared with a control variant:
 - the traffic split: a sample-ratio-mismatch chi-square test against the expected weights.
 
 A group with fewer than two usable rows (or fewer than the mSPRT's ``min_n``) gets a "not enough
-data" note in place of the test, never an exception. The statistics live in :mod:`loopml.experiment.stats`.
+data" note in place of the test, never an exception. The statistics live in :mod:`loopml.rollout.stats`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from loopml.errors import LoopmlError
-from loopml.experiment.stats import (
+from loopml.rollout.stats import (
     DEFAULT_MIN_N,
     DEFAULT_MIXING_SD,
     MeanTest,

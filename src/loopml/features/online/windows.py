@@ -1,7 +1,7 @@
 """A view's features as of any time, computed from an entity's events: the online window arithmetic.
 
 The one implementation every online backend uses (the stores keep events, see
-:mod:`loopml.features.online`; the assembler and ``loopml features get`` call
+:mod:`loopml.features.online.base`; the assembler and ``loopml features get`` call
 :meth:`ViewWindows.values`). It mirrors the offline SQL of
 :mod:`loopml.features.windows` exactly:
 
@@ -47,7 +47,7 @@ from loopml.features.definitions import (
     view_outputs,
     view_value_columns,
 )
-from loopml.features.online import EventLog
+from loopml.features.online.base import EventLog
 from loopml.spec.model import AggFunction, Spec
 
 __all__ = ["ViewWindows", "aggregate"]
