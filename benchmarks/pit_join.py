@@ -9,7 +9,7 @@ question asked of each spine row: the entity's latest value strictly before
 the row's time ("as of"), the view ``{value: last over 3650d}``. Three ways,
 on the same data in the same run:
 
-* loopml: ``point_in_time_join`` (the numpy path of ``features/asof.py``,
+* loopml: ``point_in_time_join`` (the numpy path of ``features/asof/``,
   since the view is only ``last``), from the Parquet files to an Arrow table
   in spine order; also ``build_spine_training_set`` end to end (read and
   check the spine file, join, write Parquet);

@@ -9,7 +9,7 @@ at event times and at window and delay boundaries), gaps, NULL values, NULL
 keys and times, unknown entities, ttl, availability delays, late labels,
 inclusive and exclusive windows, every aggregation function and the null
 indicator. Views made only of ``last`` take the ``ASOF JOIN`` path
-(``features/asof.py``), the others the window path; both are checked.
+(``features/asof/``), the others the window path; both are checked.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from loopml.features import asof, build_training_set, point_in_time_join
+from loopml.features import build_training_set, point_in_time_join
+from loopml.features.asof import tuning
+from loopml.features.asof.events import read_events
 from loopml.features.join import connect, pit_sql, register_source, spine_span
 from loopml.features.offline import build_spine_training_set
 from loopml.spec.model import Spec
@@ -185,7 +187,7 @@ def random_spec(rng: np.random.Generator) -> Spec:
             "indicator": bool(rng.integers(2)),
             "aggregations": [{"column": "amount", "functions": ["count", "last", "std"], "windows": ["20m"]}],
         },
-        # only ``last``: the ASOF JOIN path of features/asof.py
+        # only ``last``: the ASOF JOIN path of features/asof/
         "latest": {
             "entity": "user",
             "source": "history",
@@ -351,7 +353,7 @@ def test_labels_inside_their_delay_never_reach_a_feature(tmp_path: Path, inclusi
 
 
 # --------------------------------------------------------------------------- the two ways of the ``last`` fast path
-# ``point_in_time_join`` computes views of only ``last`` with numpy (features/asof.py, ``asof_view_table``);
+# ``point_in_time_join`` computes views of only ``last`` with numpy (features/asof/, ``asof_view_table``);
 # ``pit_sql`` without a connection gives the DuckDB ASOF JOIN SQL. Both against the reference, and the numpy
 # path's rarer branches forced: coarse time buckets (runs re-sorted, bisection inside a bucket), the two-thread
 # sort, dictionary codes for sparse integer keys, a folder source, and DuckDB not keeping insertion order.
@@ -414,14 +416,14 @@ def test_last_views_through_each_numpy_way_with_coarse_time_buckets(
     Buckets of 2**33 µs (~2.4 h) or more hold many events of one entity: runs are re-sorted by exact time and
     the search bisects inside a bucket; the sort is split over two threads even for these few events.
     """
-    monkeypatch.setattr(asof, "TIME_BITS_CAP", 1 + seed % 3)
-    monkeypatch.setattr(asof, "_PARALLEL_SORT_ROWS", 2)
+    monkeypatch.setattr(tuning, "TIME_BITS_CAP", 1 + seed % 3)
+    monkeypatch.setattr(tuning, "PARALLEL_SORT_ROWS", 2)
     if way == "every event sorted":
-        monkeypatch.setattr(asof, "CELL_BUDGET", 0)
+        monkeypatch.setattr(tuning, "CELL_BUDGET", 0)
     elif way == "cells, running maximum":  # no steps back from a spine row's cell: the running maximum finds them all
-        monkeypatch.setattr(asof, "_STEPS_BACK", seed % 2)
+        monkeypatch.setattr(tuning, "STEPS_BACK", seed % 2)
     else:
-        monkeypatch.setattr(asof, "CELLS_PER_ENTITY_CAP", 1 if way.startswith("one") else 2)
+        monkeypatch.setattr(tuning, "CELLS_PER_ENTITY_CAP", 1 if way.startswith("one") else 2)
     spec, tables, paths = world(seed, tmp_path)
     spec = last_only(spec)
     con = connect()
@@ -509,7 +511,7 @@ def test_events_are_read_whole_whatever_the_row_count_said(tmp_path: Path, count
     con = connect()
     view = register_source(con, "events", tmp_path / "events.parquet")
     query = f'SELECT user_id AS __k, epoch_us(ts) AS __s, amount AS __v0 FROM "{view}"'
-    got = asof._read(con, query, counted, True, 1)
+    got = read_events(con, query, counted, True, 1)
     con.close()
     assert isinstance(got.keys, np.ndarray)
     users, times, amounts = events.column("user_id").to_pylist(), micros(events.column("ts")), events.column("amount").to_pylist()
