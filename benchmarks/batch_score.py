@@ -39,10 +39,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from common import timed
 
+from loopml.data.inputs import InputFile
+from loopml.features.chunks import ChunkFeatures
 from loopml.features.definitions import feature_columns
 from loopml.project import Project
 from loopml.scaffold import init_example
-from loopml.serve.batch import ChunkFeatures, InputFile, load_model
+from loopml.serve.batch import load_model
 
 
 def project(live_days: int, fresh: bool) -> Path:

@@ -26,8 +26,9 @@ import pytest
 from typer.testing import CliRunner
 
 from loopml.cli import app
+from loopml.data import inputs
+from loopml.features.chunks import ChunkFeatures
 from loopml.project import Project
-from loopml.serve import batch
 from loopml.server import BackgroundServer, build_app
 from served_fraud import body
 
@@ -94,13 +95,13 @@ def test_tiny_chunks_give_the_same_rows_in_the_same_order(
 ) -> None:
     pq.write_table(live, tmp_path / "in.parquet", row_group_size=300)
     sizes: list[int] = []
-    assemble = batch.ChunkFeatures.assemble
+    assemble = ChunkFeatures.assemble
 
-    def spy(self: batch.ChunkFeatures, chunk: pa.RecordBatch, first_row: int) -> Any:
+    def spy(self: ChunkFeatures, chunk: pa.RecordBatch, first_row: int) -> Any:
         sizes.append(chunk.num_rows)
         return assemble(self, chunk, first_row)
 
-    monkeypatch.setattr(batch.ChunkFeatures, "assemble", spy)
+    monkeypatch.setattr(ChunkFeatures, "assemble", spy)
     code, stdout, stderr = cli(
         "predict", "-p", str(project), "-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out.parquet"),
         "--chunk-rows", "170", "--json",
@@ -204,7 +205,7 @@ def test_bad_input_is_one_line_naming_file_row_and_column(
         row, cell, value = changes.get(case, (None, None, ""))
         source = write_csv(folder / "in.csv", text, row, cell, value)
         if case == "late key":  # the key's type is inferred from the first block; a later value does not fit it
-            monkeypatch.setattr(batch, "CSV_BLOCK_BYTES", 1 << 14)
+            monkeypatch.setattr(inputs, "CSV_BLOCK_BYTES", 1 << 14)
         if case == "bad output":
             output = folder / "out.xlsx"
         if case == "unknown version":

@@ -37,6 +37,7 @@ from loopml.predlog.backends import open_prediction_log
 from loopml.predlog.base import PredictionLogBackend
 from loopml.registry.backends import open_registry
 from loopml.registry.base import Registry
+from loopml.serve.batch import DEFAULT_CHUNK_ROWS, BatchResult, predict_file
 from loopml.spec.load import load_spec, spec_hash
 from loopml.spec.model import Spec
 from loopml.train.tracking import RunStore
@@ -44,7 +45,6 @@ from loopml.train.tracking import RunStore
 if TYPE_CHECKING:
     from loopml.features.stream import ConsumeStats
     from loopml.loop.retrain import LoopRun
-    from loopml.serve.batch import BatchResult
 
 Progress = Callable[[str, float], None]
 
@@ -185,8 +185,6 @@ class Project:
         progress: Progress | None = None,
     ) -> BatchResult:
         """``loopml predict``: score a Parquet/CSV file into another, features as of each row's time (``serve.batch``)."""
-        from loopml.serve.batch import DEFAULT_CHUNK_ROWS, predict_file
-
         chunk = DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows
         return predict_file(self.spec, self.snapshot().paths, self.registry(), input, output, version, chunk, progress)
 

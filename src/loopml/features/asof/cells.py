@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loopml.features.asof import tuning
+import loopml.features.asof.tuning as tuning
 from loopml.features.asof.sorting import Sorted, by_sorting
 from loopml.features.asof.tuning import F64, I64, Mask
 

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loopml.features.asof import tuning
+import loopml.features.asof.tuning as tuning
 from loopml.features.asof.tuning import F64, I64, Mask
 
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from loopml.features.asof import tuning
+import loopml.features.asof.tuning as tuning
 from loopml.features.asof.cells import Cells, Latest, latest, own_cell
 from loopml.features.asof.events import as_numpy, entity_codes, filled, key_kind, read_events, valid_mask
 from loopml.features.asof.tuning import I64, Mask

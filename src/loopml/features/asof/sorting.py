@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from loopml.features.asof import tuning
+import loopml.features.asof.tuning as tuning
 from loopml.features.asof.tuning import I64, Mask
 
 
