@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_score, r2_score, roc_auc_score
 
+from loopml.monitor.dashboard.windows import bucket_width_us, window_metrics, windows_by_count
 from loopml.project import Project
-from loopml.serve.dashboard import bucket_width_us, window_metrics, windows_by_count
 from loopml.server import BackgroundServer, build_app
 from served_fraud import add_version, body, live_rows
 

@@ -26,10 +26,10 @@ from fastapi import FastAPI
 from loopml.errors import LoopmlError
 from loopml.features.vector import FeatureAssembler
 from loopml.loop.schedule import RetrainScheduler
+from loopml.monitor.dashboard.board import Dashboard
 from loopml.predlog.writer import AsyncLogger
 from loopml.project import Project
 from loopml.serve.app import ServeOptions, create_app
-from loopml.serve.dashboard import Dashboard
 from loopml.serve.service import PredictionService
 
 _PROJECT_ENV = "LOOPML_PROJECT"

@@ -1,1 +1,1 @@
-"""Monitoring: the prediction log, drift, data quality, performance, alert rules and the alert store."""
+"""Monitoring of the prediction log: drift, data quality, performance, alert rules, the alert store, the dashboard's data."""

@@ -1,1 +1,1 @@
-"""Serving: the HTTP request path, rollout policies, the admin API, batch and stream scoring, the dashboard."""
+"""Serving: the HTTP request path, rollout policies, the admin API, batch and stream scoring, the dashboard page."""

@@ -24,12 +24,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from loopml.monitor.dashboard.board import Dashboard
 from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.records import Feedback
 from loopml.predlog.writer import AsyncLogger
 from loopml.serve.admin import admin_router
 from loopml.serve.batcher import MicroBatcher
-from loopml.serve.dashboard import Dashboard, render_page
+from loopml.serve.dashboard import render_page
 from loopml.serve.fastpath import PredictLane
 from loopml.serve.guard import BodyGuard, RequestMetrics
 from loopml.serve.schemas import (
