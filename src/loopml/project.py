@@ -29,6 +29,7 @@ from loopml.features.online.base import OnlineStore, OnlineStoreUnavailable
 from loopml.features.online.fallback import Fallback
 from loopml.features.vector import online_features
 from loopml.layout import Layout
+from loopml.loop.retrain import LoopRun, run_loop
 from loopml.loop.train import TrainResult, train
 from loopml.monitor.alerts import AlertStore, open_alert_store
 from loopml.monitor.drift import DriftResult
@@ -44,7 +45,6 @@ from loopml.train.tracking import RunStore
 
 if TYPE_CHECKING:
     from loopml.features.stream import ConsumeStats
-    from loopml.loop.retrain import LoopRun
 
 Progress = Callable[[str, float], None]
 
@@ -228,8 +228,6 @@ class Project:
         progress: Progress | None = None,
     ) -> LoopRun:
         """``loopml retrain``: the closed loop (see :mod:`loopml.loop.retrain`)."""
-        from loopml.loop.retrain import run_loop
-
         return run_loop(self, force=force, service_url=service_url, admin_token=admin_token, progress=progress)
 
     def drift(self, version: int | None = None, since: datetime | None = None) -> tuple[int | None, list[DriftResult]]:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import duckdb
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from loopml.errors import LoopmlError
 from loopml.rollout.stats import (
@@ -202,8 +203,6 @@ def _summary(name: str, rows: _Rows, mask: NDArray[np.bool_], task: str) -> Vari
     y, s = labels[labelled], rows.score[mask][labelled]
     ap = auc = None
     if task == "binary" and _binary(y) and 0 < y.sum() < y.size and np.all(np.isfinite(s)):
-        from sklearn.metrics import average_precision_score, roc_auc_score
-
         ap, auc = float(average_precision_score(y, s)), float(roc_auc_score(y, s))
     requests = int(mask.sum())
     return VariantSummary(
