@@ -19,7 +19,7 @@ PACKAGE = ROOT / "src" / "loopml"
 
 #: Top-level modules and packages of loopml, lowest first: each may import only those before it.
 LAYERS = [
-    ["errors", "durable"],
+    ["errors", "durable", "ownership"],
     ["spec"],
     ["layout"],
     ["datasets"],

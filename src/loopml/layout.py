@@ -58,6 +58,11 @@ class Layout:
         return self.state / "online.sqlite"
 
     @property
+    def online_cache(self) -> Path:
+        """The local copy of a Redis online store that answers while Redis is down (``online_unavailable: fallback``)."""
+        return self.state / "online-cache.sqlite"
+
+    @property
     def registry(self) -> Path:
         return self.state / "registry.sqlite"
 

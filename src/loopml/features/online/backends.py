@@ -28,16 +28,13 @@ from loopml.features.online.sqlite import SqliteOnlineStore
 from loopml.layout import Layout
 from loopml.spec.model import Spec
 
-__all__ = ["CACHE_FILE", "open_fallback", "open_online_store"]
+__all__ = ["open_fallback", "open_online_store"]
 
 _ONE_US = timedelta(microseconds=1)
 
-#: The local SQLite cache of a Redis online store, under the state folder.
-CACHE_FILE = "online-cache.sqlite"
-
 
 def _cache(layout: Layout) -> SqliteOnlineStore:
-    return SqliteOnlineStore(layout.state / CACHE_FILE)
+    return SqliteOnlineStore(layout.online_cache)
 
 
 def open_online_store(spec: Spec, layout: Layout, check: bool = True) -> OnlineStore:
