@@ -17,9 +17,19 @@ every step. A step's inputs are hashed; a step that already ran to the end
 on the same inputs (in this run or any earlier one, ``memo.json``) is not
 re-run, its recorded outputs are reused (the ingest of unchanged files, the
 features of an unchanged snapshot, the training of an unchanged training set
-against the same champion). A run that crashed is resumed by the next
-``loopml retrain`` from its first unfinished step, without re-evaluating the
-triggers. One loop at a time (a lock file).
+against the same champion). A run that stopped before its end reads
+``failed`` with the reason (``error``, and the failed step's ``error``), and
+is resumed by the next ``loopml retrain`` from its first unfinished step,
+without re-evaluating the triggers.
+
+One loop at a time: the loop holds an exclusive lock on ``<state>/loop/.lock``
+for as long as it runs, which the kernel lets go when the process dies (see
+:mod:`loopml.ownership`); the run records the pid that runs it. A run is
+``running`` only while that lock is held: a reader of the records
+(:meth:`LoopStore.runs`) that can take the lock knows no loop lives, and
+rewrites a ``running`` run (and its ``running`` step) as ``failed``, naming
+the process that ended; so does the next loop when it takes the lock, before
+it resumes the run.
 
 The canary goes through the live service's admin API (``retraining.service_url``,
 bearer ``LOOPML_ADMIN_TOKEN``): the new version gets the challenger alias,
@@ -36,13 +46,14 @@ runs exactly the stages the CLI commands run.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
+import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,12 +66,15 @@ from loopml.data.snapshot import Snapshot
 from loopml.data.sources import file_format, scan_sql
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
+from loopml.ownership import acquire, owner_gone
 from loopml.predlog.base import PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.spec.model import Spec
 
 Progress = Callable[[str, float], None]
 STEPS = ("ingest", "features", "train", "canary")
+RESUMABLE = ("running", "failed")
+_LOCK_PATIENCE_S = 2.0  # a reader holds the lock's shared side for a moment while it settles a dead run
 
 
 class LoopHost(Protocol):
@@ -93,17 +107,32 @@ class Step:
     outputs: dict[str, Any] = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.now().isoformat(timespec="seconds"))
     finished: str | None = None
+    error: str | None = None
 
 
 @dataclass
 class LoopRun:
     id: str
     started: str
-    status: str  # running | finished | not triggered | failed
+    status: str  # running | finished | not triggered | failed (stopped before its end: the next loop resumes it)
     triggers: list[dict[str, Any]]
     steps: list[Step] = field(default_factory=list)
     outcome: str | None = None
     error: str | None = None
+    pid: int | None = None  # the process that runs (or last ran) it
+
+    def settle_dead_owner(self) -> None:
+        """Mark the run, and its step that was running, ``failed``: the process running them is gone."""
+        process = f"the loop process (pid {self.pid})" if self.pid is not None else "the loop process"
+        now = datetime.now().isoformat(timespec="seconds")
+        # older loopmls left a run that crashed "running", with its error and its step "failed": keep that error
+        crashed = self.error is not None and any(step.status == "failed" for step in self.steps)
+        for step in self.steps:
+            if step.status == "running":
+                step.status, step.finished, step.error = "failed", now, f"{process} ended while this step ran"
+        self.status = "failed"
+        if not crashed:
+            self.error = f"{process} ended without finishing the run"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,19 +155,38 @@ class LoopStore:
 
     def save(self, run: LoopRun) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{run.id}.json.tmp"
+        tmp = self.folder / f".{run.id}.json.{os.getpid()}-{secrets.token_hex(4)}.tmp"  # readers may save at once
         tmp.write_text(json.dumps(run.to_json(), indent=1, default=str))
         tmp.replace(self.folder / f"{run.id}.json")
 
-    def runs(self) -> list[LoopRun]:
+    def _load(self) -> list[LoopRun]:
         if not self.folder.exists():
             return []
         paths = sorted(p for p in self.folder.glob("*.json") if p.name != "memo.json")
         return [LoopRun.from_json(json.loads(p.read_text())) for p in paths]
 
+    def _settle(self, runs: list[LoopRun]) -> None:
+        """Rewrite the ``running`` runs as ``failed``: call only when no loop holds the lock."""
+        for run in runs:
+            if run.status == "running":
+                run.settle_dead_owner()
+                with suppress(OSError):  # a read-only folder: report the truth without recording it
+                    self.save(run)
+
+    def runs(self) -> list[LoopRun]:
+        """All loop runs, oldest first; a ``running`` run with no loop process alive comes back ``failed``."""
+        runs = self._load()
+        if any(r.status == "running" for r in runs):
+            with owner_gone(self.folder / ".lock") as gone:
+                if gone:
+                    self._settle(self._load())  # again, under the lock
+                    runs = self._load()
+        return runs
+
     def unfinished(self) -> LoopRun | None:
-        running = [r for r in self.runs() if r.status == "running"]
-        return running[-1] if running else None
+        """The newest run that stopped before its end (or still runs): the next loop resumes it."""
+        runs = [r for r in self.runs() if r.status in RESUMABLE]
+        return runs[-1] if runs else None
 
     def memo(self, name: str, key: str) -> dict[str, Any] | None:
         path = self.folder / "memo.json"
@@ -156,16 +204,15 @@ class LoopStore:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / ".lock").open("w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LoopmlError(f"{self.folder}: another 'loopml retrain' is running") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        """One loop at a time; taking the lock proves that a ``running`` run's process is gone, so it is settled."""
+        owner = acquire(self.folder / ".lock", patience_s=_LOCK_PATIENCE_S)
+        if owner is None:
+            raise LoopmlError(f"{self.folder}: another 'loopml retrain' is running")
+        try:
+            self._settle(self._load())
+            yield
+        finally:
+            owner.release()
 
 
 # --- triggers -------------------------------------------------------------------------------
@@ -248,6 +295,7 @@ class _Runner:
                 step.outputs = action()
             except BaseException as exc:
                 step.status, step.finished = "failed", datetime.now().isoformat(timespec="seconds")
+                step.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 self.store.save(self.run)
                 raise LoopmlError(f"retrain step {name} failed: {exc}") from exc
             step.status = "skipped" if step.outputs.get("skipped") else "done"
@@ -390,6 +438,7 @@ def run_loop(
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
             run = LoopRun(
                 id=f"{stamp}-{uuid.uuid4().hex[:6]}",
+                pid=os.getpid(),
                 started=datetime.now().isoformat(timespec="seconds"),
                 status="running",
                 triggers=triggers,
@@ -398,12 +447,13 @@ def run_loop(
                 run.status = "not triggered"
                 store.save(run)
                 return run
+        run.status, run.pid = "running", os.getpid()  # a new run, or one resumed (its error stays as history)
         store.save(run)
         try:
             _Runner(host, store, run, say, url, admin_token).go()
         except BaseException as exc:
-            run.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            store.save(run)  # stays "running": the next 'loopml retrain' resumes it
+            run.status, run.error = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            store.save(run)  # the next 'loopml retrain' resumes it
             raise
         run.status = "finished"
         store.save(run)
