@@ -57,7 +57,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import ratio, timed
 
-from loopml.monitor.drift import SCORE, LiveData, column_references, decide, load_live, summarise
+from loopml.monitor.drift import column_references, decide, summarise
+from loopml.monitor.live_rows import SCORE, LiveData, load_live
 from loopml.predlog.parquet import PredictionLog
 from loopml.predlog.records import LOG_SCHEMA, NUMBER_PREFIX, STRING_PREFIX, TYPED_MARKER, LoggedPrediction
 from loopml.spec.model import Monitoring

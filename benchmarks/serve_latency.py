@@ -141,7 +141,7 @@ def model_inputs(folder: Path, rows: list[dict[str, Any]]) -> tuple[list[str], n
     """The champion's input matrix for the rows (what loopml's server computes), its scores and its LightGBM text."""
     from loopml.features.encodings import EncodingState
     from loopml.features.vector import FeatureAssembler
-    from loopml.serve.service import ModelInput
+    from loopml.serve.model_input import ModelInput
 
     project = Project.load(folder)
     registry = project.registry()

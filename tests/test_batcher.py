@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from loopml.project import Project
+from loopml.serve.errors import ModelFailure
 from loopml.serve.schemas import Prediction, PredictRequest
-from loopml.serve.service import ModelFailure
 from loopml.server import BackgroundServer, build_app
 from served_fraud import body
 

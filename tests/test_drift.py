@@ -15,16 +15,8 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from loopml.features.transforms import CALENDAR_CYCLE_US
-from loopml.monitor.drift import (
-    ColumnSummary,
-    LiveData,
-    chosen_test,
-    column_references,
-    decide,
-    summarise,
-    summarise_column,
-    window_spans,
-)
+from loopml.monitor.drift import ColumnSummary, chosen_test, column_references, decide, summarise, summarise_column, window_spans
+from loopml.monitor.live_rows import LiveData
 from loopml.monitor.stattests import (
     PSI,
     TEST_NAMES,

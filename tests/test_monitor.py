@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from loopml.cli import app
 from loopml.monitor.alerts import AlertStore
-from loopml.monitor.drift import LiveData, column_references, summarise
+from loopml.monitor.drift import column_references, summarise
+from loopml.monitor.live_rows import LiveData
 from loopml.monitor.performance import estimate_binary, performance
 from loopml.monitor.quality import column_quality
 from loopml.monitor.rules import Breach, apply, metric_drop_rule, throughput_rule

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
-from loopml.monitor.drift import LiveData, current_values, load_live, logged_schema
+from loopml.monitor.live_rows import LiveData, current_values, load_live, logged_schema
 from loopml.predlog.backends import open_prediction_log
 from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.labels import read_labels_file

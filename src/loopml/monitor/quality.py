@@ -34,7 +34,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loopml.monitor.drift import NUMBER_TYPES, ColumnSummary, LiveData, LoggedSchema
+from loopml.monitor.drift import ColumnSummary
+from loopml.monitor.live_rows import NUMBER_TYPES, LiveData, LoggedSchema
 from loopml.monitor.stattests import CategoricalReference, ColumnReference, NumericReference
 from loopml.spec.model import Quality
 

@@ -36,20 +36,16 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.monitor.drift import (
-    SCORE,
     ColumnSummary,
     DriftResult,
-    LiveData,
-    LoggedSchema,
     calendar_cycles,
     column_references,
     decide,
-    load_live,
-    logged_schema,
     summarise,
     thresholds,
     window_spans,
 )
+from loopml.monitor.live_rows import SCORE, LiveData, LoggedSchema, load_live, logged_schema
 from loopml.monitor.performance import ScoreCalibration, performance
 from loopml.monitor.quality import column_quality, freshness, schema_issues
 from loopml.monitor.rules import AlertSink, apply, evaluate

@@ -31,6 +31,7 @@ from loopml.predlog.writer import AsyncLogger
 from loopml.serve.admin import admin_router
 from loopml.serve.batcher import MicroBatcher
 from loopml.serve.dashboard import render_page
+from loopml.serve.errors import FeaturesUnavailable, ModelFailure, RequestError
 from loopml.serve.fastpath import PredictLane
 from loopml.serve.guard import BodyGuard, RequestMetrics
 from loopml.serve.schemas import (
@@ -45,7 +46,7 @@ from loopml.serve.schemas import (
     error_body,
     install_openapi,
 )
-from loopml.serve.service import FeaturesUnavailable, ModelFailure, PredictionService, RequestError
+from loopml.serve.service import PredictionService
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from loopml.features.chunks import ChunkFeatures, csv_types
 from loopml.features.definitions import feature_columns, request_time_feature
 from loopml.features.vector import AssembledBatch
 from loopml.registry.base import Registry
-from loopml.serve.service import ModelInput, load_version
+from loopml.serve.model_input import ModelInput, load_version
 from loopml.spec.model import Spec
 from loopml.train.artifact import Predictor
 

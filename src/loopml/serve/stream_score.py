@@ -98,7 +98,7 @@ from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.records import LoggedPrediction
 from loopml.registry.base import Registry
 from loopml.serve.batch import LoadedModel, load_model
-from loopml.serve.service import prediction_record
+from loopml.serve.model_input import prediction_record
 from loopml.spec.model import Spec
 
 __all__ = ["DEFAULT_GROUP", "ScoringConsumer", "default_scorer_name", "score_stream"]

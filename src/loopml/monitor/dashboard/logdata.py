@@ -18,7 +18,8 @@ import duckdb
 from loopml.monitor.dashboard.blocks import Json, number
 from loopml.monitor.dashboard.live import LiveService
 from loopml.monitor.dashboard.windows import bucket_width_us
-from loopml.monitor.drift import SCORE, LiveData, column_references, load_live
+from loopml.monitor.drift import column_references
+from loopml.monitor.live_rows import SCORE, LiveData, load_live
 from loopml.monitor.stattests import ColumnReference
 from loopml.predlog.base import PredictionLogBackend
 
