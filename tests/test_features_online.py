@@ -1,6 +1,6 @@
 """The online feature path: window arithmetic, materialization, request vectors, the push API and bad input.
 
-Backend behaviour shared by SQLite and Redis is in ``test_online_contract.py``;
+Backend behaviour shared by every online store is in ``test_contract_online.py``;
 the offline/online equality on a simulated world is in ``test_online_skew.py``;
 the Redis stream consumer and an unreachable Redis are in ``test_online_redis.py``.
 """

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -18,7 +20,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from loopml.errors import LoopmlError
-from loopml.train.artifact import CalibratedPredictor, Predictor, kind_of, sha256_file
+from loopml.train.artifact import CalibratedPredictor, LinearModel, LinearPredictor, Predictor, kind_of, sha256_file
 from loopml.train.calibrate import Calibration, fit_calibration
 from loopml.train.explain import explain
 from loopml.train.models import check_model_type, feature_warnings, fit_model
@@ -141,6 +143,26 @@ def test_pickled_artifacts_load_only_with_the_recorded_hash(tmp_path: Path) -> N
     assert not marker.exists()  # never unpickled
 
 
+def test_a_pickle_inside_a_calibrated_bundle_also_needs_the_recorded_hash(tmp_path: Path) -> None:
+    """The bundle's manifest names its inner file's hash, but the manifest is in the same unchecked file."""
+    marker = tmp_path / "marker.txt"
+    payload = pickle.dumps(_Exploit(marker))
+    manifest = {
+        "format": "loopml.calibrated/1",
+        "kind": "sklearn",
+        "member": "model.joblib",
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "calibration": {"method": "sigmoid", "slope": 1.0, "intercept": 0.0},
+    }
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        archive.writestr("model.joblib", payload)
+    with pytest.raises(LoopmlError, match="loaded only with the hash the registry recorded"):
+        Predictor.from_bytes("calibrated", bundle.getvalue())
+    assert not marker.exists()  # never unpickled
+
+
 # -- calibration -------------------------------------------------------------------------------
 
 
@@ -246,3 +268,59 @@ def test_explanations_rank_the_informative_features_first(model_type: str) -> No
     f1, f2 = curves["f1"]["mean_score"], curves["f2"]["mean_score"]
     assert f1[-1] > f1[0] + 0.1 and f2[-1] < f2[0] - 0.05  # f1 raises the score, f2 lowers it
     assert len(curves["f1"]["grid"]) == 20 and curves["f1"]["grid"] == sorted(curves["f1"]["grid"])
+
+
+# -- one kind at a time (what every kind does is tests/test_contract_predictors.py) ---------------------------
+
+
+def test_linear_contributions_are_the_standardised_terms_and_sum_to_the_log_odds() -> None:
+    predictor = LinearPredictor(LinearModel("binary", ["a", "b"], [0.5, -2.0], 0.1, [1.0, 0.0], [2.0, 1.0], [1.0, 0.0]))
+    X = np.array([[3.0, 1.0], [np.nan, -1.0]])
+    contributions = predictor.contributions(X)
+    np.testing.assert_allclose(contributions, [[0.5, -2.0, 0.1], [0.0, 2.0, 0.1]])
+    p = predictor.predict(X)
+    np.testing.assert_allclose(contributions.sum(axis=1), np.log(p / (1 - p)))
+
+
+def test_malformed_artifacts_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+    cases = {
+        "bad.json": ("{not json", "not valid JSON"),
+        "wrong.json": (json.dumps({"format": "other"}), "not a loopml.linear/1 model"),
+        "bad.txt": ("tree\nnonsense", "not a LightGBM model"),
+        "m.pkl": ("x", "not a model artifact"),
+    }
+    for name, (text, reason) in cases.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(LoopmlError, match=reason) as info:
+            Predictor.load(path, sha256_file(path))
+        assert name in str(info.value) and "\n" not in str(info.value)
+
+
+_CUT_OFF = """
+import subprocess
+import sys
+from pathlib import Path
+from loopml.errors import LoopmlError
+from loopml.train.artifact import Predictor
+
+kind, whole = sys.argv[1], Path(sys.argv[2]).read_bytes()
+marks = [whole.find(m.encode()) for m in ("Tree=0", "end of trees", "parameters:", "end of parameters", "pandas_categorical")]
+for cut in sorted({*(m + d for m in marks if m >= 0 for d in (-1, 0, 1, 7)), len(whole) // 3, 0}):
+    try:
+        Predictor.from_bytes(kind, whole[:cut])
+    except LoopmlError as err:
+        assert "\\n" not in str(err), str(err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["lightgbm", "xgboost"])
+def test_a_cut_off_native_model_is_an_error_not_a_dead_process(tmp_path: Path, kind: str) -> None:
+    """LightGBM aborts or segfaults on a model text cut off in its trees or parameters (LightGBM issue 3733) and
+    XGBoost aborts on an empty buffer: the loader refuses those before the library sees them. In a child process,
+    so that a regression fails this test rather than killing the test session."""
+    X, y = data(500)
+    path = save(tmp_path, fit_model(kind, "binary", X, y, NAMES, {"n_estimators": 5}).predictor())
+    child = subprocess.run([sys.executable, "-c", _CUT_OFF, kind, str(path)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and child.stdout.strip() == "ok", (child.returncode, child.stderr[-2000:])

@@ -1,7 +1,8 @@
-"""The prediction log contract, on both backends: rows, late labels, windows, crash safety, labels files.
+"""The prediction log beyond its contract: Parquet parts and typed columns, PostgreSQL behind the server, choosing
+the backend, labels files and ``loopml feedback``.
 
-One suite, parametrised over the Parquet+DuckDB log and the PostgreSQL log (a real
-server started for the session, tests/postgres_server.py, one empty database per test).
+The contract both backends keep (rows, late labels, windows, concurrency, crashes, an unreachable log) is
+``tests/test_contract_predlog.py``; compaction of the Parquet log is ``tests/test_predlog_compact.py``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,7 +25,7 @@ from typer.testing import CliRunner
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.layout import Layout
-from loopml.monitor.live_rows import LiveData, current_values, load_live, logged_schema
+from loopml.monitor.live_rows import LiveData, load_live, logged_schema
 from loopml.predlog.backends import open_prediction_log
 from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.labels import read_labels_file
@@ -38,25 +34,11 @@ from loopml.predlog.postgres import PostgresPredictionLog
 from loopml.predlog.records import LABELLED_SCHEMA, LOG_SCHEMA, Feedback, LoggedPrediction
 from loopml.predlog.tables import log_table
 from loopml.project import Project
-from loopml.server import BackgroundServer, build_app, free_port
+from loopml.server import BackgroundServer, build_app
 from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 
-BACKENDS = ("duckdb", "postgres")
 T0 = datetime(2026, 3, 1, 12, 0, 0)
-
-
-def make_log(backend: str, request: pytest.FixtureRequest, tmp: Path) -> PredictionLogBackend:
-    if backend == "postgres":
-        return PostgresPredictionLog(request.getfixturevalue("postgres_url"))
-    return PredictionLog(tmp / "state" / "predictions")
-
-
-@pytest.fixture(params=BACKENDS)
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionLogBackend]:
-    backend = make_log(request.param, request, tmp_path)
-    yield backend
-    backend.close()
 
 
 def pred(i: int, version: int = 1, **changes: Any) -> LoggedPrediction:
@@ -77,145 +59,7 @@ def labels_of(log: PredictionLogBackend) -> dict[str, Any]:
     return {r["request_id"]: r["label"] for r in log.read().to_pylist()}
 
 
-# -- the contract ------------------------------------------------------------------------------------------
-
-
-def test_an_empty_log_has_the_views_and_no_rows(log: PredictionLogBackend) -> None:
-    assert log.count() == 0
-    table = log.read()
-    assert table.num_rows == 0 and table.schema == LABELLED_SCHEMA
-    assert log.unmatched_feedback() == [] and log.known_request_ids(["r1"]) == set()
-    with log.connect() as con:
-        columns = [r[0] for r in con.execute("DESCRIBE labelled").fetchall()]
-        assert columns == LABELLED_SCHEMA.names
-        assert con.execute("SELECT count(*) FROM predictions").fetchone() == (0,)
-        assert [r[0] for r in con.execute("DESCRIBE feedback").fetchall()] == ["request_id", "label", "ts"]
-
-
-def test_predictions_round_trip_exactly(log: PredictionLogBackend) -> None:
-    odd = ['a,b "quoted"\nnewline', "NULL", "NaN", "é🙂", ""]  # ids a CSV or NULL parser could mangle
-    rows = [pred(i, request_id=rid) for i, rid in enumerate(odd)]
-    rows.append(pred(9, features={"amount": math.nan, "hour": math.inf}, score=0.123456789012345, latency_ms=0.001))
-    rows.append(pred(10, ts=T0 + timedelta(microseconds=123457), entities={"customer_id": "C-1", "terminal_id": 7}))
-    log.append(rows)
-    log.append([])  # an empty flush is a no-op
-    assert log.count() == len(rows)
-    got = {r["request_id"]: r for r in log.read().to_pylist()}
-    assert set(got) == {r.request_id for r in rows}
-    for r in rows:
-        row = got[r.request_id]
-        assert row["ts"] == r.ts and row["score"] == r.score and row["model_version"] == r.model_version
-        assert row["variant"] == "champion" and row["latency_ms"] == r.latency_ms
-        assert json.loads(row["entities"]) == r.entities
-        assert row["label"] is None and row["label_ts"] is None
-    assert json.loads(got["r9"]["features"]) == {"amount": None, "hour": None}  # non-finite values are logged as missing
-    assert [r["ts"] for r in log.read().to_pylist()] == sorted(r.ts for r in rows)  # oldest first
-
-
-def test_labels_join_by_request_id_and_the_latest_label_wins(log: PredictionLogBackend) -> None:
-    log.append([pred(i) for i in range(4)])
-    log.add_feedback([Feedback("r0", 1.0, T0 + timedelta(hours=1)), Feedback("r1", 0.0, T0 + timedelta(hours=1))])
-    log.add_feedback([Feedback("r0", 0.0, T0 + timedelta(hours=2))])  # corrected later: wins
-    log.add_feedback([Feedback("r1", 1.0, T0)])  # written later but received earlier: loses
-    log.add_feedback([Feedback("r2", 0.0, T0 + timedelta(hours=3)), Feedback("r2", 1.0, T0 + timedelta(hours=3))])
-    rows = {r["request_id"]: r for r in log.read().to_pylist()}
-    assert (rows["r0"]["label"], rows["r0"]["label_ts"]) == (0.0, T0 + timedelta(hours=2))
-    assert (rows["r1"]["label"], rows["r1"]["label_ts"]) == (0.0, T0 + timedelta(hours=1))
-    assert rows["r2"]["label"] == 1.0  # same time: the one written last
-    assert rows["r3"]["label"] is None
-    with log.connect() as con:
-        assert con.execute("SELECT count(*), count(label) FROM labelled").fetchone() == (4, 3)
-        assert con.execute("SELECT count(*) FROM feedback").fetchone() == (6,)
-
-
-def test_a_label_before_its_prediction_waits_and_joins_when_it_arrives(log: PredictionLogBackend) -> None:
-    log.add_feedback([Feedback("late", 1.0, datetime.now() - timedelta(days=3)), Feedback("never", 0.0, datetime.now())])
-    log.append([pred(1)])
-    pending = log.unmatched_feedback()
-    assert [f.request_id for f in pending] == ["late", "never"]
-    assert [f.request_id for f in log.unmatched_feedback(older_than=timedelta(days=1))] == ["late"]
-    assert log.known_request_ids(["late", "r1", "never", "r1"]) == {"r1"}
-    log.append([pred(2, request_id="late", ts=datetime.now())])  # the prediction arrives days after its label
-    assert labels_of(log) == {"r1": None, "late": 1.0}
-    assert [f.request_id for f in log.unmatched_feedback()] == ["never"]
-    assert log.unmatched_feedback(older_than=timedelta(hours=1)) == []
-
-
-def test_windows_and_model_versions_select_rows(log: PredictionLogBackend) -> None:
-    log.append([pred(i, version=1 + i % 2) for i in range(10)])
-    log.add_feedback([Feedback(f"r{i}", float(i % 2), T0 + timedelta(days=1)) for i in range(10)])
-    window = log.read(since=T0 + timedelta(minutes=3), until=T0 + timedelta(minutes=7))
-    assert window.column("request_id").to_pylist() == ["r3", "r4", "r5", "r6"]  # since inclusive, until exclusive
-    v2 = log.read(model_version=2)
-    assert v2.column("request_id").to_pylist() == ["r1", "r3", "r5", "r7", "r9"] and set(v2.column("label").to_pylist()) == {1.0}
-    with log.connect(since=T0 + timedelta(minutes=8)) as con:
-        assert con.execute("SELECT count(*) FROM predictions").fetchone() == (2,)
-        assert sorted(r[0] for r in con.execute("SELECT request_id FROM feedback").fetchall()) == ["r8", "r9"]
-        assert con.execute("SELECT count(label) FROM labelled").fetchone() == (2,)
-    from datetime import UTC
-
-    aware = (T0 + timedelta(minutes=8)).astimezone(UTC)  # an aware bound means the same instant in local time
-    assert log.read(since=aware).num_rows == 2
-
-
-def test_drift_reads_the_log_through_connect(log: PredictionLogBackend) -> None:
-    log.append([pred(i, version=3) for i in range(5)] + [pred(9, version=4)])
-    features, scores = current_values(log, 3)
-    assert list(scores) == [0.0, 0.01, 0.02, 0.03, 0.04]
-    assert list(features["amount"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
-
-
-# -- crash safety --------------------------------------------------------------------------------------------
-
-_WRITER = textwrap.dedent(
-    """
-    import itertools, sys
-    from datetime import datetime
-    from pathlib import Path
-    from loopml.predlog.records import Feedback, LoggedPrediction
-    from loopml.predlog.parquet import PredictionLog
-    from loopml.predlog.postgres import PostgresPredictionLog
-
-    target = sys.argv[1]
-    log = PostgresPredictionLog(target) if target.startswith("postgresql://") else PredictionLog(Path(target))
-    for batch in itertools.count():
-        now = datetime.now()
-        features = {f"f{k}": float(k) for k in range(30)}
-        log.append([LoggedPrediction(f"b{batch}-{i}", now, {"c": i}, features, 0.5, 1, "champion", 1.0) for i in range(300)])
-        log.add_feedback([Feedback(f"b{batch}-0", 1.0, now)])
-        print(batch, flush=True)
-    """
-)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_writer_killed_mid_run_loses_nothing_flushed(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
-    log = make_log(backend, request, tmp_path)
-    target = log.url if isinstance(log, PostgresPredictionLog) else str(tmp_path / "state" / "predictions")
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, target], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    flushed = -1
-    try:
-        for line in proc.stdout:
-            flushed = int(line)
-            if flushed >= 6:
-                break
-        os.kill(proc.pid, signal.SIGKILL)  # in the middle of writing the next batch
-    finally:
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        assert proc.stderr is not None
-        errors = proc.stderr.read()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL and flushed >= 6, errors
-    table = log.read()  # readable after the crash
-    ids = set(table.column("request_id").to_pylist())
-    assert all(f"b{b}-{i}" in ids for b in range(flushed + 1) for i in range(300))  # every acknowledged batch
-    assert table.num_rows % 300 == 0  # and never part of a batch
-    labelled = {r["request_id"] for r in table.to_pylist() if r["label"] == 1.0}
-    assert {f"b{b}-0" for b in range(flushed + 1)} <= labelled
-    log.append([pred(1)])  # and writable
-    assert log.count() == table.num_rows + 1
+# -- Parquet only: temporary parts ---------------------------------------------------------------------
 
 
 def test_leftover_temporary_parts_are_ignored_and_swept(tmp_path: Path) -> None:
@@ -229,13 +73,6 @@ def test_leftover_temporary_parts_are_ignored_and_swept(tmp_path: Path) -> None:
     fresh = PredictionLog(folder)
     fresh.append([pred(2)])
     assert not stale.exists() and fresh.count() == 2
-
-
-def test_an_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "predictions"
-    blocker.write_text("a file where the log folder should be")
-    with pytest.raises(LoopmlError, match=r"^prediction log .*predictions/log: cannot write a part"):
-        PredictionLog(blocker).append([pred(1)])
 
 
 # -- choosing the backend ----------------------------------------------------------------------------------
@@ -265,11 +102,7 @@ def test_open_prediction_log_follows_the_spec_and_the_environment(tmp_path: Path
         Spec.model_validate({**RAW_SPEC, "storage": {"prediction_log": "sqlite"}})
 
 
-def test_postgres_unreachable_is_one_line_without_the_password() -> None:
-    log = PostgresPredictionLog(f"postgresql://u:secret@127.0.0.1:{free_port()}/x")
-    with pytest.raises(LoopmlError, match=r"^prediction log postgresql://u:\*\*\*@127\.0\.0\.1:\d+/x: cannot connect") as err:
-        log.append([pred(1)])
-    assert "secret" not in str(err.value) and "\n" not in str(err.value)
+# -- PostgreSQL only: the server logs there --------------------------------------------------------------
 
 
 def test_the_server_logs_to_postgres_and_joins_feedback(
@@ -373,7 +206,7 @@ def test_feedback_command_adds_labels_and_reports_pending(tmp_path: Path) -> Non
     assert result.exit_code == 1 and "missing.csv: no such labels file" in result.stderr
 
 
-# -- typed feature columns: the drift report reads them instead of parsing JSON ----------------------------
+# -- Parquet only: typed feature columns, which the drift report reads instead of parsing JSON ---------------
 
 
 def typed_parts(folder: Path) -> list[Path]:
@@ -501,12 +334,12 @@ def live_rows() -> list[list[LoggedPrediction]]:
     ]
 
 
-def test_drift_reads_typed_columns_exactly_as_it_parses_the_json(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_drift_reads_typed_columns_exactly_as_it_parses_the_json(postgres_url: str, tmp_path: Path) -> None:
     batches = live_rows()
     labels = [Feedback("r0", 1.0, T0), Feedback("r4", 0.0, T0), Feedback("r4", 1.0, T0 + timedelta(hours=1))]
     typed = PredictionLog(tmp_path / "typed")
     legacy = tmp_path / "legacy"  # the same rows, JSON text only
-    postgres = make_log("postgres", request, tmp_path)
+    postgres = PostgresPredictionLog(postgres_url)
     for i, batch in enumerate(batches):
         typed.append(batch)
         postgres.append(batch)

@@ -3,7 +3,7 @@
 Its own package: serving writes it; monitoring, experiments and the loop read it.
 
 Two backends keep the same contract (:class:`PredictionLogBackend`, tested by
-one suite in ``tests/test_predlog.py``): :class:`PredictionLog`, the default,
+one suite in ``tests/test_contract_predlog.py``): :class:`PredictionLog`, the default,
 appends Parquet parts to a folder and queries them with DuckDB; the
 PostgreSQL one (:mod:`loopml.predlog.postgres`) keeps two tables on a
 shared server. :func:`open_prediction_log` picks the one ``storage.prediction_log``

@@ -1,4 +1,4 @@
-"""The contract every prediction-log backend keeps (one suite tests them all: ``tests/test_predlog.py``)."""
+"""The contract every prediction-log backend keeps (one suite tests them all: ``tests/test_contract_predlog.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from loopml.predlog.records import Feedback, LoggedPrediction
 
 @runtime_checkable
 class PredictionLogBackend(Protocol):
-    """What every prediction-log backend offers (the contract of ``tests/test_predlog.py``)."""
+    """What every prediction-log backend offers (the contract of ``tests/test_contract_predlog.py``)."""
 
     #: names the log in error messages (a folder, or a URL without its password)
     where: str

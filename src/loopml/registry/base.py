@@ -1,8 +1,8 @@
 """What a model registry is: the :class:`ModelVersion` record and the :class:`Registry` verbs.
 
 Every backend (SQLite, PostgreSQL) implements the same small verb
-set and passes the same contract tests (``tests/test_registry.py`` is
-parametrised over backends). Versions are numbered 1, 2, 3...; aliases
+set and passes the same contract tests (``tests/test_contract_registry.py``,
+run over every implementation). Versions are numbered 1, 2, 3...; aliases
 (``champion``, ...) point at versions and keep their history, so a rollback
 moves an alias back to the holder it had before its current one.
 """

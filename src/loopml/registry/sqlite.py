@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,12 +112,12 @@ class SqliteRegistry:
     # -- connection and transactions -------------------------------------------------
 
     def _connect(self) -> Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             con.execute("PRAGMA foreign_keys = ON")
             con.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise LoopmlError(f"{self.where}: cannot open the model registry ({exc})") from None
         return con
 
@@ -140,11 +140,16 @@ class SqliteRegistry:
             raise LoopmlError(f"registry: unknown artifact kind {kind!r} (known: {', '.join(SUFFIXES)})")
         if not artifact_file.is_file():
             raise LoopmlError(f"{artifact_file}: model artifact file does not exist")
-        self.artifacts.mkdir(parents=True, exist_ok=True)
         tmp = self.artifacts / f".tmp-{uuid.uuid4().hex}{SUFFIXES[kind]}"
-        shutil.copyfile(artifact_file, tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(artifact_file, tmp)
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise LoopmlError(f"{self.artifacts}: cannot copy the model artifact in ({exc.strerror or exc})") from None
         return StagedArtifact(tmp, sha256_file(tmp), kind)
 
     @staticmethod

@@ -114,7 +114,7 @@ class Predictor(ABC):
                 raise LoopmlError(f"{where}: a pickled (sklearn) artifact is loaded only with the hash the registry recorded")
             return SklearnPredictor.from_joblib(data, where)
         if kind == "calibrated":
-            return CalibratedPredictor.from_zip(data, where)
+            return CalibratedPredictor.from_zip(data, where, hashed=expected_sha256 is not None)
         if kind not in SUFFIXES:
             raise LoopmlError(f"{where}: unknown artifact kind {kind!r} (known: {', '.join(SUFFIXES)})")
         try:
@@ -169,6 +169,16 @@ class Predictor(ABC):
         """The artifact's file content."""
 
 
+def _cut_off_lightgbm(text: str) -> bool:
+    """A LightGBM model text cut off inside its trees or parameters, which LightGBM's parser aborts or crashes the
+    whole process on (it parses trees on several threads; LightGBM issue 3733) instead of raising."""
+    trees_end = text.find("\nend of trees\n")
+    if trees_end < 0:
+        return True
+    parameters = text.find("\nparameters:\n", trees_end)
+    return parameters >= 0 and text.find("\nend of parameters", parameters) < 0
+
+
 class LightGBMPredictor(Predictor):
     kind: ClassVar[str] = "lightgbm"
 
@@ -181,9 +191,11 @@ class LightGBMPredictor(Predictor):
 
     @classmethod
     def from_model_text(cls, text: str, where: str = "model artifact") -> LightGBMPredictor:
+        if _cut_off_lightgbm(text):
+            raise LoopmlError(f"{where}: not a LightGBM model (cut off: no 'end of trees' or 'end of parameters' line)")
         try:
             booster = lightgbm.Booster(model_str=text)
-        except lightgbm.basic.LightGBMError as exc:
+        except (lightgbm.basic.LightGBMError, ValueError) as exc:  # ValueError: its pandas_categorical JSON line
             raise LoopmlError(f"{where}: not a LightGBM model ({str(exc).splitlines()[0]})") from None
         return cls(booster, text)
 
@@ -309,6 +321,8 @@ class XGBoostPredictor(Predictor):
     @classmethod
     def from_json_text(cls, text: str, where: str = "model artifact") -> XGBoostPredictor:
         xgb = optional_module("xgboost", "xgboost", where)
+        if not text:  # XGBoost aborts the whole process on an empty buffer instead of raising
+            raise LoopmlError(f"{where}: not an XGBoost model (the file is empty)")
         booster = xgb.Booster()
         try:
             booster.load_model(bytearray(text.encode("utf-8")))
@@ -406,7 +420,8 @@ class CalibratedPredictor(Predictor):
         self.task = inner.task
 
     @classmethod
-    def from_zip(cls, data: bytes, where: str = "model artifact") -> CalibratedPredictor:
+    def from_zip(cls, data: bytes, where: str = "model artifact", hashed: bool = False) -> CalibratedPredictor:
+        """Read a bundle; an inner ``sklearn`` (pickled) model only when the bundle's bytes matched the registry's hash."""
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as bundle:
                 manifest = json.loads(bundle.read("manifest.json"))
@@ -415,6 +430,8 @@ class CalibratedPredictor(Predictor):
                 kind, member, sha = manifest.get("kind"), manifest.get("member"), manifest.get("sha256")
                 if kind not in SUFFIXES or kind == "calibrated" or not isinstance(member, str) or not isinstance(sha, str):
                     raise LoopmlError(f"{where}: manifest.json needs 'kind' (a model kind), 'member' and 'sha256'")
+                if kind == "sklearn" and not hashed:  # the manifest's hash is inside the same, unchecked, file
+                    raise LoopmlError(f"{where}: a pickled (sklearn) artifact is loaded only with the hash the registry recorded")
                 inner_bytes = bundle.read(member)
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
             raise LoopmlError(f"{where}: not a calibrated model bundle ({exc})") from None

@@ -1,4 +1,10 @@
-"""The online store contract: every backend passes these same tests, unchanged (SQLite and a real Redis server)."""
+"""The online store contract: every implementation of ``OnlineStore`` passes these same tests, unchanged.
+
+The implementations are found by ``tests/contracts.py`` (every class of ``loopml`` with the
+protocol's verbs): today SQLite, a real Redis server (tests/servers.py, emptied between tests) and
+the ``MirroredStore`` that writes Redis and then its local SQLite cache. A new one fails
+``test_every_implementation_has_a_factory`` and every test here until it gets a factory.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +17,78 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts import SECRET, Backend, Factory, check_factories, factory_for, ids, implementations
 from loopml.errors import LoopmlError
-from loopml.features.online.base import Event, EventLog, OnlineStore
+from loopml.features.online.base import Event, EventLog, OnlineStore, OnlineStoreUnavailable
+from loopml.features.online.fallback import MirroredStore
 from loopml.features.online.redis import RedisOnlineStore
 from loopml.features.online.sqlite import SqliteOnlineStore
+from loopml.server import free_port
+from servers import RedisServer
 
 AS_OF = datetime(2025, 5, 1, 12, 0)
 DAY = 86_400_000_000
 T0 = 1_746_000_000_000_000  # 2025-04-30 08:00 UTC in epoch µs
 HORIZON = 30 * DAY
+SUITE = "tests/test_contract_online.py"
 
 Opener = Callable[[], OnlineStore]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Opens a new handle on one backend's store (two handles see the same state)."""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-        return lambda: RedisOnlineStore(url, "contract")
-    return lambda: SqliteOnlineStore(tmp_path / "online.sqlite")
+# -- the implementations ------------------------------------------------------------------------------------
+
+
+def sqlite_backend(request: pytest.FixtureRequest, tmp: Path) -> Backend[OnlineStore]:
+    blocker = tmp / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    return Backend(
+        open=lambda: SqliteOnlineStore(tmp / "online.sqlite"),
+        unreachable=lambda: SqliteOnlineStore(blocker / "online.sqlite"),
+        names=str(blocker),
+    )
+
+
+def redis_backend(request: pytest.FixtureRequest, tmp: Path) -> Backend[OnlineStore]:
+    url = request.getfixturevalue("redis_server").url
+    port = free_port()  # nothing listens there
+    return Backend(
+        open=lambda: RedisOnlineStore(url, "contract"),
+        unreachable=lambda: RedisOnlineStore(f"redis://:{SECRET}@127.0.0.1:{port}/0", "contract"),
+        names=f"127.0.0.1:{port}",
+    )
+
+
+def mirrored_backend(request: pytest.FixtureRequest, tmp: Path) -> Backend[OnlineStore]:
+    """Redis mirrored to a local SQLite cache: what ``storage.online_unavailable: fallback`` opens."""
+    redis = redis_backend(request, tmp)
+    return Backend(
+        open=lambda: MirroredStore(redis.open(), SqliteOnlineStore(tmp / "online-cache.sqlite")),
+        unreachable=lambda: MirroredStore(redis.unreachable(), SqliteOnlineStore(tmp / "online-cache.sqlite")),
+        names=redis.names,
+    )
+
+
+FACTORIES: dict[type, Factory[Backend[OnlineStore]]] = {
+    SqliteOnlineStore: sqlite_backend,
+    RedisOnlineStore: redis_backend,
+    MirroredStore: mirrored_backend,
+}
+IMPLEMENTATIONS = implementations(OnlineStore)
+
+
+def test_every_implementation_has_a_factory() -> None:
+    check_factories(OnlineStore, FACTORIES, SUITE)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=ids(IMPLEMENTATIONS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend[OnlineStore]:
+    return factory_for(FACTORIES, request.param, SUITE)(request, tmp_path)
+
+
+@pytest.fixture
+def opener(backend: Backend[OnlineStore]) -> Opener:
+    """Opens a new handle on the implementation's store (two handles see the same state)."""
+    return backend.open
 
 
 @pytest.fixture
@@ -38,6 +96,9 @@ def store(opener: Opener) -> Iterator[OnlineStore]:
     handle = opener()
     yield handle
     handle.close()
+
+
+# -- the contract -------------------------------------------------------------------------------------------
 
 
 def ev(ts: int, event_id: int, *values: float | None) -> Event:
@@ -171,3 +232,38 @@ def test_reopens_after_close_and_pings(store: OnlineStore) -> None:
     assert events_of(store.read_events("customer", [1])[0]) == [ev(T0, 1, 1.0)]
     store.close()
     store.close()  # closing twice is harmless
+
+
+def test_an_unreachable_store_raises_unavailable_naming_it(backend: Backend[OnlineStore]) -> None:
+    """What the request path maps to 503 or the fallback: ``OnlineStoreUnavailable``, one line, no password."""
+    store = backend.unreachable()
+    calls: dict[str, Callable[[], object]] = {
+        "ping": store.ping,
+        "read_events": lambda: store.read_events("customer", [1]),
+        "write_events": lambda: store.write_events("customer", [(1, ev(T0, 1, 1.0))], HORIZON),
+        "replace_view": lambda: store.replace_view("customer", [[(1, [ev(T0, 1, 1.0)])]], AS_OF),
+        "materialized_as_of": lambda: store.materialized_as_of("customer"),
+    }
+    for verb, call in calls.items():
+        with pytest.raises(OnlineStoreUnavailable) as err:
+            call()
+        message = str(err.value)
+        assert backend.names in message and SECRET not in message and "\n" not in message, (verb, message)
+    store.close()
+    store.close()
+
+
+# -- MirroredStore only: the mirror gets everything the primary accepted -------------------------------------
+
+
+def test_the_mirror_holds_every_write_and_materialization(redis_server: RedisServer, tmp_path: Path) -> None:
+    store = MirroredStore(RedisOnlineStore(redis_server.url, "mirror"), SqliteOnlineStore(tmp_path / "online-cache.sqlite"))
+    store.replace_view("customer", [[(1, [ev(T0, 1, 1.0)]), (2, [])]], AS_OF)
+    assert store.write_events("customer", [(1, ev(T0 + 1, 2, 2.0)), (3, ev(T0, 3, 3.0))], HORIZON) == 2
+    assert store.write_events("customer", [(1, ev(T0 + 1, 2, 2.0))], HORIZON) == 0
+    keys = [1, 2, 3, 4]
+    primary = [events_of(log) for log in store.primary.read_events("customer", keys)]
+    assert primary == [[ev(T0, 1, 1.0), ev(T0 + 1, 2, 2.0)], [], [ev(T0, 3, 3.0)], None]
+    assert [events_of(log) for log in store.mirror.read_events("customer", keys)] == primary
+    assert store.mirror.materialized_as_of("customer") == store.primary.materialized_as_of("customer") == AS_OF
+    store.close()
