@@ -106,7 +106,10 @@ def test_gate_rules() -> None:
     assert gate(0.5, "none").passed and "no champion yet" in gate(0.5, "none").reasons[-1]
     slow = gate(0.5, "none", latency_p99_ms=25.0)
     assert not slow.passed and "exceeds serving.latency_budget_ms 10 ms" in slow.reasons[0]
-    assert gate(0.6, 0.5).passed and gate(0.5, 0.5).passed
+    assert gate(0.6, 0.5).passed
+    same = gate(0.5, 0.5)  # retrained on unchanged data: the champion's twin is not promoted
+    assert not same.passed and "no improvement, keeping the champion" in same.reasons[-1]
+    assert gate(0.5, 0.5, min_improvement=-0.01).passed  # a negative margin accepts a tie on purpose
     worse = gate(0.4, 0.5)
     assert not worse.passed and "below gate.min_improvement" in worse.reasons[-1] and "champion v3" in worse.reasons[-1]
     assert not gate(0.52, 0.5, min_improvement=0.05).passed

@@ -34,7 +34,12 @@ def with_columns(n: int = 8000) -> pa.Table:
 def calibrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("calibrated")
     spec = make_spec(
-        model={"calibration": "isotonic", "threshold": {"objective": "precision", "target": 0.7}, "params": {"n_estimators": 60}},
+        model={
+            "calibration": "isotonic",
+            "threshold": {"objective": "precision", "target": 0.7},
+            "params": {"n_estimators": 60},
+            "select": "model",  # the report of a tree model (gain importance), compared with the baseline
+        },
         evaluation={"segments": ["band", "f2"], "bootstrap": 100},
     )
     layout, registry = project(root, spec)

@@ -414,9 +414,12 @@ def test_runs_are_tracked(trained: dict[str, Any]) -> None:
     assert len(store.list(limit=1, offset=1)) == 1
     record = store.get(first.run_id)
     assert record.params["trials"] == 5 and len(record.params["tuning"]["trials"]) == 5
-    assert record.params["tuning"]["best_params"]["n_estimators"] == record.lineage["model_params"]["n_estimators"]
+    selected = record.params["selection"]
+    assert selected["model_type"] == record.lineage["model_type"] and selected["metric"] == "average_precision"
+    if selected["model_type"] == "lightgbm":  # the tuned model was registered: with the study's best parameters
+        assert record.params["tuning"]["best_params"]["n_estimators"] == record.lineage["model_params"]["n_estimators"]
     assert record.lineage["snapshot"] == "snap-1" and record.duration_s is not None and record.seed == 0
-    assert record.baseline_metrics is not None and "model.txt" in record.artifacts
+    assert record.baseline_metrics is not None and ("model.txt" in record.artifacts or "model.json" in record.artifacts)
     with pytest.raises(LoopmlError, match="no run '20990101T000000-000000'"):
         store.get("20990101T000000-000000")
     with pytest.raises(LoopmlError, match="no run"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,24 @@ from loopml.cli.common import (
     run_command,
     run_store,
 )
+
+
+def selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """The model-vs-baseline lines ``loopml train`` prints: which candidate was registered, and the test comparison."""
+    if not selection or not selection.get("reason") or selection["reason"] == "no baseline configured":
+        return []
+    lines = [f"registered {selection['model_type']} ({selection['reason']})"]
+    c = selection.get("comparison")
+    if c:
+        low, high = c.get("difference_low"), c.get("difference_high")
+        interval = f" [{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else ""
+        other = next((name for name in selection.get("valid", {}) if name != selection["model_type"]), "baseline")
+        lines.append(
+            f"test {c['metric']}: {selection['model_type']} {fmt(c['model']['value'])} vs {other} {fmt(c['baseline']['value'])}, "
+            f"difference {fmt(c['difference'])}{interval} ({int(100 * c.get('level', 0.95))} % paired bootstrap)"
+        )
+    return lines
+
 
 runs_app = typer.Typer(help="Tracked training runs.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, aliases, promotion and rollback.", no_args_is_help=True)
@@ -43,8 +61,10 @@ def train_cmd(
         metrics = data["metrics"]
         rows = [[name, fmt(metrics["valid"].get(name)), fmt(value)] for name, value in metrics["test"].items()]
         out.print(make_table(f"run {data['run_id']} -> model version {data['model_version']}", ["metric", "valid", "test"], rows))
+        for line in selection_lines(data.get("selection")):
+            out.print(line, soft_wrap=True, highlight=False)
         verdict = "promoted to champion" if data["promoted"] else "not promoted"
-        out.print(f"{verdict}: {'; '.join(data.get('gate', {}).get('reasons', []))}")
+        out.print(f"gate: {verdict}: {'; '.join(data.get('gate', {}).get('reasons', []))}", soft_wrap=True, highlight=False)
         if data.get("report"):
             out.print(f"report: {data['report']}", soft_wrap=True, highlight=False)
 

@@ -38,12 +38,14 @@ from loopml.registry.gate import GateVerdict, evaluate_gate, higher_is_better
 from loopml.spec.model import Spec
 from loopml.train.artifact import Predictor, sha256_file
 from loopml.train.backtest import rolling_backtest
+from loopml.train.bootstrap import bootstrap_difference
 from loopml.train.candidate import Candidate, ValidContext, fit_candidate, tuning_requested
 from loopml.train.dataset import TrainingData, column_type, load_training_set
 from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, check_metric, evaluate, metric_names
 from loopml.train.models import check_model_type, feature_warnings
 from loopml.train.reference import reference_stats
 from loopml.train.report import REPORT_HTML, ReportInputs, SplitData, write_report
+from loopml.train.selection import BASELINE, Selection, select_candidate, with_comparison
 from loopml.train.split import SPLITS, SplitResult, split_rows
 from loopml.train.tracking import RunRecord, RunStore, git_commit, library_versions, new_run_id
 
@@ -74,6 +76,7 @@ class TrainResult:
     split: dict[str, Any] = field(default_factory=dict)
     report: str | None = None
     backtest: list[dict[str, Any]] = field(default_factory=list)
+    selection: Selection | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +86,7 @@ class TrainResult:
             "metrics": self.metrics,
             "baseline_metrics": self.baseline_metrics,
             "gate": self.gate.to_json(),
+            "selection": self.selection.to_json() if self.selection is not None else None,
             "warnings": list(self.warnings),
             "threshold": self.threshold,
             "latency_ms": self.latency_ms,
@@ -162,6 +166,27 @@ def _fit_and_score(
     return fit_candidate(spec, model_type, key, splits, names, params, trials, tuning_metric, study, study_name, context)
 
 
+def _compare(
+    spec: Spec, data: TrainingData, split: SplitResult, metric: str, chosen: Candidate, other: Candidate | None
+) -> dict[str, Any] | None:
+    """The chosen candidate against the other on the test split: paired bootstrap of ``metric`` (None without a baseline)."""
+    if other is None:
+        return None
+    rows = split.test
+    return bootstrap_difference(
+        metric,
+        spec.task,
+        data.y[rows],
+        chosen.scores["test"],
+        other.scores["test"],
+        (_threshold(chosen), _threshold(other)),
+        max(spec.evaluation.bootstrap, 1),
+        spec.model.seed,
+        timestamps=data.timestamps[rows] if data.timestamps is not None else None,
+        entity_ids=data.entity_ids[rows] if data.entity_ids is not None else None,
+    )
+
+
 def _threshold(candidate: Candidate) -> float | None:
     return candidate.threshold.threshold if candidate.threshold is not None else None
 
@@ -195,6 +220,7 @@ def _report(
     headline: str,
     verdict: GateVerdict,
     notes: list[str],
+    names: tuple[str, str | None] = ("model", "baseline"),
 ) -> tuple[str, list[str]]:
     """Write report.json / report.html / PNGs into the run folder; returns the HTML path and the files."""
     rows = split.test
@@ -210,7 +236,8 @@ def _report(
     inputs = ReportInputs(
         run_id=run.run_id,
         task=spec.task,
-        model_type=spec.model.type,
+        model_type=names[0],
+        comparator=names[1] or "baseline",
         metric=headline,
         metrics=metrics,
         test=test,
@@ -417,14 +444,26 @@ def _run(
     metrics, eval_notes = _evaluate_model(spec, scores, data, split, threshold)
     notes.extend(eval_notes)
     baseline_metrics: dict[str, Metrics] | None = None
-    base_scores: FloatArray | None = None
-    base_threshold: float | None = None
+    base: Candidate | None = None
     if spec.model.baseline is not None:
         say(f"fitting baseline {spec.model.baseline}", 0.5)
         base = _fit_and_score(spec, spec.model.baseline, "model.baseline", data, split, {})
         baseline_metrics, base_eval_notes = _evaluate_model(spec, base.scores, data, split, _threshold(base))
-        base_scores, base_threshold = base.scores["test"], _threshold(base)
         notes.extend(f"baseline: {n}" for n in base.notes + base_eval_notes)
+    selection = select_candidate(
+        metric,
+        spec.model.type,
+        metrics["valid"],
+        spec.model.baseline,
+        baseline_metrics["valid"] if baseline_metrics else None,
+        fixed=spec.model.select == "model",
+    )
+    other, other_metrics = base, baseline_metrics
+    if selection.chosen == BASELINE and base is not None and baseline_metrics is not None:
+        candidate, other, metrics, other_metrics = base, candidate, baseline_metrics, metrics
+        model, scores, threshold = candidate.model, candidate.scores, _threshold(candidate)
+    selection = with_comparison(selection, _compare(spec, data, split, metric, candidate, other))
+    other_type = None if other is None else (spec.model.type if selection.chosen == BASELINE else spec.model.baseline)
 
     say("writing the artifact and measuring latency", 0.7)
     predictor = candidate.predictor
@@ -468,8 +507,11 @@ def _run(
     if champion_metrics is not None:
         verdict = GateVerdict(verdict.passed, verdict.reasons, {**verdict.numbers, "champion_metrics": champion_metrics})
     say("writing the evaluation report", 0.85)
-    report_args = (metrics, (baseline_metrics, base_scores, base_threshold), headline, verdict, notes)
-    report_path, report_files = _report(spec, folder, run, data, split, candidate, *report_args)
+    comparator = (other_metrics, other.scores["test"] if other else None, _threshold(other) if other else None)
+    report_args = (metrics, comparator, headline, verdict, notes)
+    report_path, report_files = _report(
+        spec, folder, run, data, split, candidate, *report_args, names=(selection.model_type, other_type)
+    )
 
     commit = git_commit(layout.root)
     lineage: dict[str, Any] = {
@@ -481,8 +523,9 @@ def _run(
         "seed": spec.model.seed,
         "training_set": str(training_set.resolve()),
         "split": split.to_json(),
-        "model_type": spec.model.type,
+        "model_type": selection.model_type,
         "model_params": model.params,
+        "selection": selection.to_json(),
     }
     say("registering", 0.9)
     version = registry.register(
@@ -500,7 +543,7 @@ def _run(
         lineage=lineage,
         signature=data.signature,
         reference_stats=reference,
-        tags={"run_id": run.run_id, "model_type": spec.model.type},
+        tags={"run_id": run.run_id, "model_type": selection.model_type},
         run_id=run.run_id,
     )
     registry.record_gate(version.version, verdict)
@@ -508,12 +551,13 @@ def _run(
         target = promote_to or alias
         registry.set_alias(target, version.version, f"run {run.run_id}: promotion gate passed ({verdict.reasons[-1]})")
 
-    backtest = rolling_backtest(spec, data, model.params, say)
+    backtest = rolling_backtest(spec, data, model.params, say, model_type=selection.model_type)
     run.status = "finished"
     run.metrics = {"valid": metrics["valid"], "test": metrics["test"], "threshold": threshold, "latency_ms": latency}
     if backtest:
         run.metrics["backtest"] = backtest
     run.baseline_metrics = baseline_metrics
+    run.params["selection"] = selection.to_json()
     run.lineage = lineage
     run.warnings = notes
     run.model_version = version.version
@@ -529,6 +573,7 @@ def _run(
         metrics={"test": metrics["test"], "valid": metrics["valid"]},
         baseline_metrics=baseline_metrics,
         gate=verdict,
+        selection=selection,
         warnings=notes,
         threshold=threshold,
         latency_ms=latency,

@@ -6,7 +6,9 @@ A candidate passes when
 * there is no champion, or the candidate beats the champion on ``gate.metric``
   by at least ``gate.min_improvement``, both scored on the **candidate's test
   split** (the pipeline re-scores the champion there, so the comparison is on
-  the same rows).
+  the same rows). An improvement of exactly zero never passes (unless
+  ``min_improvement`` is negative): retraining on unchanged data reproduces the
+  champion, and promoting its twin would only churn versions.
 
 Anything that prevents a fair comparison (the champion cannot be loaded or
 needs features the new training set lacks, a metric is undefined) fails the
@@ -15,6 +17,7 @@ gate: the safe answer is to keep the current champion.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +111,14 @@ def evaluate_gate(
             delta = candidate - champion if up else champion - candidate
             numbers["improvement"] = delta
             word = "higher" if up else "lower"
-            if delta >= min_improvement:
+            same = math.isclose(candidate, champion, rel_tol=1e-9, abs_tol=1e-12)  # summation order aside, equal
+            if same and min_improvement >= 0:  # the same model again (unchanged data): no new champion
+                passed = False
+                reasons.append(
+                    f"{metric} {_fmt(candidate)} equals {champ_name}'s on the same test split: "
+                    "no improvement, keeping the champion"
+                )
+            elif delta >= min_improvement:
                 reasons.append(
                     f"{metric} {_fmt(candidate)} vs {champ_name} {_fmt(champion)} on the same test split: "
                     f"improvement {delta:+.4g} ({word} is better) meets gate.min_improvement {min_improvement:g}"

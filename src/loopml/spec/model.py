@@ -216,6 +216,9 @@ class ModelSpec(_Strict):
     type: str = "lightgbm"
     params: dict[str, Any] = {}
     baseline: str | None = "logistic"
+    #: which candidate is registered: ``best`` (the better of ``type`` and ``baseline`` on the validation split)
+    #: or ``model`` (always ``type``; the baseline is only reported)
+    select: Literal["best", "model"] = "best"
     seed: int = 0
     #: probability calibration fitted on the validation split (binary only)
     calibration: Literal["none", "isotonic", "sigmoid"] = "none"

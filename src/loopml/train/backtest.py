@@ -21,7 +21,7 @@ from loopml.train.split import rolling_origin_splits
 
 
 def rolling_backtest(
-    spec: Spec, data: TrainingData, params: dict[str, Any], say: Callable[[str, float], None]
+    spec: Spec, data: TrainingData, params: dict[str, Any], say: Callable[[str, float], None], model_type: str | None = None
 ) -> list[dict[str, Any]]:
     """Rolling-origin evaluation (``split.backtest``): refit the chosen model per fold, score the fold's test window.
 
@@ -53,7 +53,13 @@ def rolling_backtest(
             )
             continue
         fitted = fit_model(
-            spec.model.type, spec.task, data.matrix(names, fold.train), data.y[fold.train], names, params, spec.model.seed
+            model_type or spec.model.type,
+            spec.task,
+            data.matrix(names, fold.train),
+            data.y[fold.train],
+            names,
+            params,
+            spec.model.seed,
         )
         ev = evaluate(
             spec.task,

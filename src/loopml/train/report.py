@@ -69,6 +69,8 @@ class ReportInputs:
     X_sample: FloatArray
     threshold: ThresholdChoice | None = None
     baseline_metrics: dict[str, Metrics] | None = None
+    #: what the comparison's other side is called (the baseline, or the main model when the baseline was registered)
+    comparator: str = "baseline"
     baseline_test_scores: FloatArray | None = None
     baseline_threshold: float | None = None
     calibration: str = "none"
@@ -125,6 +127,7 @@ def build_report(inputs: ReportInputs, evaluation: Evaluation) -> dict[str, Any]
         "rows": {"test": len(test.y)},
         "metrics": inputs.metrics,
         "baseline_metrics": inputs.baseline_metrics,
+        "comparator": inputs.comparator,
         "threshold": inputs.threshold.to_json() if inputs.threshold is not None else None,
         "calibration": {"method": inputs.calibration},
         "gate": inputs.gate,
@@ -233,7 +236,7 @@ def render_html(report: dict[str, Any]) -> str:
     metrics, baseline = report["metrics"], report["baseline_metrics"] or {}
     names = list(metrics.get("test", {}))
     rows = [[n, metrics["valid"].get(n), metrics["test"].get(n), (baseline.get("test") or {}).get(n)] for n in names]
-    parts += ["<h2>Metrics</h2>", _table(["metric", "valid", "test", "baseline (test)"], rows)]
+    parts += ["<h2>Metrics</h2>", _table(["metric", "valid", "test", f"{report['comparator']} (test)"], rows)]
     if report["threshold"]:
         t = report["threshold"]
         parts.append(f"<p>threshold {_cell(t['threshold'])} chosen on valid by {html.escape(t['objective'])}</p>")
@@ -243,12 +246,12 @@ def render_html(report: dict[str, Any]) -> str:
         ci_rows = [[c["metric"], c["value"], c["low"], c["high"], c["resamples"], c["unit"]] for c in ci]
         parts.append(_table(["metric", "value", "low", "high", "resamples", "resampled"], ci_rows))
     if report["comparison"]:
-        parts.append("<h2>Model vs baseline (test, paired bootstrap, 95 %)</h2>")
+        parts.append(f"<h2>{report['model_type']} vs {report['comparator']} (test, paired bootstrap, 95 %)</h2>")
         rows = [
             [c["metric"], c["model"]["value"], c["baseline"]["value"], c["difference"], c["difference_low"], c["difference_high"]]
             for c in report["comparison"]
         ]
-        parts.append(_table(["metric", "model", "baseline", "difference", "low", "high"], rows))
+        parts.append(_table(["metric", report["model_type"], report["comparator"], "difference", "low", "high"], rows))
     if report.get("ranking") and report["ranking"]["test"]:
         ranking = report["ranking"]["test"]
         parts += [f"<h2>Ranking (test, {html.escape(ranking['query'])})</h2>", _table(["metric", "value"], list(ranking.items()))]
