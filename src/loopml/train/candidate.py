@@ -6,7 +6,10 @@ The order is fixed and every step uses the validation split only, never test:
    ``model.tuning.timeout_s`` asks for it): an Optuna study
    (:mod:`loopml.train.tune`) on train/valid; its best parameters override
    ``model.params``;
-2. **fit** on the train split (:mod:`loopml.train.models`);
+2. **fit** on the train split (:mod:`loopml.train.models`); LightGBM without
+   ``n_estimators`` in ``model.params`` stops adding rounds when the validation
+   loss has not improved for 50 rounds (at most 2,000, learning rate 0.05 unless
+   set), and records the rounds it kept in its parameters;
 3. **calibrate** (``model.calibration``, binary only) on the validation scores
    (:mod:`loopml.train.calibrate`); the predictor that will be saved and
    served applies the calibration, so every later score is calibrated;
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightgbm
 import numpy as np
 import numpy.typing as npt
 
@@ -31,13 +35,18 @@ from loopml.spec.model import Spec
 from loopml.train.artifact import CalibratedPredictor, Predictor
 from loopml.train.calibrate import fit_calibration
 from loopml.train.metrics import DEFAULT_THRESHOLD, card_k, card_precision_at_k, metric_value
-from loopml.train.models import FittedModel, fit_model
+from loopml.train.models import FitOptions, FittedModel, fit_model
 from loopml.train.threshold import ThresholdChoice, select_threshold
 from loopml.train.tune import TuningResult, tune
 
 FloatArray = npt.NDArray[np.float64]
 Split = tuple[FloatArray, npt.NDArray[Any]]
 _THRESHOLD_METRICS = ("precision", "recall", "f1")
+#: LightGBM without ``n_estimators`` in ``model.params``: rounds chosen by early stopping on the validation loss
+#: (LightGBM's fixed default of 100 rounds at 0.1 overfits small tables and underfits large ones)
+AUTO_MAX_ROUNDS = 2000
+AUTO_PATIENCE = 50
+AUTO_LEARNING_RATE = 0.05
 
 
 @dataclass
@@ -124,7 +133,18 @@ def fit_candidate(
             study_name=study_name,
         )
         params = {**params, **tuning.best_params}
-    model = fit_model(model_type, spec.task, X_train, y_train, feature_names, params, spec.model.seed, key)
+    options = None
+    if model_type == "lightgbm" and "n_estimators" not in params and len(y_valid):
+        # rounds not set (nor tuned): as many as the validation loss keeps improving, up to AUTO_MAX_ROUNDS
+        params = {"learning_rate": AUTO_LEARNING_RATE, **params, "n_estimators": AUTO_MAX_ROUNDS}
+        options = FitOptions(
+            eval_set=(X_valid, y_valid),
+            callbacks=[lightgbm.early_stopping(AUTO_PATIENCE, first_metric_only=True, verbose=False)],
+        )
+    model = fit_model(model_type, spec.task, X_train, y_train, feature_names, params, spec.model.seed, key, options)
+    if options is not None:
+        rounds = int(model.estimator.best_iteration_ or model.estimator.n_estimators_)
+        model.params["n_estimators"] = rounds  # what a refit (backtest, lineage) reproduces without the validation set
     notes = list(model.warnings)
     predictor = model.predictor()
     scores = {name: model.predict(X) for name, (X, _) in splits.items()}
