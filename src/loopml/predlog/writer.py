@@ -22,11 +22,14 @@ log cannot be written (a full disk, PostgreSQL down), the error goes to
 on disk instead of memory. At start and every ``recover_seconds`` the thread
 also replays the segments of dead loggers (:meth:`Journal.recover`).
 
-Without a journal (none given, or its folder cannot be written: reported
-once) records wait in memory only, as before the journal: at most
-``max_queue``, later ones are dropped and counted (``dropped``, on
-``/metrics``), and a batch the log refuses is dropped and counted too.
-``close`` flushes what is left and deletes its segment.
+Without a journal (none given; or its folder cannot be written, or an append
+failed, e.g. a full disk: reported, and a new segment tried at every flush)
+records wait in memory only, as before the journal: at most ``max_queue``,
+later ones are dropped and counted (``dropped``, on ``/metrics``), and a batch
+the log refuses is dropped and counted too. An append that fails leaves none
+of its group in the segment (cut back), so nothing is logged twice.
+``close`` flushes what is left and deletes its segment; what the log refused
+stays on disk for the next start.
 
 Every ``compact_seconds`` (0: never) a second daemon thread calls the backend's
 ``compact`` (the Parquet one merges many small parts into few,
@@ -94,6 +97,7 @@ class AsyncLogger:
         self._retired: list[_Open] = []  # segments closed early (an append failed), written at the next flush
         self._volatile: list[Record] = []  # records in memory only
         self._memory = 0  # records held in memory since the last flush (at most max_queue)
+        self._journal_down = False  # no segment could be created: reported once, retried each flush
         self._backlog: list[Segment] = []  # segments the log refused, retried from their files, oldest first
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -233,11 +237,15 @@ class AsyncLogger:
     def _new_segment(self) -> Segment | None:
         assert self.journal is not None
         try:
-            return self.journal.create()
-        except OSError as exc:  # records wait in memory until a segment can be created
-            self.journal_errors += 1
-            self._report(exc)
+            segment = self.journal.create()
+        except OSError as exc:  # records wait in memory until a segment can be created (retried each flush)
+            if not self._journal_down:
+                self.journal_errors += 1
+                self._report(exc)
+            self._journal_down = True
             return None
+        self._journal_down = False
+        return segment
 
     def _run(self) -> None:
         next_recovery = 0.0
@@ -275,10 +283,7 @@ class AsyncLogger:
         try:
             self.log.compact()
         except Exception as exc:  # the log stays usable uncompacted: report and carry on
-            if self.on_error is not None:
-                self.on_error(exc)
-            else:
-                _log.warning("prediction log compaction failed (logging goes on): %s", exc)
+            self._report(exc)
         finally:
             self.compactions += 1
 
