@@ -16,7 +16,11 @@ PostgreSQL; several server workers share the folder):
   writer holds an exclusive ``flock`` on it from before it has that name (it
   is created as ``.<name>.tmp``, locked, then renamed) until it deletes it:
   the kernel releases the lock when the process dies, even on ``SIGKILL``, so
-  *a segment nobody holds locked is an orphan* of a dead writer.
+  *a segment nobody holds locked is an orphan* of a dead writer. (The rule of
+  :mod:`loopml.ownership`, with the record itself as the lock file: a
+  segment must never be seen unlocked under its name, hence the temporary
+  name. Descriptors are close-on-exec; a child forked without ``exec`` would
+  keep its parent's segments alive until it exits.)
 * The logger's flush thread rotates: it swaps in a new segment, writes the old
   one's records to the log, then deletes it. A segment is deleted only once all
   its records are in the log.
