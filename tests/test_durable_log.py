@@ -4,9 +4,11 @@ The end-to-end test kills ``loopml serve`` (one process, then two workers) with
 SIGKILL in the middle of a burst of predictions and labels, and checks that
 every request answered 200 (or 202) is in the log exactly once after a restart
 (or when a reader opens the log). The unit tests cover the line format, torn
-and damaged segments, idempotent replay on both backends, liveness by
-``flock``, the fsync policies, a full queue, a log that refuses writes and
-``serving.log_flush_rows``.
+and damaged segments, liveness by ``flock``, the fsync policies, a full queue,
+a log that refuses writes, a failed journal append and
+``serving.log_flush_rows``. What every backend must do for a replay
+(``unlogged``, a replay after a crash between the log write and the delete)
+is in the contract suite, ``tests/test_contract_predlog.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,6 @@ from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.journal import SUFFIX, Journal
 from loopml.predlog.lines import decode, encode
 from loopml.predlog.parquet import PredictionLog
-from loopml.predlog.postgres import PostgresPredictionLog
 from loopml.predlog.records import Feedback, LoggedPrediction
 from loopml.predlog.tables import log_table, typed_feature_columns
 from loopml.predlog.writer import AsyncLogger
@@ -83,17 +84,6 @@ def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60.0) ->
         time.sleep(0.05)
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionLogBackend]:
-    backend: PredictionLogBackend
-    if request.param == "postgres":
-        backend = PostgresPredictionLog(request.getfixturevalue("postgres_url"))
-    else:
-        backend = PredictionLog(tmp_path / "predictions")
-    yield backend
-    backend.close()
-
-
 # -- the line format ---------------------------------------------------------------------------------------
 
 
@@ -136,33 +126,7 @@ def test_a_torn_last_line_is_ignored_and_a_damaged_segment_is_set_aside(tmp_path
     assert Journal(folder).recover(log) == 0  # set aside: not replayed again
 
 
-# -- replay --------------------------------------------------------------------------------------------------
-
-
-def test_replay_after_a_crash_between_the_log_write_and_the_delete_writes_nothing_twice(
-    log: PredictionLogBackend, tmp_path: Path
-) -> None:
-    journal = Journal(tmp_path / "journal")
-    rows = [pred(i) for i in range(5)]
-    shadow = pred(0, variant="challenger")  # the same request id and time as r0's answer: another row
-    items = [label(0), label(1), label(1, 0.0)]
-    segment = journal.create()
-    segment.append(encode([*rows, shadow, *items]))
-    log.append(rows)  # the batch reached the log (but not its shadow row, nor its labels) ...
-    log.add_feedback(items[:1])
-    segment.release()  # ... and the writer died before deleting its segment
-    assert journal.recover(log) == 3
-    assert counts(log) == (6, 3) and segments(journal.folder) == []
-    assert journal.recover(log) == 0 and counts(log) == (6, 3)
-
-
-def test_unlogged_keeps_the_order_and_sees_every_key_field(log: PredictionLogBackend) -> None:
-    log.append([pred(1), pred(2)])
-    log.add_feedback([label(1)])
-    rows = [pred(3), pred(2), pred(1, variant="shadow"), pred(1, ts=T0), pred(1)]
-    items = [label(1, 0.0), label(1), Feedback("r1", 1.0, T0), label(2)]
-    assert log.unlogged(rows, items) == (rows[:1] + rows[2:4], [items[0], items[2], items[3]])
-    assert log.unlogged([], []) == ([], [])
+# -- liveness --------------------------------------------------------------------------------------------------
 
 
 _CHILD = """
