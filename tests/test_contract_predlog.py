@@ -32,6 +32,8 @@ from loopml.errors import LoopmlError
 from loopml.monitor.live_rows import current_values
 from loopml.predlog.base import PredictionLogBackend
 from loopml.predlog.compact import CompactStats
+from loopml.predlog.journal import Journal
+from loopml.predlog.lines import encode
 from loopml.predlog.parquet import PredictionLog
 from loopml.predlog.postgres import PostgresPredictionLog
 from loopml.predlog.records import LABELLED_SCHEMA, Feedback, LoggedPrediction
@@ -213,6 +215,38 @@ def test_known_request_ids_of_a_long_list(log: PredictionLogBackend) -> None:
     assert log.known_request_ids([]) == set()
 
 
+def test_unlogged_names_the_records_not_held_yet_in_their_order(log: PredictionLogBackend) -> None:
+    """What a journal replay still has to write: a prediction is held by (request id, time, variant), a label by
+    (request id, label, time), to the microsecond."""
+    at = T0.replace(microsecond=123456)
+    log.append([pred(1, ts=at), pred(2)])
+    log.add_feedback([Feedback("r1", 1.0, at)])
+    rows = [pred(3), pred(2), pred(1, ts=at, variant="shadow"), pred(1, ts=at.replace(microsecond=123457)), pred(1, ts=at)]
+    items = [Feedback("r1", 0.0, at), Feedback("r1", 1.0, at), Feedback("r1", 1.0, T0), Feedback("r2", 1.0, at)]
+    assert log.unlogged(rows, items) == (rows[:1] + rows[2:4], [items[0], items[2], items[3]])
+    assert log.unlogged([], []) == ([], [])
+    many = [pred(i, request_id=f"m{i}") for i in range(12_000)]  # more keys than one query takes
+    log.append(many[::3])
+    assert log.unlogged(many, []) == ([r for i, r in enumerate(many) if i % 3], [])
+
+
+def test_a_journal_replay_after_a_crash_between_the_write_and_the_delete_writes_nothing_twice(
+    log: PredictionLogBackend, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "journal")
+    rows = [pred(i) for i in range(5)]
+    shadow = pred(0, variant="challenger")  # the same request id and time as r0's answer: another row
+    items = [Feedback("r0", 1.0, T0), Feedback("r1", 1.0, T0), Feedback("r1", 0.0, T0)]
+    segment = journal.create()
+    segment.append(encode([*rows, shadow, *items]))
+    log.append(rows)  # the batch reached the log (but not its shadow row, nor all its labels) ...
+    log.add_feedback(items[:1])
+    segment.release()  # ... and the writer died before deleting its segment
+    assert journal.recover(log) == 3
+    assert log.count() == 6 and len(everything(log)[1]) == 3 and not list(journal.folder.iterdir())
+    assert journal.recover(log) == 0 and log.count() == 6
+
+
 def test_writers_in_parallel_lose_nothing(backend: Backend[PredictionLogBackend]) -> None:
     def write(w: int) -> None:
         handle = backend.open()  # one per writer, as separate processes would have
@@ -273,6 +307,7 @@ def test_an_unreachable_log_is_one_line_naming_it(backend: Backend[PredictionLog
         "read": lambda: log.read().num_rows,
         "unmatched_feedback": lambda: len(log.unmatched_feedback()),
         "known_request_ids": lambda: len(log.known_request_ids(["r1"])),
+        "unlogged": lambda: len(log.unlogged([pred(1)], [Feedback("r1", 1.0, T0)])[0]) - 1,
     }
     for verb, call in reads.items():
         try:

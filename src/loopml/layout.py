@@ -79,6 +79,11 @@ class Layout:
         return self.state / "predictions"
 
     @property
+    def prediction_journal(self) -> Path:
+        """The prediction log's write-ahead journal: always local, whatever the log's backend (``loopml.predlog.journal``)."""
+        return self.state / "predictions-journal"
+
+    @property
     def alerts(self) -> Path:
         return self.state / "alerts.sqlite"
 

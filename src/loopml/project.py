@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,12 +37,15 @@ from loopml.monitor.drift import DriftResult
 from loopml.monitor.report import build_report, drift_results
 from loopml.predlog.backends import open_prediction_log
 from loopml.predlog.base import PredictionLogBackend
+from loopml.predlog.journal import Journal
 from loopml.registry.backends import open_registry
 from loopml.registry.base import Registry
 from loopml.serve.batch import DEFAULT_CHUNK_ROWS, BatchResult, predict_file
 from loopml.spec.load import load_spec, spec_hash
 from loopml.spec.model import Spec
 from loopml.train.tracking import RunStore
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from loopml.features.stream import ConsumeStats
@@ -83,8 +87,22 @@ class Project:
         return open_fallback(self.spec, self.layout)
 
     def prediction_log(self) -> PredictionLogBackend:
-        """The configured prediction log (``storage.prediction_log``: Parquet + DuckDB, or PostgreSQL)."""
-        return open_prediction_log(self.spec, self.layout)
+        """The configured prediction log (``storage.prediction_log``: Parquet + DuckDB, or PostgreSQL).
+
+        What a server that died left in its journal (``predlog.journal``) is replayed into it first, so
+        that every reader sees every answered prediction; when that fails (the log is unreachable, the
+        folder read-only), a warning says so and the journal waits for the next server or reader.
+        """
+        log = open_prediction_log(self.spec, self.layout)
+        try:
+            self.prediction_journal().recover(log)
+        except (LoopmlError, OSError) as exc:
+            _log.warning("the prediction log journal could not be replayed (it is kept): %s", exc)
+        return log
+
+    def prediction_journal(self) -> Journal:
+        """The prediction log's write-ahead journal, local to this machine (``serving.log_fsync``)."""
+        return Journal(self.layout.prediction_journal, self.spec.serving.log_fsync)
 
     def alerts(self) -> AlertStore:
         """The alert store (``<state>/alerts.sqlite``), posting new alerts to ``monitoring.webhook_url`` when set."""

@@ -41,7 +41,8 @@ SWITCH_INTERVAL = 0.0005
 def build_app(project: Project, admin_token: str | None = None) -> FastAPI:
     spec = project.spec
     log = project.prediction_log()
-    logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows)
+    journal = project.prediction_journal()
+    logger = AsyncLogger(log, max_queue=spec.serving.log_queue_size, flush_rows=spec.serving.log_flush_rows, journal=journal)
     assembler = FeatureAssembler(spec, project.online_store(), project.online_fallback())
     alerts = project.alerts()
     service = PredictionService(spec, assembler, project.registry(), logger, alerts=alerts, rollout_dir=project.layout.rollout)

@@ -25,8 +25,15 @@ automatically once the prediction is there; :meth:`unmatched_feedback`
 reports the ones that never matched. The latest label of a request is the
 one received last (ties: the one written last).
 
+Nothing answered is lost: the serving logger (:mod:`loopml.predlog.writer`)
+appends each micro-batch's records to a local write-ahead journal
+(:mod:`loopml.predlog.journal`, ``<state>/predictions-journal/``) with one
+write before the answers are sent, and writes them to the backend in batches;
+what a killed server left there is replayed (once: :meth:`~PredictionLogBackend.unlogged`)
+by the next server start and by ``Project.prediction_log()``.
+
 The Parquet backend: parts are written to a temporary name, fsync'ed and
-renamed, so a crash never leaves a half-written part, several processes can
+renamed (the folder fsync'ed too), so a crash never leaves a half-written part, several processes can
 read while the server writes (a single DuckDB database file would lock readers
 out), and writers never rewrite a part. Layout under
 ``<state>/predictions/``: ``log/`` (one row per prediction) and

@@ -54,6 +54,17 @@ class PredictionLogBackend(Protocol):
         """Which of these request ids have a logged prediction."""
         ...
 
+    def unlogged(
+        self, rows: Sequence[LoggedPrediction], items: Sequence[Feedback]
+    ) -> tuple[list[LoggedPrediction], list[Feedback]]:
+        """Those of these records the log does not hold yet, in their order (what a journal replay still has to write).
+
+        A prediction is held when a row has its ``request_id``, ``ts`` and ``variant`` (a shadow
+        variant's row shares the first two with the answer's); a label when one has its
+        ``request_id``, ``label`` and ``ts``.
+        """
+        ...
+
     def compact(self) -> CompactStats:
         """Merge what the backend stores in many small pieces into few (a no-op where nothing needs it)."""
         ...

@@ -13,11 +13,22 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loopml.durable import fsync_dir
 from loopml.errors import LoopmlError
 from loopml.predlog.compact import STALE_TMP_SECONDS, CompactStats, compact_log, live_parts
 from loopml.predlog.records import FEEDBACK_SCHEMA, LOG_SCHEMA, TYPED_FOLDER_PREFIX, Feedback, LoggedPrediction
 from loopml.predlog.tables import feedback_table, log_table, typed_feature_columns, typed_folder
 from loopml.predlog.views import duck_type, feedback_list, install_views, prediction_filter, read_labelled, sql_timestamp
+
+
+def _key_columns(records: Sequence[LoggedPrediction] | Sequence[Feedback], third: str) -> dict[str, pa.Array]:
+    """The key columns of records (request id, time and ``third``: ``variant`` or ``label``) as Arrow arrays."""
+    kind = pa.string() if third == "variant" else pa.float64()
+    return {
+        "request_id": pa.array([r.request_id for r in records], pa.string()),
+        "ts": pa.array([r.ts for r in records], pa.timestamp("us")),
+        third: pa.array([getattr(r, third) for r in records], kind),
+    }
 
 
 class PredictionLog:
@@ -49,6 +60,7 @@ class PredictionLog:
                 fh.flush()
                 os.fsync(fh.fileno())  # the bytes are on disk before the name is: a power cut leaves no empty part
             os.replace(tmp, target / name)
+            fsync_dir(target)  # the part's name is on disk too before the caller (the journal) deletes its own copy
         except OSError as exc:
             raise LoopmlError(f"prediction log {folder}: cannot write a part ({exc.strerror or exc})") from None
 
@@ -158,6 +170,25 @@ class PredictionLog:
             con.register("_wanted", wanted)
             rows = con.execute("SELECT DISTINCT request_id FROM predictions WHERE request_id IN (SELECT request_id FROM _wanted)")
             return {str(r[0]) for r in rows.fetchall()}
+
+    def unlogged(
+        self, rows: Sequence[LoggedPrediction], items: Sequence[Feedback]
+    ) -> tuple[list[LoggedPrediction], list[Feedback]]:
+        if not rows and not items:
+            return [], []
+        with self.connect() as con:
+            con.register("_rows", pa.table({"i": pa.array(range(len(rows)), pa.int64()), **_key_columns(rows, "variant")}))
+            con.register("_items", pa.table({"i": pa.array(range(len(items)), pa.int64()), **_key_columns(items, "label")}))
+            held_rows = con.execute(
+                """SELECT i FROM _rows k WHERE EXISTS (SELECT 1 FROM predictions p
+                   WHERE p.request_id = k.request_id AND p.ts = k.ts AND p.variant = k.variant)"""
+            ).fetchall()
+            held_items = con.execute(
+                """SELECT i FROM _items k WHERE EXISTS (SELECT 1 FROM feedback f
+                   WHERE f.request_id = k.request_id AND f.ts = k.ts AND f.label = k.label)"""
+            ).fetchall()
+        skip_rows, skip_items = {r[0] for r in held_rows}, {r[0] for r in held_items}
+        return [r for i, r in enumerate(rows) if i not in skip_rows], [f for i, f in enumerate(items) if i not in skip_items]
 
     def close(self) -> None:
         return None

@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import duckdb
 import psycopg
@@ -54,12 +55,29 @@ _SCHEMA = [
 ]
 _LOG_COLUMNS = [f.name for f in LOG_SCHEMA]
 _PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
+_KEYS_PER_QUERY = 10_000  # keys sent in one query's arrays
 _SCHEMA_LOCK = 7461202612  # pg_advisory_xact_lock key: one schema creator at a time
 
 
 def _reason(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _held(
+    con: psycopg.Connection[tuple[object, ...]], table: str, third: str, kind: str, keys: list[tuple[Any, ...]]
+) -> set[int]:
+    """The positions of the keys ``(request_id, ts, <third>)`` that ``table`` has a row of (one query per 10,000 keys)."""
+    statement = sql.SQL(
+        "SELECT k.i FROM unnest(%s::bigint[], %s::text[], %s::timestamp[], %s::{kind}[]) AS k(i, request_id, ts, {third}) "
+        "WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.request_id = k.request_id AND t.ts = k.ts AND t.{third} = k.{third})"
+    ).format(kind=sql.SQL(kind), third=sql.Identifier(third), table=sql.Identifier(table))
+    held: set[int] = set()
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        part = keys[start : start + _KEYS_PER_QUERY]
+        columns = [list(range(start, start + len(part))), *(list(column) for column in zip(*part, strict=True))]
+        held.update(int(str(r[0])) for r in con.execute(statement, columns).fetchall())
+    return held
 
 
 class PostgresPredictionLog:
@@ -184,15 +202,26 @@ class PostgresPredictionLog:
         """Nothing to merge: rows live in two indexed tables (PostgreSQL's autovacuum keeps them)."""
         return CompactStats()
 
+    def unlogged(
+        self, rows: Sequence[LoggedPrediction], items: Sequence[Feedback]
+    ) -> tuple[list[LoggedPrediction], list[Feedback]]:
+        if not rows and not items:
+            return [], []
+        with self._session("read the log") as con:
+            held_rows = _held(con, "prediction_log", "variant", "text", [(r.request_id, r.ts, r.variant) for r in rows])
+            held_items = _held(con, "prediction_feedback", "label", "float8", [(f.request_id, f.ts, f.label) for f in items])
+        return [r for i, r in enumerate(rows) if i not in held_rows], [f for i, f in enumerate(items) if i not in held_items]
+
     def known_request_ids(self, request_ids: Sequence[str]) -> set[str]:
         if not request_ids:
             return set()
         found: set[str] = set()
         ids = list(dict.fromkeys(request_ids))
         with self._session("read predictions") as con:
-            for start in range(0, len(ids), 10_000):
+            for start in range(0, len(ids), _KEYS_PER_QUERY):
                 rows = con.execute(
-                    "SELECT DISTINCT request_id FROM prediction_log WHERE request_id = ANY(%s)", (ids[start : start + 10_000],)
+                    "SELECT DISTINCT request_id FROM prediction_log WHERE request_id = ANY(%s)",
+                    (ids[start : start + _KEYS_PER_QUERY],),
                 ).fetchall()
                 found.update(str(r[0]) for r in rows)
         return found

@@ -268,9 +268,10 @@ def create_app(
     def accept(items: list[FeedbackRequest]) -> None:
         now = datetime.now()
         records = [Feedback(request_id=i.request_id, label=float(i.label), ts=now) for i in items]
-        refused = [r for r in records if logger is None or not logger.submit(r)]
-        if refused:
-            log.add_feedback(refused)
+        if logger is None:
+            log.add_feedback(records)
+        else:  # journaled before the 202 (or, when the logger cannot take them, written to the log now)
+            logger.submit_many(records, fallback=log.add_feedback)
         for item in items:
             service.feedback(item.request_id, float(item.label))
 

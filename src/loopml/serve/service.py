@@ -46,6 +46,7 @@ from loopml.errors import LoopmlError
 from loopml.features.online.base import OnlineStoreUnavailable
 from loopml.features.vector import AssembledBatch, FeatureAssembler
 from loopml.monitor.rules import AlertSink
+from loopml.predlog.records import LoggedPrediction
 from loopml.predlog.writer import AsyncLogger
 from loopml.registry.base import Registry
 from loopml.rollout.policy import CHAMPION, Decision, RolloutController
@@ -220,6 +221,7 @@ class PredictionService:
         now = datetime.now()
         position = {name: {row: k for k, row in enumerate(rows)} for name, rows in groups.items()}
         out = []
+        records: list[LoggedPrediction] = []
         for i, req in enumerate(requests):
             name = variants[i]
             model = models[name]
@@ -241,13 +243,17 @@ class PredictionService:
                     explanation=explanation,
                 )
             )
-            self._log(req, request_ids[i], now, model, matrices[name][k], assembled, i, float(scores[i]), latency_ms)
+            if self.logger is not None:
+                row = matrices[name][k]
+                records.append(self._record(req, request_ids[i], now, model, row, assembled, i, float(scores[i]), latency_ms))
             self._act(self.rollout.record(name, request_ids[i], latency_ms, float(scores[i])))
+        if self.logger is not None:
+            self.logger.submit_many(records)  # journaled before the answers are sent: a killed server loses none
         for name in shadows:
             self._submit_shadow(models[name], assembled, requests, request_ids, now)
         return out
 
-    def _log(
+    def _record(
         self,
         req: PredictRequest,
         request_id: str,
@@ -258,23 +264,19 @@ class PredictionService:
         i: int,
         score: float,
         latency_ms: float,
-    ) -> None:
-        if self.logger is None:
-            return
-        self.logger.submit(
-            prediction_record(
-                request_id,
-                dict(req.entities),
-                model.predictor.feature_names,
-                inputs,
-                assembled,
-                i,
-                now,
-                score,
-                model.version,
-                model.variant,
-                latency_ms,
-            )
+    ) -> LoggedPrediction:
+        return prediction_record(
+            request_id,
+            dict(req.entities),
+            model.predictor.feature_names,
+            inputs,
+            assembled,
+            i,
+            now,
+            score,
+            model.version,
+            model.variant,
+            latency_ms,
         )
 
     def _submit_shadow(
@@ -295,9 +297,12 @@ class PredictionService:
             finally:
                 self._shadow_jobs -= 1
             latency_ms = (time.perf_counter() - started) * 1000.0 / max(len(requests), 1)
+            records: list[LoggedPrediction] = []
             for i, req in enumerate(requests):
-                self._log(req, ids[i], now, model, matrix[i], assembled, i, float(scores[i]), latency_ms)
+                records.append(self._record(req, ids[i], now, model, matrix[i], assembled, i, float(scores[i]), latency_ms))
                 self.rollout.record(model.variant, None, latency_ms, float(scores[i]))
+            if self.logger is not None:
+                self.logger.submit_many(records)
 
         self._shadow_pool.submit(job)
 

@@ -51,6 +51,8 @@ Duration = Annotated[
 
 Severity = Literal["error", "warn"]
 ColumnType = Literal["int", "float", "bool", "string", "timestamp", "date"]
+#: when the prediction log's journal is fsync'ed (``serving.log_fsync``; see ``loopml.predlog.journal``)
+LogFsync = Literal["off", "interval", "always"]
 
 
 class _Strict(BaseModel):
@@ -255,8 +257,13 @@ class Serving(_Strict):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     #: most instances in one POST /v1/predict/batch (more is a 422 naming ``instances``; at most 10000)
     max_batch: int = Field(default=1000, ge=1, le=10_000)
+    #: log records kept in memory until written; beyond that they wait in the journal only (nothing is dropped)
     log_queue_size: int = Field(default=10_000, gt=0)
+    #: the log is written every second, or as soon as this many records wait
     log_flush_rows: int = Field(default=500, gt=0)
+    #: what a machine crash can lose (a killed process loses nothing): ``interval`` (default) the last ~second of
+    #: answered predictions, ``always`` nothing (an fsync before each answer), ``off`` what the kernel had not written back
+    log_fsync: LogFsync = "interval"
     #: how often the server checks whether a registry alias moved (hot swap); 0 turns it off
     reload_seconds: float = Field(default=5.0, ge=0)
     #: concurrent single predictions scored together, up to this many (adaptive: no waiting); 1 turns it off
