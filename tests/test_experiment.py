@@ -491,7 +491,7 @@ def test_report_on_numeric_labels_points_to_welch(tmp_path: Path) -> None:
             f"--metric 'entities': column is VARCHAR, not numeric (numeric: {NUMERIC})",
         ),
         ({"weights": {"a": 1.0}}, "--weights has no weight for variant(s) b (weights given: a)"),
-        ({"task": "ranking"}, "task must be binary or regression, got 'ranking'"),
+        ({"task": "ranking"}, "task: unknown task 'ranking' (choices: binary, regression)"),
     ],
 )
 def test_report_rejects_bad_options(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:

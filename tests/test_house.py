@@ -22,6 +22,7 @@ LAYERS = [
     ["errors", "durable", "ownership"],
     ["spec"],
     ["layout"],
+    ["tasks"],
     ["datasets"],
     ["data"],
     ["features"],

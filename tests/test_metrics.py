@@ -23,10 +23,10 @@ from sklearn.metrics import (
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Threshold
-from loopml.train import card_precision_at_k
+from loopml.tasks import task_of
+from loopml.tasks.metrics import card_precision_at_k, confusion
 from loopml.train.bootstrap import bootstrap_difference, bootstrap_interval, count_blocks, weighted_metric
 from loopml.train.calibrate import calibration_curve
-from loopml.train.metrics import check_metric, confusion, evaluate, metric_value
 from loopml.train.ranking import Queries, per_query, queries_by_day, queries_by_group, ranking_metrics
 from loopml.train.segments import segment_labels, segment_metrics
 from loopml.train.threshold import select_threshold
@@ -217,24 +217,24 @@ def test_confusion_and_calibration_curve_equal_scikit_learn() -> None:
 
 def test_single_metric_equals_the_full_evaluation() -> None:
     y, s = _binary(1000, 0.2, seed=10)
-    full = evaluate("binary", y, s, 0.4, "valid").metrics
+    full = task_of("binary").evaluate(y, s, 0.4, "valid").metrics
     for name in ("roc_auc", "average_precision", "log_loss", "brier", "precision", "recall", "f1"):
-        assert metric_value("binary", name, y, s, 0.4) == pytest.approx(full[name], abs=1e-12), name
+        assert task_of("binary").metric_value(name, y, s, 0.4) == pytest.approx(full[name], abs=1e-12), name
     t = RNG.normal(5, 1, size=500)
     p = t + RNG.normal(size=500)
-    regression = evaluate("regression", t, p, None, "valid").metrics
+    regression = task_of("regression").evaluate(t, p, None, "valid").metrics
     for name in ("rmse", "mae", "r2", "mape"):
-        assert metric_value("regression", name, t, p) == pytest.approx(regression[name], abs=1e-12), name
-    assert metric_value("binary", "average_precision", np.zeros(10), s[:10]) is None
-    assert metric_value("binary", "precision", y, s, 2.0) is None  # nothing flagged: undefined, not 0 or NaN
+        assert task_of("regression").metric_value(name, t, p, 0.5) == pytest.approx(regression[name], abs=1e-12), name
+    assert task_of("binary").metric_value("average_precision", np.zeros(10), s[:10], 0.5) is None
+    assert task_of("binary").metric_value("precision", y, s, 2.0) is None  # nothing flagged: undefined, not 0 or NaN
 
 
 def test_unknown_metric_names_the_key() -> None:
-    assert check_metric("card_precision@50", "binary", "evaluation.metric") == "card_precision@50"
+    assert task_of("binary").check_metric("card_precision@50", "evaluation.metric") == "card_precision@50"
     with pytest.raises(LoopmlError, match=r"^evaluation\.metric: unknown binary metric 'auc' \(choices: roc_auc, "):
-        check_metric("auc", "binary", "evaluation.metric")
+        task_of("binary").check_metric("auc", "evaluation.metric")
     with pytest.raises(LoopmlError, match=r"model\.tuning\.metric: unknown regression metric 'average_precision'"):
-        check_metric("average_precision", "regression", "model.tuning.metric")
+        task_of("regression").check_metric("average_precision", "model.tuning.metric")
 
 
 # -- segments ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from loopml.predlog.records import Feedback, LoggedPrediction
 from loopml.project import Project
 from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Quality
-from loopml.train.metrics import binary_metrics
+from loopml.tasks.metrics import binary_metrics
 from loopml.train.reference import reference_stats
 
 DAY = datetime(2026, 3, 1)

@@ -29,9 +29,9 @@ from loopml.layout import Layout
 from loopml.loop.train import train
 from loopml.registry import CHAMPION, SqliteRegistry
 from loopml.spec.model import Spec
-from loopml.train import RunStore, card_precision_at_k, psi, reference_stats, split_rows
+from loopml.tasks.metrics import binary_metrics, card_precision_at_k, choose_threshold, regression_metrics
+from loopml.train import RunStore, psi, reference_stats, split_rows
 from loopml.train.artifact import Predictor, sha256_file
-from loopml.train.metrics import binary_metrics, choose_threshold, regression_metrics
 from loopml.train.models import fit_model
 from loopml.train.reference import reference_entry
 

@@ -36,12 +36,13 @@ from loopml.layout import Layout
 from loopml.registry.base import ModelVersion, Registry
 from loopml.registry.gate import GateVerdict, evaluate_gate, higher_is_better
 from loopml.spec.model import Spec
+from loopml.tasks import task_of
+from loopml.tasks.metrics import DEFAULT_THRESHOLD, Metrics
 from loopml.train.artifact import Predictor, sha256_file
 from loopml.train.backtest import rolling_backtest
 from loopml.train.bootstrap import bootstrap_difference
 from loopml.train.candidate import Candidate, ValidContext, fit_candidate, tuning_requested
 from loopml.train.dataset import TrainingData, column_type, load_training_set
-from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, check_metric, evaluate, metric_names
 from loopml.train.models import check_model_type, feature_warnings
 from loopml.train.reference import reference_stats
 from loopml.train.report import REPORT_HTML, ReportInputs, SplitData, write_report
@@ -55,7 +56,6 @@ LATENCY_CALLS = 300
 SAMPLE_ROWS = 5000
 EXPLAIN_ROWS = 1000  # test rows the explanations (importance, partial dependence) are computed on
 STUDY_FILE = "study.sqlite"
-REGRESSION_GATE_METRIC = "rmse"  # used when gate.metric is left at its (binary) default on a regression task
 _ROUND_TRIP_TOLERANCE = 1e-9
 
 
@@ -98,14 +98,14 @@ class TrainResult:
 
 
 def gate_metric(spec: Spec) -> str:
-    """``gate.metric``, defaulting to rmse for regression; LoopmlError if it does not fit the task."""
-    metric = spec.gate.metric
-    if spec.task == "regression" and "metric" not in spec.gate.model_fields_set:
-        metric = REGRESSION_GATE_METRIC
-    higher_is_better(metric)  # unknown names raise, naming gate.metric
-    if metric not in metric_names(spec.task) and not (spec.task == "binary" and metric.startswith("card_precision@")):
-        raise LoopmlError(f"gate.metric: {metric!r} is not a {spec.task} metric (choices: {', '.join(metric_names(spec.task))})")
-    return metric
+    """``gate.metric``, defaulting to the task's own metric when unset; LoopmlError if it does not fit the task."""
+    task = task_of(spec.task)
+    if "metric" not in spec.gate.model_fields_set:
+        return task.default_metric
+    higher_is_better(spec.gate.metric)  # unknown names raise, naming gate.metric
+    if spec.gate.metric not in task.metrics and not (task.thresholded and spec.gate.metric.startswith("card_precision@")):
+        raise LoopmlError(f"gate.metric: {spec.gate.metric!r} is not a {task.name} metric (choices: {', '.join(task.metrics)})")
+    return spec.gate.metric
 
 
 def measure_latency(predictor: Predictor, X: FloatArray, calls: int = LATENCY_CALLS) -> dict[str, float]:
@@ -130,8 +130,7 @@ def _evaluate_model(
     notes: list[str] = []
     for name in ("valid", "test"):
         rows = split.indices(name)
-        ev = evaluate(
-            spec.task,
+        ev = task_of(spec.task).evaluate(
             data.y[rows],
             scores[name],
             threshold,
@@ -303,8 +302,7 @@ def _rescore_champion(
     except LoopmlError as exc:
         return None, str(exc)
     threshold = champion.metrics.get("threshold")
-    ev = evaluate(
-        spec.task,
+    ev = task_of(spec.task).evaluate(
         data.y[rows],
         scores,
         float(threshold) if isinstance(threshold, (int, float)) else DEFAULT_THRESHOLD,
@@ -412,8 +410,9 @@ def _run(
     check_model_type(spec.model.type, "model.type", spec.task)
     if spec.model.baseline is not None:
         check_model_type(spec.model.baseline, "model.baseline", spec.task)
-    headline = check_metric(spec.evaluation.metric or metric, spec.task, "evaluation.metric")
-    tuning_metric = check_metric(spec.model.tuning.metric or metric, spec.task, "model.tuning.metric")
+    task = task_of(spec.task)
+    headline = task.check_metric(spec.evaluation.metric or metric, "evaluation.metric")
+    tuning_metric = task.check_metric(spec.model.tuning.metric or metric, "model.tuning.metric")
     numeric_eval, string_eval = _evaluation_columns(spec, training_set)
     notes: list[str] = []
 
@@ -483,7 +482,7 @@ def _run(
         served_scores,
         spec.monitoring.psi_bins,
         strings={name: values[split.test] for name, values in data.strings.items()},
-        labels=data.y[split.test] if spec.task == "binary" else None,
+        labels=data.y[split.test] if task.thresholded else None,
         feature_split="test",
     )
     if encodings.encodings:

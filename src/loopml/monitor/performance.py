@@ -1,7 +1,7 @@
 """Model performance over time: realised as labels arrive, estimated before they do.
 
 **Realised**: per window (and over the whole period) the training report's
-metrics (:mod:`loopml.train.metrics`: ``roc_auc, average_precision, log_loss,
+metrics (:mod:`loopml.tasks.metrics`: ``roc_auc, average_precision, log_loss,
 brier, precision, recall, f1`` for binary models at the version's decision
 threshold, ``rmse, mae, r2, mape`` for regression) on the rows whose label has
 arrived, next to the training baseline (the version's test-split metrics). A
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loopml.train.metrics import DEFAULT_THRESHOLD, Metrics, binary_metrics, higher_is_better, regression_metrics
+from loopml.tasks.metrics import DEFAULT_THRESHOLD, Metrics, binary_metrics, higher_is_better, regression_metrics
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

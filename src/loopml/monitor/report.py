@@ -53,6 +53,7 @@ from loopml.monitor.stattests import CategoricalReference, ColumnReference, Nume
 from loopml.predlog.base import PredictionLogBackend
 from loopml.registry.base import Registry
 from loopml.spec.model import Spec
+from loopml.tasks import task_of
 
 IntArray = npt.NDArray[np.int64]
 #: at most this many windows in one report (a longer period needs a larger window)
@@ -73,11 +74,11 @@ class Period:
 
 
 def watched_metric(spec: Spec) -> str:
-    """``monitoring.alerts.metric``, else ``gate.metric`` (rmse for regression when the gate keeps its binary default)."""
+    """``monitoring.alerts.metric``, else ``gate.metric`` (the task's default metric when the gate leaves it unset)."""
     if spec.monitoring.alerts.metric:
         return spec.monitoring.alerts.metric
-    if spec.task == "regression" and "metric" not in spec.gate.model_fields_set:
-        return "rmse"
+    if "metric" not in spec.gate.model_fields_set:
+        return task_of(spec.task).default_metric
     return spec.gate.metric
 
 

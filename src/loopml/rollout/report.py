@@ -40,6 +40,7 @@ from loopml.rollout.stats import (
     sample_ratio_test,
     welch_t_test,
 )
+from loopml.tasks import task_of
 
 #: fewer usable rows than this in a group: "not enough data" instead of a fixed-horizon test
 MIN_ROWS = 2
@@ -202,7 +203,7 @@ def _summary(name: str, rows: _Rows, mask: NDArray[np.bool_], task: str) -> Vari
     labelled = np.isfinite(labels)
     y, s = labels[labelled], rows.score[mask][labelled]
     ap = auc = None
-    if task == "binary" and _binary(y) and 0 < y.sum() < y.size and np.all(np.isfinite(s)):
+    if task_of(task).thresholded and _binary(y) and 0 < y.sum() < y.size and np.all(np.isfinite(s)):
         ap, auc = float(average_precision_score(y, s)), float(roc_auc_score(y, s))
     requests = int(mask.sum())
     return VariantSummary(
@@ -310,8 +311,7 @@ def experiment_report(
     the expected traffic split for the sample-ratio test (default equal); ``srm_skip`` skips that
     test with this reason (e.g. a canary, whose split changes over time).
     """
-    if task not in ("binary", "regression"):
-        raise LoopmlError(f"task must be binary or regression, got {task!r}")
+    task_of(task)  # unknown names raise, naming the choices
     check_alpha(alpha)
     rows = _load(source, since, metric)
     names = sorted({str(v) for v in rows.variant})

@@ -1,4 +1,4 @@
-"""Training: splits, models and their artifacts, metrics, reference statistics and run tracking.
+"""Training: splits, models and their artifacts, reference statistics and run tracking (metrics: :mod:`loopml.tasks`).
 
 The names below are loaded on first use (PEP 562), so that importing one light
 module of this package (``loopml.train.tracking`` for ``loopml runs list``)
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from loopml.train.artifact import LightGBMPredictor, LinearModel, LinearPredictor, Predictor
-    from loopml.train.metrics import card_precision_at_k
     from loopml.train.reference import psi, reference_stats
     from loopml.train.split import SplitResult, split_rows
     from loopml.train.tracking import RunRecord, RunStore, RunSummary
@@ -22,7 +21,6 @@ _HOMES = {
     "LinearModel": "artifact",
     "LinearPredictor": "artifact",
     "Predictor": "artifact",
-    "card_precision_at_k": "metrics",
     "psi": "reference",
     "reference_stats": "reference",
     "SplitResult": "split",
@@ -41,7 +39,6 @@ __all__ = [
     "RunStore",
     "RunSummary",
     "SplitResult",
-    "card_precision_at_k",
     "psi",
     "reference_stats",
     "split_rows",

@@ -2,7 +2,7 @@
 
 The folds come from :func:`loopml.train.split.rolling_origin_splits`; each is
 refitted with the run's final model parameters and scored with
-:func:`loopml.train.metrics.evaluate`, and the list is recorded with the run.
+:func:`loopml.tasks.metrics.evaluate`, and the list is recorded with the run.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Spec
+from loopml.tasks import task_of
 from loopml.train.dataset import TrainingData
-from loopml.train.metrics import evaluate
 from loopml.train.models import fit_model
 from loopml.train.split import rolling_origin_splits
 
@@ -42,7 +42,7 @@ def rolling_backtest(
     for i, fold in enumerate(folds):
         say(f"backtest fold {i + 1}/{len(folds)}", 0.85 + 0.05 * i / len(folds))
         names = data.feature_names
-        if spec.task == "binary" and len(np.unique(data.y[fold.train])) < 2:
+        if task_of(spec.task).classifier and len(np.unique(data.y[fold.train])) < 2:
             out.append(
                 {
                     "train": fold.bounds["train"].to_json(),
@@ -61,8 +61,7 @@ def rolling_backtest(
             params,
             spec.model.seed,
         )
-        ev = evaluate(
-            spec.task,
+        ev = task_of(spec.task).evaluate(
             data.y[fold.test],
             fitted.predict(data.matrix(names, fold.test)),
             None,

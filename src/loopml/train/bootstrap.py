@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loopml.train.metrics import card_k, card_precision_at_k, evaluate
+from loopml.tasks import task_of
+from loopml.tasks.metrics import card_k, card_precision_at_k
 
 FloatArray = npt.NDArray[np.float64]
 _BLOCK_CELLS = 4_000_000
@@ -183,7 +184,7 @@ def _resampled(
         return value, values, "entities"
     if metric not in SUPPORTED:
         return None
-    value = evaluate(task, y, scores, threshold, "bootstrap").metrics.get(metric)
+    value = task_of(task).evaluate(y, scores, threshold, "bootstrap").metrics.get(metric)
     rng = np.random.default_rng(seed)
     values = np.concatenate([weighted_metric(metric, y, scores, threshold, W) for W in count_blocks(len(y), resamples, rng)])
     return value, values, "rows"

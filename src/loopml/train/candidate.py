@@ -32,9 +32,10 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Spec
+from loopml.tasks import task_of
+from loopml.tasks.metrics import DEFAULT_THRESHOLD, card_k, card_precision_at_k
 from loopml.train.artifact import CalibratedPredictor, Predictor
 from loopml.train.calibrate import fit_calibration
-from loopml.train.metrics import DEFAULT_THRESHOLD, card_k, card_precision_at_k, metric_value
 from loopml.train.models import FitOptions, FittedModel, fit_model
 from loopml.train.threshold import ThresholdChoice, select_threshold
 from loopml.train.tune import TuningResult, tune
@@ -80,6 +81,7 @@ def tuning_requested(spec: Spec, trials: int) -> bool:
 
 def _scorer(spec: Spec, metric: str, y_valid: npt.NDArray[Any], context: ValidContext) -> Any:
     k = card_k(metric)
+    task = task_of(spec.task)
 
     def score(scores: FloatArray) -> float | None:
         if k is not None:
@@ -87,9 +89,9 @@ def _scorer(spec: Spec, metric: str, y_valid: npt.NDArray[Any], context: ValidCo
                 raise LoopmlError(f"model.tuning.metric: {metric} needs a timestamp and an entity column in the training set")
             return card_precision_at_k(context.timestamps, context.entity_ids, y_valid, scores, k)
         threshold = DEFAULT_THRESHOLD
-        if spec.task == "binary" and metric in _THRESHOLD_METRICS:
+        if task.thresholded and metric in _THRESHOLD_METRICS:
             threshold = select_threshold(y_valid, scores, spec.model.threshold).threshold
-        return metric_value(spec.task, metric, y_valid, scores, threshold)
+        return task.metric_value(metric, y_valid, scores, threshold)
 
     return score
 
@@ -109,13 +111,14 @@ def fit_candidate(
 ) -> Candidate:
     """Tune (main model), fit, calibrate and choose the threshold; see the module docstring."""
     method = spec.model.calibration
-    if method != "none" and spec.task != "binary":
+    task = task_of(spec.task)
+    if method != "none" and not task.calibrated:
         raise LoopmlError(f"model.calibration: {method!r} applies to binary tasks only; use none for {spec.task}")
     (X_train, y_train), (X_valid, y_valid) = splits["train"], splits["valid"]
     tuning = None
     if key == "model.type" and tuning_requested(spec, trials):
         metric = tuning_metric or spec.gate.metric
-        if spec.task == "binary" and len(np.unique(y_valid)) < 2:
+        if task.classifier and len(np.unique(y_valid)) < 2:
             raise LoopmlError(f"model.tuning: the validation split has a single class; {metric} cannot be tuned on it")
         tuning = tune(
             model_type,
@@ -153,7 +156,7 @@ def fit_candidate(
         predictor = CalibratedPredictor(predictor, calibration)
         scores = {name: calibration.apply(values) for name, values in scores.items()}
     threshold = None
-    if spec.task == "binary":
+    if task.thresholded:
         threshold = select_threshold(y_valid, scores["valid"], spec.model.threshold)
         if threshold.note:
             notes.append(f"{model_type}: {threshold.note}")

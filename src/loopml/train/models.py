@@ -1,6 +1,6 @@
 """Model families: LightGBM (the default), a standardised linear baseline, XGBoost, any scikit-learn estimator.
 
-``model.type`` / ``model.baseline`` choose a family; the task picks the estimator:
+``model.type`` / ``model.baseline`` choose a family; the task (:mod:`loopml.tasks`) picks the estimator:
 
 ==============================  ====================================  ============================
 type                            binary                                regression
@@ -56,10 +56,10 @@ import lightgbm
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
 from loopml.errors import LoopmlError
+from loopml.tasks import task_of
 from loopml.train.artifact import (
     LightGBMPredictor,
     LinearModel,
@@ -73,8 +73,6 @@ from loopml.train.artifact import (
 FloatArray = npt.NDArray[np.float64]
 MODEL_TYPES = ("lightgbm", "logistic", "linear", "xgboost", "sklearn:<module>.<Class>")
 SKLEARN_PREFIX = "sklearn:"
-LINEAR_MAX_ITER = 1000
-_IMBALANCE_KEYS = ("scale_pos_weight", "is_unbalance", "class_weight")
 _KINDS = {"lightgbm": "lightgbm", "logistic": "linear", "xgboost": "xgboost", "sklearn": "sklearn"}
 _EVAL_XY = "eval_X" in inspect.signature(lightgbm.LGBMModel.fit).parameters
 
@@ -119,15 +117,9 @@ class FittedModel:
     def predict(self, X: FloatArray) -> FloatArray:
         """In-memory scores (positive-class probability for binary)."""
         if self.kind == "lightgbm":
-            frame = pd.DataFrame(X, columns=self.feature_names)
-            if self.task == "binary":
-                return np.asarray(self.estimator.predict_proba(frame)[:, 1], dtype=np.float64)
-            return np.asarray(self.estimator.predict(frame), dtype=np.float64)
+            return task_of(self.task).predict(self.estimator, pd.DataFrame(X, columns=self.feature_names))
         if self.kind == "linear":
-            Z = self._linear_input(X)
-            if self.task == "binary":
-                return np.asarray(self.estimator.predict_proba(Z)[:, 1], dtype=np.float64)
-            return np.asarray(self.estimator.predict(Z), dtype=np.float64)
+            return task_of(self.task).predict(self.estimator, self._linear_input(X))
         return self.predictor().predict(X)
 
     def predictor(self) -> Predictor:
@@ -175,7 +167,7 @@ def sklearn_class(name: str, task: str, key: str) -> type[Any]:
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise LoopmlError(f"{key}: module {module_name!r} has no class {class_name!r}")
-    needed = ("fit", "predict_proba") if task == "binary" else ("fit", "predict")
+    needed = task_of(task).sklearn_methods
     missing = [m for m in needed if not callable(getattr(cls, m, None))]
     if missing:
         raise LoopmlError(f"{key}: {path} has no {' or '.join(missing)}(); a {task} model needs {', '.join(needed)}")
@@ -220,37 +212,23 @@ def feature_warnings(X: FloatArray, names: list[str], where: str = "train split"
     return notes
 
 
-def _imbalance(params: dict[str, Any], y: npt.NDArray[Any]) -> dict[str, Any]:
-    if any(k in params for k in _IMBALANCE_KEYS):
-        return {}
-    positives = int(np.sum(y == 1))
-    return {"scale_pos_weight": float(np.sqrt((len(y) - positives) / max(positives, 1)))}
-
-
 def _build(
     family: str, name: str, task: str, params: dict[str, Any], seed: int, y: npt.NDArray[Any], key: str
 ) -> tuple[Any, dict[str, Any]]:
+    kind = task_of(task)
     cls: Any
     if family == "lightgbm":
-        effective: dict[str, Any] = {"random_state": seed, "verbose": -1, **params}
-        if task == "binary":
-            effective.update(_imbalance(params, y))
-        cls = lightgbm.LGBMClassifier if task == "binary" else lightgbm.LGBMRegressor
+        effective: dict[str, Any] = {"random_state": seed, "verbose": -1, **params, **kind.weights(params, y)}
+        cls = kind.lightgbm_class(lightgbm)
     elif family == "xgboost":
         xgb = optional_module("xgboost", "xgboost", key)
-        effective = {"random_state": seed, "tree_method": "hist", "verbosity": 0, **params}
-        if task == "binary":
-            effective.update(_imbalance(params, y))
-        cls = xgb.XGBClassifier if task == "binary" else xgb.XGBRegressor
+        effective = {"random_state": seed, "tree_method": "hist", "verbosity": 0, **params, **kind.weights(params, y)}
+        cls = kind.xgboost_class(xgb)
     elif family == "sklearn":
         cls = sklearn_class(name, task, key)
         effective = dict(params)
-    elif task == "binary":
-        effective = {"class_weight": "balanced", "max_iter": LINEAR_MAX_ITER, "random_state": seed, **params}
-        cls = LogisticRegression
     else:
-        effective = dict(params)
-        cls = Ridge
+        cls, effective = kind.linear(params, seed)
     params_key = "model.params" if key == "model.type" else key
     try:
         estimator = cls(**effective)

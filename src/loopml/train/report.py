@@ -31,12 +31,12 @@ import numpy as np
 import numpy.typing as npt
 
 from loopml.spec.model import Evaluation
+from loopml.tasks.metrics import CARD_PRECISION_K, Metrics, confusion
 from loopml.train import plots
 from loopml.train.artifact import Predictor
 from loopml.train.bootstrap import bootstrap_difference, bootstrap_interval
 from loopml.train.calibrate import calibration_curve
 from loopml.train.explain import explain
-from loopml.train.metrics import CARD_PRECISION_K, Metrics, confusion
 from loopml.train.ranking import Queries, queries_by_day, queries_by_group, ranking_metrics
 from loopml.train.segments import segment_metrics
 from loopml.train.threshold import ThresholdChoice

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loopml.train.metrics import evaluate
+from loopml.tasks import task_of
 
 FloatArray = npt.NDArray[np.float64]
 MAX_DISTINCT = 20
@@ -70,9 +70,9 @@ def segment_metrics(
     rows: list[dict[str, Any]] = []
     for label in order:
         mask = labels == label
-        ev = evaluate(task, yy[mask], scores[mask], threshold, f"segment {column}={label}")
+        ev = task_of(task).evaluate(yy[mask], scores[mask], threshold, f"segment {column}={label}")
         entry: dict[str, Any] = {"value": label, "rows": int(mask.sum()), "metrics": ev.metrics}
-        if task == "binary":
+        if task_of(task).classifier:
             entry["positives"] = int(yy[mask].sum())
         rows.append(entry)
     eligible = [r for r in rows if r["rows"] >= MIN_ROWS and r["metrics"].get(metric) is not None]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from loopml.train.metrics import Metrics, higher_is_better
+from loopml.tasks.metrics import Metrics, higher_is_better
 
 MODEL, BASELINE = "model", "baseline"
 

@@ -38,6 +38,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Strati
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Spec
+from loopml.tasks import task_of
 
 IndexArray = npt.NDArray[np.int64]
 SPLITS = ("train", "valid", "test")
@@ -103,6 +104,7 @@ def split_rows(
     Raises :class:`LoopmlError` for too little time span, an empty split or a
     binary train split holding a single class.
     """
+    classifier = task_of(spec.task).classifier
     if spec.split.method == "time":
         if timestamps is None:
             raise LoopmlError("split.method: 'time' needs a timestamp column on the label source; use method: random")
@@ -112,9 +114,9 @@ def split_rows(
         check_entity_leakage(result, groups, spec.split.group or "group")
     else:
         result = random_split(
-            len(y), spec.split.valid_fraction, spec.split.test_fraction, spec.model.seed, y if spec.task == "binary" else None
+            len(y), spec.split.valid_fraction, spec.split.test_fraction, spec.model.seed, y if classifier else None
         )
-    if spec.task == "binary":
+    if classifier:
         check_two_classes(result, y)
     return result
 

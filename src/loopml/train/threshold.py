@@ -29,7 +29,7 @@ import numpy.typing as npt
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from loopml.spec.model import Threshold
-from loopml.train.metrics import DEFAULT_THRESHOLD, choose_threshold
+from loopml.tasks.metrics import DEFAULT_THRESHOLD, choose_threshold
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -54,7 +54,8 @@ import optuna
 
 from loopml.errors import LoopmlError
 from loopml.spec.model import Tuning
-from loopml.train.metrics import higher_is_better
+from loopml.tasks import task_of
+from loopml.tasks.metrics import higher_is_better
 from loopml.train.models import FitOptions, check_model_type, fit_model
 
 FloatArray = npt.NDArray[np.float64]
@@ -128,7 +129,7 @@ def search_space(family: str, task: str, trial: optuna.Trial) -> dict[str, Any]:
             "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
         }
     if family == "logistic":
-        if task == "binary":
+        if task_of(task).classifier:  # LogisticRegression's inverse regularisation
             return {"C": trial.suggest_float("C", 1e-3, 100.0, log=True)}
         return {"alpha": trial.suggest_float("alpha", 1e-3, 100.0, log=True)}
     raise LoopmlError(f"model.tuning: no search space for {family} models; set model.params instead, or trials: 0")

@@ -18,7 +18,8 @@ from loopml.monitor.dashboard.logdata import Monitored, truncation_note
 from loopml.monitor.dashboard.windows import window_ends_ms, window_metrics, windows_by_count
 from loopml.monitor.performance import ScoreCalibration, estimate_binary
 from loopml.spec.model import Spec
-from loopml.train.metrics import DEFAULT_THRESHOLD, metric_names
+from loopml.tasks import task_of
+from loopml.tasks.metrics import DEFAULT_THRESHOLD
 
 _PLOTTED = {"binary": ("average_precision", "roc_auc"), "regression": ("rmse", "mae")}
 
@@ -37,7 +38,7 @@ def performance_section(spec: Spec, monitored: Monitored | None, max_points: int
     ends = window_ends_ms(live.ts_us[idx], window, n)
     threshold = monitored.metrics.get("threshold")
     cut = float(threshold) if isinstance(threshold, (int, float)) else DEFAULT_THRESHOLD
-    known = metric_names(task)
+    known = task_of(task).metrics
     plotted = [m for m in dict.fromkeys([spec.gate.metric, *_PLOTTED[task]]) if m in known][:2]
     realised: list[dict[str, float | None]] = []
     for w in range(n):

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from loopml.tasks import task_of
 from loopml.train.bootstrap import weighted_metric
-from loopml.train.metrics import metric_names
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -69,12 +69,12 @@ def window_metrics(
 ) -> dict[str, float | None]:
     """``names`` of the training report's metrics on one window's labelled rows (None where undefined).
 
-    As in :func:`loopml.train.metrics.binary_metrics`, ROC AUC and average precision are undefined
+    As in :func:`loopml.tasks.metrics.binary_metrics`, ROC AUC and average precision are undefined
     (None) on a window holding one class; a name that is not one of the task's metrics is None.
     """
     y = np.asarray(y, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    known = metric_names(task)
+    known = task_of(task).metrics
     positives = float(y.sum())
     one_class = positives == 0 or positives == len(y)
     weights = np.ones((1, len(y)), dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Evaluation metrics: scikit-learn's, wrapped so a metric is a number or ``None``.
+"""Evaluation metrics shared by the tasks: scikit-learn's, wrapped so a metric is a number or ``None``.
 
 Binary: ``roc_auc, average_precision, log_loss, brier, precision, recall,
 f1`` (the last three at the decision threshold chosen on the validation split,
@@ -6,7 +6,7 @@ f1`` (the last three at the decision threshold chosen on the validation split,
 Regression: ``rmse, mae, r2, mape``. A metric that cannot be computed (one
 class in the labels, no predicted positive...) is reported as ``None`` with a
 warning string, never as a silent NaN; a metric name the spec asks for that is
-not one of these is an error naming the key (:func:`check_metric`).
+not one of these is an error naming the key (each task's ``check_metric``, :mod:`loopml.tasks`).
 
 ``card_precision_at_k`` is the fraud-detection metric of the *Reproducible
 Machine Learning for Credit Card Fraud Detection* handbook; scikit-learn has no
@@ -42,8 +42,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from loopml.errors import LoopmlError
-
 FloatArray = npt.NDArray[np.float64]
 Metrics = dict[str, float | None]
 
@@ -51,7 +49,9 @@ BINARY_METRICS = ("roc_auc", "average_precision", "log_loss", "brier", "precisio
 REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
 DEFAULT_THRESHOLD = 0.5
 CARD_PRECISION_K = 100
-_LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae", "mape"})
+#: iterations of the logistic baseline's solver
+LINEAR_MAX_ITER = 1000
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae", "mape"})
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _safe(name: str, where: str, fn: Callable[[], float], out: Metrics, notes: l
         notes.append(f"{name} on {where} is undefined: {problem or 'no value'}")
 
 
-def _confusion_guard(y: FloatArray, predicted: FloatArray) -> dict[str, str]:
+def confusion_guard(y: FloatArray, predicted: FloatArray) -> dict[str, str]:
     """Why precision/recall/F1 are undefined, so that we never rely on a NaN from zero_division."""
     problems: dict[str, str] = {}
     if not predicted.any():
@@ -111,7 +111,7 @@ def binary_metrics(y: npt.NDArray[Any], scores: FloatArray, threshold: float, wh
     _safe("log_loss", where, lambda: log_loss(y, np.clip(scores, 0.0, 1.0), labels=[0, 1]), out, notes)
     _safe("brier", where, lambda: brier_score_loss(y, scores, labels=[0, 1]), out, notes)
     predicted = (scores >= threshold).astype(np.int64)
-    guard = _confusion_guard(y.astype(np.float64), predicted.astype(np.float64))
+    guard = confusion_guard(y.astype(np.float64), predicted.astype(np.float64))
     threshold_metrics: dict[str, Callable[[], float]] = {
         "precision": lambda: precision_score(y, predicted, zero_division=np.nan),
         "recall": lambda: recall_score(y, predicted, zero_division=np.nan),
@@ -209,90 +209,9 @@ def card_precision_at_k(
     return None if row is None or row[0] is None else float(row[0])
 
 
-def evaluate(
-    task: str,
-    y: npt.NDArray[Any],
-    scores: FloatArray,
-    threshold: float | None,
-    where: str,
-    timestamps: npt.NDArray[np.datetime64] | None = None,
-    entity_ids: npt.NDArray[Any] | None = None,
-) -> Evaluation:
-    """The task's metric set on one split; binary adds ``card_precision@100`` when entities are known."""
-    if task != "binary":
-        return regression_metrics(y, scores, where)
-    evaluation = binary_metrics(y, scores, DEFAULT_THRESHOLD if threshold is None else threshold, where)
-    if timestamps is not None and entity_ids is not None:
-        name = f"card_precision@{CARD_PRECISION_K}"
-        evaluation.metrics[name] = card_precision_at_k(timestamps, entity_ids, y, scores, CARD_PRECISION_K)
-        if evaluation.metrics[name] is None:
-            evaluation.warnings.append(f"{name} on {where} is undefined: no row")
-    return evaluation
-
-
-def metric_names(task: str) -> tuple[str, ...]:
-    return BINARY_METRICS if task == "binary" else REGRESSION_METRICS
-
-
-def metric_value(
-    task: str, name: str, y: npt.NDArray[Any], scores: FloatArray, threshold: float = DEFAULT_THRESHOLD
-) -> float | None:
-    """One metric of :func:`evaluate`'s set (not card precision), computed alone; None where undefined.
-
-    Used by tuning trials, which may run in threads: unlike :func:`evaluate` it
-    never touches ``warnings.catch_warnings`` (process-wide state); the cases
-    where scikit-learn would warn are answered with None before calling it.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if task != "binary":
-        t = np.asarray(y, dtype=np.float64)
-        regression: dict[str, Callable[[], float]] = {
-            "rmse": lambda: float(np.sqrt(mean_squared_error(t, s))),
-            "mae": lambda: mean_absolute_error(t, s),
-            "r2": lambda: r2_score(t, s),
-            "mape": lambda: mean_absolute_percentage_error(t, s),
-        }
-        if len(t) < 2 or name not in regression:
-            return None
-        value = float(regression[name]())
-        return value if np.isfinite(value) else None
-    labels = np.asarray(y, dtype=np.int64)
-    flagged = (s >= threshold).astype(np.int64)
-    undefined = {
-        "roc_auc": len(np.unique(labels)) < 2,
-        "average_precision": len(np.unique(labels)) < 2,
-        **{k: True for k in _confusion_guard(labels.astype(np.float64), flagged.astype(np.float64))},
-    }
-    if undefined.get(name) or len(labels) == 0:
-        return None
-    binary: dict[str, Callable[[], float]] = {
-        "roc_auc": lambda: roc_auc_score(labels, s),
-        "average_precision": lambda: average_precision_score(labels, s),
-        "log_loss": lambda: log_loss(labels, np.clip(s, 0.0, 1.0), labels=[0, 1]),
-        "brier": lambda: brier_score_loss(labels, s, labels=[0, 1]),
-        "precision": lambda: precision_score(labels, flagged, zero_division=0.0),
-        "recall": lambda: recall_score(labels, flagged, zero_division=0.0),
-        "f1": lambda: f1_score(labels, flagged, zero_division=0.0),
-    }
-    if name not in binary:
-        return None
-    value = float(binary[name]())
-    return value if np.isfinite(value) else None
-
-
-def check_metric(name: str, task: str, key: str) -> str:
-    """``name`` if it is one of the task's metrics (binary: also ``card_precision@K``), else LoopmlError naming ``key``."""
-    if name in metric_names(task):
-        return name
-    if task == "binary" and re.fullmatch(r"card_precision@[1-9][0-9]*", name):
-        return name
-    choices = [*metric_names(task), *([f"card_precision@{CARD_PRECISION_K}"] if task == "binary" else [])]
-    raise LoopmlError(f"{key}: unknown {task} metric {name!r} (choices: {', '.join(choices)})")
-
-
 def higher_is_better(name: str) -> bool:
-    """Direction of a metric :func:`check_metric` accepts."""
-    return name not in _LOWER_IS_BETTER
+    """Direction of any metric a task accepts (the names do not clash across tasks)."""
+    return name not in LOWER_IS_BETTER
 
 
 def card_k(name: str) -> int | None:
