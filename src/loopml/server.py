@@ -130,6 +130,7 @@ def run_server(
         count = f"{workers} worker{'s' if workers > 1 else ''}"
         say(f"loopml serve: listening on {_url(host, at)} ({count}), {model}; Ctrl-C to stop")
 
+    _check_port(host, port)  # a port in use is one error line here, not uvicorn's log (once per worker) and an exit
     scheduler = None
     if project.spec.retraining.enabled:
         interval = project.spec.retraining.check_every.total_seconds()
@@ -140,7 +141,6 @@ def run_server(
             os.environ[_PROJECT_ENV] = str(project.layout.root)
             if admin_token:
                 os.environ[_TOKEN_ENV] = admin_token
-            _check_port(host, port)  # the workers bind it; a port in use is one error line here, not one per worker
             listening(port)
             uvicorn.run(
                 "loopml.server:app_from_environment",

@@ -20,6 +20,7 @@ from loopml.cli.common import (
     run_command,
     run_store,
 )
+from loopml.errors import LoopmlError
 
 
 def selection_lines(selection: dict[str, Any] | None) -> list[str]:
@@ -125,7 +126,10 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
         if as_json:
             emit_json(data)
             return
-        metric = gate_metric(p.spec)  # the task's primary metric: gate.metric, rmse for regression by default
+        try:  # the task's primary metric: gate.metric, rmse for regression by default
+            metric = gate_metric(p.spec)
+        except LoopmlError:  # a gate.metric that does not fit the task: train says so; the list still shows it
+            metric = p.spec.gate.metric
         rows = []
         for d in data:
             test = d["metrics"].get("test", d["metrics"])
