@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loopml.cli import app
+from loopml.project import Project
 
 runner = CliRunner()
 
@@ -110,3 +111,19 @@ def test_real_process_exit_code_and_stderr(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {tmp_path}/loopml.yaml: no loopml.yaml here (run 'loopml init' or pass --project DIR)"
+
+
+def test_init_example_fits_its_time_split_to_the_days_simulated(tmp_path: Path) -> None:
+    """``--days 30`` gives a project that trains (the default 28 + 7 + 7 day split and two 7-day gaps need 56)."""
+    folder = tmp_path / "p"
+    code, _, err = invoke("init", str(folder), "--example", "fraud", "--days", "30", "--customers", "200", "--terminals", "400")
+    assert code == 0, err
+    split = Project.load(folder).spec.split
+    assert split.train_days is not None and split.train_days + split.valid_days + split.test_days + 2 * 7 <= 30, split
+    for command in (["ingest"], ["features", "build"], ["train", "--json"]):
+        code, out, err = invoke(*command, "--project", str(folder))
+        assert code == 0, (command, err)
+    assert json.loads(out)["model_version"] == 1
+    code, _, err = invoke("init", str(tmp_path / "tiny"), "--example", "fraud", "--days", "10", "--customers", "50")
+    assert code == 0, err  # a tiny world is still a project to look at, but init says what training needs
+    assert "--days 17" in err and "split" in err, err

@@ -229,6 +229,27 @@ def test_single_metric_equals_the_full_evaluation() -> None:
     assert task_of("binary").metric_value("precision", y, s, 2.0) is None  # nothing flagged: undefined, not 0 or NaN
 
 
+def test_mape_is_none_with_the_reason_where_targets_are_at_or_near_zero() -> None:
+    """MAPE divides by the target: a zero (or a target under MAPE_FLOOR of the mean |y|) makes it meaningless."""
+    t = RNG.normal(5, 1, size=500)
+    p = t + RNG.normal(size=500)
+    assert task_of("regression").evaluate(t, p, None, "test").metrics["mape"] == pytest.approx(
+        mean_absolute_percentage_error(t, p)
+    )
+    for near in (0.0, 1e-9, -1e-4):
+        y = t.copy()
+        y[[3, 7]] = near
+        evaluation = task_of("regression").evaluate(y, p, None, "test")
+        assert evaluation.metrics["mape"] is None and evaluation.metrics["rmse"] is not None
+        assert any(w.startswith("mape on test is undefined: 2 target(s) are zero or near zero") for w in evaluation.warnings), (
+            evaluation.warnings
+        )
+        assert task_of("regression").metric_value("mape", y, p, 0.5) is None
+        W = next(count_blocks(len(y), 3, np.random.default_rng(0)))
+        assert np.isnan(weighted_metric("mape", y, p, 0.5, W)).all()
+    assert task_of("regression").evaluate(np.zeros(10), np.ones(10), None, "test").metrics["mape"] is None
+
+
 def test_unknown_metric_names_the_key() -> None:
     assert task_of("binary").check_metric("card_precision@50", "evaluation.metric") == "card_precision@50"
     with pytest.raises(LoopmlError, match=r"^evaluation\.metric: unknown binary metric 'auc' \(choices: roc_auc, "):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,7 +218,7 @@ def test_explain_on_a_model_without_contributions_is_a_4xx(trained_copy: Path) -
     spec_file.write_text(text.replace("type: lightgbm", "type: sklearn:sklearn.linear_model.LogisticRegression", 1))
     text = spec_file.read_text()
     start, end = text.index("  params:"), text.index("  baseline:")
-    spec_file.write_text(text[:start] + text[end:])
+    spec_file.write_text(text[:start] + "  select: model  # registered even where the baseline scores better\n" + text[end:])
     project = Project.load(trained_copy)
     project.registry().set_alias("champion", project.train().model_version, "test: an sklearn champion")
     with (
@@ -229,3 +230,81 @@ def test_explain_on_a_model_without_contributions_is_a_4xx(trained_copy: Path) -
         answer = client.post("/v1/predict?explain=true", json=body(row))
         assert answer.status_code == 422, answer.text
         assert "query.explain" in answer.text and "cannot explain" in answer.text
+
+
+def _lane_and_full(client: httpx.Client, payload: dict[str, Any]) -> httpx.Response:
+    """POST /v1/predict with a Content-Length (the fast lane) and chunked (the full app): the same answer, returned."""
+    raw = json.dumps({"request_id": "same", **payload}).encode()
+    headers = {"content-type": "application/json"}
+    lane = client.post("/v1/predict", content=raw, headers=headers)
+    full = client.post("/v1/predict", content=iter([raw[:10], raw[10:]]), headers=headers)
+    assert (lane.status_code, lane.json()) == (full.status_code, full.json())
+    return lane
+
+
+def test_an_entity_value_of_the_wrong_type_is_422_not_a_missing_entity(server: tuple[httpx.Client, Path]) -> None:
+    """customer_id is an int column: "abc" can name no customer, so it is a bad field, not an unknown customer."""
+    client, project = server
+    row = live_rows(project, 1)[0]
+    wrong = body(row)
+    wrong["entities"]["customer_id"] = "abc"
+    r = _lane_and_full(client, wrong)
+    assert r.status_code == 422, r.text
+    assert [d["field"] for d in r.json()["details"]] == ["entities.customer_id"]
+    assert "integer" in r.json()["details"][0]["message"] and "'abc'" in r.json()["details"][0]["message"]
+    as_text = body(row)
+    as_text["entities"]["customer_id"] = str(row["customer_id"])  # an integer sent as text is the same customer
+    answer = _lane_and_full(client, as_text)
+    assert answer.status_code == 200 and answer.json()["missing_entities"] == []
+    assert answer.json()["score"] == client.post("/v1/predict", json=body(row)).json()["score"]
+
+
+def test_every_bad_field_is_named_at_once(server: tuple[httpx.Client, Path]) -> None:
+    client, project = server
+    everything = {
+        "entities": {"customer_id": "abc", "shop": 1},
+        "features": {"tx_amount": "lots", "tx_datetime": "yesterday", "colour": "red"},
+    }
+    r = _lane_and_full(client, everything)
+    assert r.status_code == 422
+    named = {d["field"] for d in r.json()["details"]}
+    expected = {"entities.customer_id", "entities.terminal_id", "entities.shop"}
+    assert named == expected | {"features.tx_amount", "features.tx_datetime", "features.colour"}, r.json()
+    values = body(live_rows(project, 1)[0])
+    values["features"] = {"tx_amount": "lots", "tx_datetime": "yesterday"}  # both only found while assembling
+    r = _lane_and_full(client, values)
+    assert r.status_code == 422 and [d["field"] for d in r.json()["details"]] == ["features.tx_amount", "features.tx_datetime"]
+    rows = [body(row) for row in live_rows(project, 3)]
+    rows[0]["features"]["tx_amount"] = "lots"
+    rows[2]["features"]["tx_datetime"] = "yesterday"
+    r = client.post("/v1/predict/batch", json={"instances": rows})
+    assert r.status_code == 422
+    assert [d["field"] for d in r.json()["details"]] == ["instances.0.features.tx_amount", "instances.2.features.tx_datetime"]
+    mixed = {"entities": {"customer_id": [1], "terminal_id": 2}, "features": {"tx_amount": "lots", "tx_datetime": "2025-06-01"}}
+    r = client.post("/v1/predict", json=mixed)  # a type error pydantic finds and a value error found later: both named
+    assert r.status_code == 422 and {d["field"] for d in r.json()["details"]} == {"entities.customer_id", "features.tx_amount"}
+
+
+def test_the_advice_for_a_number_too_large_is_one_the_server_accepts(trained_copy: Path) -> None:
+    """1e400 is refused; the answer suggests null for a missing value only where null is accepted (optional features)."""
+    spec = trained_copy / "loopml.yaml"
+    spec.write_text(spec.read_text().replace("tx_amount: {type: float}", "tx_amount: {type: float, required: false}"))
+    with (
+        BackgroundServer(build_app(Project.load(trained_copy))) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as client,
+    ):
+        good = json.dumps(body(live_rows(trained_copy, 1)[0])).encode()
+        optional = re.sub(rb'"tx_amount": [^,}]+', b'"tx_amount": 1e400', good)
+        r = client.post("/v1/predict", content=optional, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["details"][0]["field"] == "features.tx_amount"
+        assert "null for a missing value" in r.json()["details"][0]["message"]
+        followed = re.sub(rb'"tx_amount": [^,}]+', b'"tx_amount": null', good)
+        assert client.post("/v1/predict", content=followed, headers={"content-type": "application/json"}).status_code == 200
+        required = re.sub(rb'"tx_datetime": "[^"]+"', b'"tx_datetime": 1e400', good)
+        r = client.post("/v1/predict", content=required, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["details"][0]["field"] == "features.tx_datetime"
+        message = r.json()["details"][0]["message"]
+        assert "null" not in message and "required" in message, message
+        entity = re.sub(rb'"customer_id": \d+', b'"customer_id": 1e400', good)
+        r = client.post("/v1/predict", content=entity, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "null" not in r.json()["details"][0]["message"]

@@ -105,7 +105,45 @@ def test_two_workers_serve_and_both_log_every_prediction_once(trained_copy: Path
             raise
     output = log.read_text()
     assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert f"loopml serve: listening on {url} (2 workers), model version 1; Ctrl-C to stop" in output.splitlines(), output
+    assert f"loopml serve: stopped listening on {url}" in output.splitlines(), output[-2000:]
 
     with Project.load(trained_copy).prediction_log().connect() as con:
         rows = con.execute("SELECT request_id, count(*) FROM predictions GROUP BY request_id").fetchall()
     assert dict(rows) == {b["request_id"]: 1 for b in sent}
+
+
+def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], seconds: float = 90) -> str:
+    """The first line of ``log`` holding ``text``, polled until a deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if text in line:
+                return line
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"no line with {text!r} in the output of loopml serve: {log.read_text()[-2000:]}")
+
+
+def test_serve_says_where_it_listens_and_when_it_stops(trained_copy: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "loopml", "serve", "--project", str(trained_copy), "--port", str(port)]
+    with log.open("wb") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        line = wait_for_line(log, "listening on", process)
+        expected = f"loopml serve: listening on http://127.0.0.1:{port} (1 worker), model version 1; Ctrl-C to stop"
+        assert line == expected
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200  # it listens once it says so
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    output = log.read_text()
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert output.splitlines()[-1] == f"loopml serve: stopped listening on http://127.0.0.1:{port}", output[-2000:]

@@ -117,6 +117,23 @@ def test_training_with_trials_records_the_study(tmp_path: Path) -> None:
     assert result.metrics["valid"]["roc_auc"] == pytest.approx(tuning["best_value"], abs=1e-9)  # and reproduces it
 
 
+def test_training_reports_each_trial_and_each_candidate_fit(tmp_path: Path) -> None:
+    """``loopml train`` shows progress: one message per tuning trial, one per candidate fitted, fractions that only grow."""
+    spec = make_spec(model={"baseline": "logistic"})
+    layout, registry = project(tmp_path, spec)
+    data = write(synthetic_table(n=3000), tmp_path / "t.parquet")
+    said: list[tuple[str, float]] = []
+    train(spec, layout, data, FEATURES, LINEAGE, registry, trials=3, progress=lambda m, f: said.append((m, f)))
+    messages = [m for m, _ in said]
+    trials = [m for m in messages if m.startswith("tuning lightgbm: trial")]
+    assert len(trials) == 3 and all(f"trial {i}/3" in m for i, m in enumerate(trials, 1)), messages
+    assert "best average_precision" in trials[-1], trials
+    assert any(m.startswith("fitting lightgbm") for m in messages), messages
+    assert any(m.startswith("fitting baseline logistic") for m in messages), messages
+    fractions = [f for _, f in said]
+    assert fractions == sorted(fractions) and fractions[0] >= 0.0 and fractions[-1] <= 1.0, said
+
+
 def test_tuning_on_a_single_class_validation_split_fails_clearly(tmp_path: Path) -> None:
     spec = make_spec(model={"baseline": None})
     layout, registry = project(tmp_path, spec)

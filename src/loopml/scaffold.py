@@ -3,6 +3,11 @@
 Either the built-in card-fraud world (simulated transactions as Parquet plus
 the example ``loopml.yaml`` shipped in :mod:`loopml.datasets`), or a
 scaffold inferred from any CSV/Parquet/JSONL file by :mod:`loopml.data.infer`.
+
+The example's time split is scaled to the simulated history
+(:mod:`loopml.datasets.example_split`); when no split fits, the project is
+still written (to look at, ingest, serve) and the caller is warned with the
+``--days`` that would train.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loopml.data.infer import Task, infer_spec
+from loopml.datasets.example_split import example_gap_days, example_min_days, example_split, with_split
 from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
 from loopml.spec.load import SPEC_FILE, parse_spec
@@ -53,11 +59,13 @@ def init_example(
     terminals: int = 10000,
     force: bool = False,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
     """Simulate the fraud world into ``folder``; return the number of history rows.
 
     The last ``live_days`` days go to ``data/live.parquet`` instead of the
-    history file: traffic to replay against the served model.
+    history file: traffic to replay against the served model. The time split
+    is scaled to the history (see the module doc); ``warn`` hears when none fits.
     """
     target = _prepare(folder, force)
     if live_days < 0 or live_days >= days:
@@ -79,7 +87,19 @@ def init_example(
         table = history
     if progress is not None:
         progress("simulated", 1.0)
-    _write_text(target, example_spec_text())
+    text = example_spec_text()
+    split = example_split(text, days - live_days)
+    if split is not None:
+        text = with_split(text, split)
+        parse_spec(text, str(target))
+    elif warn is not None:
+        minimum = example_min_days(text)
+        warn(
+            f"init: {days - live_days} day(s) of history leave no room for the time split (split.train_days/valid_days/"
+            f"test_days of at least 1 day each and two {example_gap_days(text)}-day label-delay gaps: {minimum} days); "
+            f"training will refuse it: pass --days {minimum + live_days} or more"
+        )
+    _write_text(target, text)
     return int(table.num_rows)
 
 

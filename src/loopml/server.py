@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -77,8 +78,59 @@ def app_from_environment() -> FastAPI:
     return build_app(Project.load(Path(folder)), os.environ.get(_TOKEN_ENV))
 
 
-def run_server(project: Project, host: str, port: int, workers: int = 1, admin_token: str | None = None) -> None:
-    """``loopml serve``: uvicorn in the foreground; with ``retraining.enabled``, the loop on its schedule beside it."""
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server that calls ``on_listening(port)`` once its socket listens (the port it got, for port 0)."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            listeners = [s for server in getattr(self, "servers", []) for s in (server.sockets or [])]
+            self.on_listening(int(listeners[0].getsockname()[1]) if listeners else self.config.port)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _check_port(host: str, port: int) -> None:
+    """LoopmlError naming the address when ``host:port`` cannot be bound (before worker processes are started)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise LoopmlError(f"serve: cannot listen on {_url(host, port)}: {exc.strerror or exc}") from None
+
+
+def run_server(
+    project: Project,
+    host: str,
+    port: int,
+    workers: int = 1,
+    admin_token: str | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """``loopml serve``: uvicorn in the foreground; with ``retraining.enabled``, the loop on its schedule beside it.
+
+    ``announce`` gets one line once the server listens (its address, workers and model version) and one when it
+    has stopped (Ctrl-C, SIGTERM).
+    """
+    say = announce or (lambda _line: None)
+    live = project.registry().alias(project.spec.rollout.alias)
+    model = f"model version {live.version}" if live is not None else "no model yet (train one, then POST /v1/admin/reload)"
+    bound: list[int] = []
+
+    def listening(at: int) -> None:
+        bound.append(at)
+        count = f"{workers} worker{'s' if workers > 1 else ''}"
+        say(f"loopml serve: listening on {_url(host, at)} ({count}), {model}; Ctrl-C to stop")
+
+    _check_port(host, port)  # a port in use is one error line here, not uvicorn's log (once per worker) and an exit
     scheduler = None
     if project.spec.retraining.enabled:
         interval = project.spec.retraining.check_every.total_seconds()
@@ -89,6 +141,7 @@ def run_server(project: Project, host: str, port: int, workers: int = 1, admin_t
             os.environ[_PROJECT_ENV] = str(project.layout.root)
             if admin_token:
                 os.environ[_TOKEN_ENV] = admin_token
+            listening(port)
             uvicorn.run(
                 "loopml.server:app_from_environment",
                 factory=True,
@@ -99,10 +152,22 @@ def run_server(project: Project, host: str, port: int, workers: int = 1, admin_t
             )
         else:
             _serving_process()
-            uvicorn.run(build_app(project, admin_token), host=host, port=port, log_level="warning")
+            config = uvicorn.Config(build_app(project, admin_token), host=host, port=port, log_level="warning")
+            server = _AnnouncingServer(config, listening)
+            try:
+                server.run()
+            except SystemExit:
+                if not server.started:  # uvicorn logged why (address in use, a failed startup) and exits
+                    where = _url(host, port)
+                    raise LoopmlError(f"serve: could not start listening on {where} (uvicorn's error is above)") from None
+                raise
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passed Ctrl-C on
+        pass
     finally:
         if scheduler is not None:
             scheduler.stop()
+    if bound:
+        say(f"loopml serve: stopped listening on {_url(host, bound[0])}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -61,12 +61,12 @@ def _print_monitor(report: dict[str, Any]) -> None:
     if perf is not None:
         metric = perf.get("metric")
         live = (perf.get("metrics") or {}).get(metric) if perf.get("status") == "ok" else None
-        estimated = (perf.get("estimated") or {}).get(metric)
         base = (perf.get("baseline") or {}).get(metric)
+        # the CBPE estimate exists for binary models only (and is skipped, with a reason, without a calibration map)
+        estimated = f", estimated {fmt((perf.get('estimated') or {}).get(metric))} (CBPE)" if "estimated" in perf else ""
         out.print(
             f"{metric}: live {fmt(live)} on {perf['labelled']:,} labelled rows"
-            f"{' (not enough labels)' if perf.get('status') != 'ok' else ''}, estimated {fmt(estimated)} (CBPE), "
-            f"training baseline {fmt(base)}",
+            f"{' (not enough labels)' if perf.get('status') != 'ok' else ''}{estimated}, training baseline {fmt(base)}",
             highlight=False,
         )
     system = report["system"]

@@ -20,7 +20,7 @@ def init(
     task: Annotated[str | None, typer.Option(help="binary or regression (inferred when omitted)")] = None,
     timestamp: Annotated[str | None, typer.Option(help="event-time column")] = None,
     entity: Annotated[list[str] | None, typer.Option(help="entity key column (repeatable)")] = None,
-    days: Annotated[int, typer.Option(help="fraud example: days to simulate")] = 183,
+    days: Annotated[int, typer.Option(help="fraud example: days to simulate (the time split is scaled to fit them)")] = 183,
     seed: Annotated[int, typer.Option(help="fraud example: random seed")] = 0,
     drift_day: Annotated[int | None, typer.Option(help="fraud example: day a new fraud pattern starts")] = None,
     live_days: Annotated[int, typer.Option(help="fraud example: last days written to data/live.parquet")] = 0,
@@ -36,6 +36,7 @@ def init(
         if example is not None:
             if example != "fraud":
                 raise LoopmlError(f"init: unknown example {example!r} (available: fraud)")
+            warnings: list[str] = []
             with progress_bar() as progress:
                 from loopml.scaffold import init_example
 
@@ -49,8 +50,11 @@ def init(
                     terminals=terminals,
                     force=force,
                     progress=progress,
+                    warn=warnings.append,
                 )
             err.print(f"wrote {folder / 'loopml.yaml'} and {rows:,} simulated transactions under {folder / 'data'}")
+            for warning in warnings:
+                err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         else:
             assert data is not None
             if label is None:

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from loopml.cli.common import JsonOpt, ProjectOpt, consume_until_stopped, emit_json, load_project, out, progress_bar, run_command
+from loopml.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    consume_until_stopped,
+    emit_json,
+    err,
+    load_project,
+    out,
+    progress_bar,
+    run_command,
+)
 
 stream_app = typer.Typer(help="Score a Redis Stream of events into an output stream.", no_args_is_help=True)
 
@@ -19,7 +29,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default: serving.port)")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes (default: serving.workers)")] = None,
 ) -> None:
-    """Run the online prediction service (FastAPI + uvicorn)."""
+    """Run the online prediction service (FastAPI + uvicorn); says where it listens, and when it stops (Ctrl-C)."""
 
     def go() -> None:
         p = load_project(project)
@@ -31,6 +41,7 @@ def serve(
             port or p.spec.serving.port,
             workers or p.spec.serving.workers,
             admin_token=os.environ.get("LOOPML_ADMIN_TOKEN"),
+            announce=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True),
         )
 
     run_command(go)

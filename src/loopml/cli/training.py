@@ -20,6 +20,7 @@ from loopml.cli.common import (
     run_command,
     run_store,
 )
+from loopml.errors import LoopmlError
 
 
 def selection_lines(selection: dict[str, Any] | None) -> list[str]:
@@ -115,18 +116,25 @@ def runs_show(
 
 @models_app.command("list")
 def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> None:
-    """Model versions with their aliases and test metrics."""
+    """Model versions with their aliases and the test value of the project's primary metric (gate.metric)."""
 
     def go() -> None:
-        data = [v.to_json() for v in load_project(project).registry().list()]
+        from loopml.loop.train import gate_metric
+
+        p = load_project(project)
+        data = [v.to_json() for v in p.registry().list()]
         if as_json:
             emit_json(data)
             return
+        try:  # the task's primary metric: gate.metric, rmse for regression by default
+            metric = gate_metric(p.spec)
+        except LoopmlError:  # a gate.metric that does not fit the task: train says so; the list still shows it
+            metric = p.spec.gate.metric
         rows = []
         for d in data:
             test = d["metrics"].get("test", d["metrics"])
-            rows.append([d["version"], ", ".join(d["aliases"]), d["created_at"], fmt(test.get("average_precision"))])
-        out.print(make_table("model versions", ["version", "aliases", "created", "test average_precision"], rows))
+            rows.append([d["version"], ", ".join(d["aliases"]), d["created_at"], fmt(test.get(metric))])
+        out.print(make_table("model versions", ["version", "aliases", "created", f"test {metric}"], rows))
 
     run_command(go)
 

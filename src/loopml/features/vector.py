@@ -26,9 +26,9 @@ Rules:
   recent events simply has missing-history values.
 - Request features: numbers may be JSON numbers or numeric strings; booleans
   ``true``/``false``/``0``/``1``; timestamps ISO-8601 strings (an offset is
-  converted to UTC; naive means UTC like the data) or epoch seconds. A missing
-  required or unparsable feature raises :class:`RequestFeatureError` naming the
-  field. An optional feature left out is NaN (NaT for timestamps, ``None`` for
+  converted to UTC; naive means UTC like the data) or epoch seconds. Missing
+  required or unparsable features raise one :class:`RequestFeatureError` naming
+  every such field of the batch. An optional feature left out is NaN (NaT for timestamps, ``None`` for
   strings), as a NULL would be offline. Unknown keys are ignored.
 - An unreachable online store raises
   :class:`~loopml.features.online.base.OnlineStoreUnavailable`, unless the
@@ -73,14 +73,22 @@ _FALSE = {"false", "0", "no"}
 
 
 class RequestFeatureError(LoopmlError):
-    """A request field is missing or unparsable; ``field`` is its path (``features.tx_amount``)."""
+    """Request fields that are missing or unparsable; ``field`` is the first one's path (``features.tx_amount``).
 
-    def __init__(self, field: str, message: str, index: int | None = None) -> None:
+    ``problems`` lists every bad field of the batch as ``(request index or None, field, message)``, the
+    first being ``(index, field, message)``.
+    """
+
+    def __init__(
+        self, field: str, message: str, index: int | None = None, more: Sequence[tuple[int | None, str, str]] = ()
+    ) -> None:
         self.field = field
         self.message = message
         self.index = index
+        self.problems: list[tuple[int | None, str, str]] = [(index, field, message), *more]
         where = f"instances.{index}." if index is not None else ""
-        super().__init__(f"{where}{field}: {message}")
+        others = f" (and {len(more)} more)" if more else ""
+        super().__init__(f"{where}{field}: {message}{others}")
 
 
 def _number(value: Any, integral: bool) -> float:
@@ -206,13 +214,17 @@ class FeatureAssembler:
     def _request_columns(self, requests: Sequence[Request]) -> tuple[dict[str, npt.NDArray[np.generic]], dict[str, Any]]:
         columns: dict[str, npt.NDArray[np.generic]] = {}
         strings: dict[str, npt.NDArray[np.object_]] = {}
+        problems: list[tuple[int | None, str, str]] = []
         for name, rule in self.spec.features.request.items():
             raw: list[float | int | str | None] = []
             for i, (_, features) in enumerate(requests):
                 try:
                     raw.append(parse_request_feature(name, rule, features.get(name)))
-                except RequestFeatureError as exc:
-                    raise RequestFeatureError(exc.field, exc.message, i if len(requests) > 1 else None) from None
+                except RequestFeatureError as exc:  # every bad field is named, not only the first
+                    problems.append((i if len(requests) > 1 else None, exc.field, exc.message))
+                    raw.append(None)
+            if problems:
+                continue
             if rule.type == "string":
                 strings[name] = np.array(raw, dtype=object)
             elif rule.type == "timestamp":
@@ -220,6 +232,9 @@ class FeatureAssembler:
                 columns[name] = np.array([nat if v is None else v for v in raw], dtype=np.int64).view("datetime64[us]")
             else:
                 columns[name] = np.array([np.nan if v is None else v for v in raw], dtype=np.float64)
+        if problems:
+            problems.sort(key=lambda p: -1 if p[0] is None else p[0])  # request order, then the features' order
+            raise RequestFeatureError(problems[0][1], problems[0][2], problems[0][0], problems[1:])
         return columns, strings
 
     def _request_times(self, columns: Mapping[str, npt.NDArray[np.generic]], n: int) -> list[int]:

@@ -153,6 +153,7 @@ def _fit_and_score(
     trials: int = 0,
     study: Path | None = None,
     tuning_metric: str | None = None,
+    progress: Progress | None = None,
 ) -> Candidate:
     """Tune (main model), fit, calibrate and choose the threshold: :mod:`loopml.train.candidate`."""
     names = data.feature_names
@@ -162,7 +163,8 @@ def _fit_and_score(
         data.entity_ids[split.valid] if data.entity_ids is not None else None,
     )
     study_name = study.parent.name if study is not None else "loopml"
-    return fit_candidate(spec, model_type, key, splits, names, params, trials, tuning_metric, study, study_name, context)
+    args = (trials, tuning_metric, study, study_name, context, progress)
+    return fit_candidate(spec, model_type, key, splits, names, params, *args)
 
 
 def _compare(
@@ -435,7 +437,11 @@ def _run(
     folder = store.run_dir(run.run_id)
     say(f"{'tuning and ' if tuning_requested(spec, trials) else ''}fitting {spec.model.type}", 0.15)
     args = (trials, folder / STUDY_FILE, tuning_metric)
-    candidate = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params, *args)
+
+    def fitting(message: str, fraction: float) -> None:  # each trial and the final fit, between 15 % and 50 %
+        say(message, 0.15 + 0.35 * fraction)
+
+    candidate = _fit_and_score(spec, spec.model.type, "model.type", data, split, spec.model.params, *args, progress=fitting)
     model, scores, threshold = candidate.model, candidate.scores, _threshold(candidate)
     notes.extend(candidate.notes)
     if candidate.tuning is not None:

@@ -130,6 +130,24 @@ def _errors_from_validation(exc: RequestValidationError) -> list[tuple[str, str]
     return [(field, " or ".join(messages)) for field, messages in merged.items()]
 
 
+_BATCH = "/v1/predict/batch"
+_PREDICT_PATHS = ("/v1/predict", _BATCH)
+
+
+def _merged(named: list[tuple[str, str]], more: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``named`` plus the problems of ``more`` about fields that neither ``named`` nor its parents name."""
+    fields = {field for field, _ in named}
+    if "body" in fields:
+        return named
+    out = list(named)
+    for field, message in more:
+        parts = field.split(".")
+        if not any(".".join(parts[:n]) in fields for n in range(1, len(parts) + 1)):
+            out.append((field, message))
+            fields.add(field)
+    return out
+
+
 def _unparsable(exc: RequestValidationError) -> list[tuple[str, str]]:
     """(body, reason) when the body is not JSON at all (FastAPI reports that as a validation error), else []."""
     errors = exc.errors()
@@ -192,10 +210,17 @@ def create_app(
     app.state.service = service
     batcher = MicroBatcher(service, options.micro_batch)
     app.state.batcher = batcher
-    shape = RequestShape(tuple(sorted(service.entity_keys)), service.spec.features.request, options.max_batch)
+    shape = RequestShape(
+        tuple(sorted(service.entity_keys)), service.spec.features.request, options.max_batch, service.entity_types
+    )
     install_openapi(app, shape)
+
+    def advice(path: str, field: str) -> str:
+        """What to send instead of a non-finite number (null only where the predict body accepts it)."""
+        return shape.non_finite_advice(field, batch=path == _BATCH) if path in _PREDICT_PATHS else "send a finite number"
+
     # added before the metrics middleware below, so it runs inside it and its 413s and 422s are counted
-    app.add_middleware(BodyGuard, max_body_bytes=options.max_body_bytes)
+    app.add_middleware(BodyGuard, max_body_bytes=options.max_body_bytes, advice=advice)
 
     def observe(path: str, status: int, seconds: float) -> None:
         metrics.requests.labels(path, str(status)).inc()
@@ -207,11 +232,14 @@ def create_app(
         metrics.predictions.labels(result.variant).inc()
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         unparsable = _unparsable(exc)
         if unparsable:
             return JSONResponse(error_body("the body is not JSON", unparsable), status_code=400)
-        return JSONResponse(error_body("invalid request", _errors_from_validation(exc)), status_code=422)
+        problems = _errors_from_validation(exc)
+        if request.url.path in _PREDICT_PATHS:  # name the project's checks' findings too, not only pydantic's
+            problems = _merged(problems, shape.check_raw(exc.body, batch=request.url.path == _BATCH))
+        return JSONResponse(error_body("invalid request", problems), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

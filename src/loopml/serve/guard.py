@@ -11,9 +11,11 @@
 * **NaN / Infinity**: Python's ``json`` accepts ``NaN``, ``Infinity`` and
   ``-Infinity`` (not JSON) and turns ``1e400`` into ``inf``. A body holding
   any of them is a 422 naming each field (``features.tx_amount``), so a
-  non-finite number is never validated, scored or logged. Only bodies whose
-  bytes contain such a token are parsed here (a regular expression decides),
-  so ordinary requests pay one scan.
+  non-finite number is never validated, scored or logged. The message says
+  what to send instead: a finite number, or null where null is accepted (an
+  optional request feature), never null where it would be refused next. Only
+  bodies whose bytes contain such a token are parsed here (a regular
+  expression decides), so ordinary requests pay one scan.
 
 Both are hand-written pure ASGI middleware. Starlette's ``BaseHTTPMiddleware``
 (``@app.middleware("http")``) runs every request through extra tasks and
@@ -51,8 +53,15 @@ def suspect(body: bytes) -> bool:
     return _SUSPECT.search(body) is not None
 
 
-def non_finite_fields(body: bytes) -> list[tuple[str, str]]:
-    """(field path, message) for each ``NaN``, ``Infinity`` or out-of-range number in a JSON body; [] if none or not JSON."""
+def _finite_number(_: str) -> str:
+    return "send a finite number"
+
+
+def non_finite_fields(body: bytes, advice: Callable[[str], str] = _finite_number) -> list[tuple[str, str]]:
+    """(field path, message) for each ``NaN``, ``Infinity`` or out-of-range number in a JSON body; [] if none or not JSON.
+
+    ``advice(field)`` says what to send instead (null only where the endpoint accepts null there).
+    """
     if not suspect(body):
         return []
     seen: list[_NonFinite] = []
@@ -77,7 +86,7 @@ def non_finite_fields(body: bytes) -> list[tuple[str, str]]:
         path, value = stack.pop()
         if isinstance(value, _NonFinite):
             what = "is not a JSON number" if value.token in ("NaN", "Infinity", "-Infinity") else "does not fit a float"
-            found.append((path or "body", f"{value.token[:40]} {what}; send a finite number, or null for a missing value"))
+            found.append((path or "body", f"{value.token[:40]} {what}; {advice(path)}"))
         elif isinstance(value, dict):
             stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(value.items()))
         elif isinstance(value, list):
@@ -107,11 +116,15 @@ async def _answer(send: Send, status: int, message: str, details: list[tuple[str
 
 
 class BodyGuard:
-    """ASGI middleware: 413 over ``max_body_bytes`` (declared or streamed), 422 for non-finite JSON numbers."""
+    """ASGI middleware: 413 over ``max_body_bytes`` (declared or streamed), 422 for non-finite JSON numbers.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    ``advice(request path, field)``: what the 422 tells the client to send instead of the number.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, advice: Callable[[str, str], str] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.advice = advice
 
     async def _too_large(self, send: Send) -> None:
         limit = self.max_body_bytes
@@ -147,7 +160,8 @@ class BodyGuard:
                 return
             chunks.append(chunk)
         body = b"".join(chunks)
-        bad = non_finite_fields(body)
+        advice, path = self.advice, str(scope.get("path", ""))
+        bad = non_finite_fields(body) if advice is None else non_finite_fields(body, lambda field: advice(path, field))
         if bad:
             await _answer(send, 422, "invalid request: non-finite number", bad)
             return

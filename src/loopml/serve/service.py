@@ -44,7 +44,7 @@ import numpy.typing as npt
 
 from loopml.errors import LoopmlError
 from loopml.features.online.base import OnlineStoreUnavailable
-from loopml.features.vector import AssembledBatch, FeatureAssembler
+from loopml.features.vector import AssembledBatch, FeatureAssembler, RequestFeatureError
 from loopml.monitor.rules import AlertSink
 from loopml.predlog.records import LoggedPrediction
 from loopml.predlog.writer import AsyncLogger
@@ -90,6 +90,15 @@ class PredictionService:
         self.live_models: dict[str, LiveModel] = {}
         view_entities = {view.entity for view in spec.features.views.values()}
         self.entity_keys = {spec.entities[name].key: name for name in view_entities}
+        #: entity key -> its column type in the views' sources, where they agree (``int``: "abc" is not a key)
+        self.entity_types: dict[str, str] = {}
+        for view in spec.features.views.values():
+            key = spec.entities[view.entity].key
+            column = spec.sources[view.source].columns.get(key) if view.source in spec.sources else None
+            if column is not None:
+                kind = self.entity_types.setdefault(key, column.type)
+                if kind != column.type:
+                    self.entity_types[key] = "mixed"
         self.unit_key = spec.rollout.unit or (sorted(self.entity_keys)[0] if self.entity_keys else None)
         self.shadow_dropped = 0
         self._shadow_jobs = 0
@@ -189,9 +198,12 @@ class PredictionService:
             assembled = self.assembler.vectors([(dict(r.entities), dict(r.features)) for r in requests])
         except OnlineStoreUnavailable as exc:
             raise FeaturesUnavailable(str(exc)) from None
+        except RequestFeatureError as exc:  # every bad field of every request, named as the client sent it
+            where = [f"instances.{0 if i is None else i}." if batch else "" for i, _, _ in exc.problems]
+            named = [(w + field, message) for w, (_, field, message) in zip(where, exc.problems, strict=True)]
+            raise RequestError(named) from None
         except LoopmlError as exc:
-            field = getattr(exc, "field", "features")
-            raise RequestError([(str(field), str(exc))]) from None
+            raise RequestError([("features", str(exc))]) from None
         request_ids = [req.request_id or uuid.uuid4().hex for req in requests]
         variants, shadows = self._route(requests, models)
         groups: dict[str, list[int]] = {}

@@ -259,8 +259,9 @@ class ScoringConsumer(StreamConsumer):
             try:
                 assembled = self.assembler.vectors([self._request(e) for e in pending])
             except RequestFeatureError as exc:
-                index = exc.index if exc.index is not None else 0
-                pending[index].reason = f"{exc.field}: {exc.message}"
+                for index, field, message in exc.problems:  # each bad entry's first problem
+                    entry = pending[index if index is not None else 0]
+                    entry.reason = entry.reason or f"{field}: {message}"
                 pending = [e for e in pending if e.reason is None]
                 continue
             matrix = model.matrix(assembled)

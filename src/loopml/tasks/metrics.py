@@ -8,6 +8,13 @@ class in the labels, no predicted positive...) is reported as ``None`` with a
 warning string, never as a silent NaN; a metric name the spec asks for that is
 not one of these is an error naming the key (each task's ``check_metric``, :mod:`loopml.tasks`).
 
+MAPE divides each error by its target, so one target at zero makes it explode
+(scikit-learn divides by machine epsilon there: values like 1e14). It is
+``None``, with a warning saying how many targets are to blame, when any
+``|y|`` is below :data:`MAPE_FLOOR` times the mean ``|y|`` (so when a target is
+zero, or all are) (:func:`mape_problem`); the rule is the same in training,
+tuning, bootstrap intervals and monitoring.
+
 ``card_precision_at_k`` is the fraud-detection metric of the *Reproducible
 Machine Learning for Credit Card Fraud Detection* handbook; scikit-learn has no
 equivalent, so it is written here as one DuckDB query. Ranking metrics over
@@ -52,6 +59,8 @@ CARD_PRECISION_K = 100
 #: iterations of the logistic baseline's solver
 LINEAR_MAX_ITER = 1000
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae", "mape"})
+#: MAPE is undefined when a target's magnitude is below this fraction of the mean magnitude of the targets
+MAPE_FLOOR = 1e-3
 
 
 @dataclass
@@ -126,6 +135,21 @@ def binary_metrics(y: npt.NDArray[Any], scores: FloatArray, threshold: float, wh
     return Evaluation(out, notes)
 
 
+def mape_problem(y: npt.ArrayLike) -> str | None:
+    """Why MAPE is undefined for targets ``y`` (some at or near zero, see the module doc), else None."""
+    size = np.abs(np.asarray(y, dtype=np.float64))
+    if not len(size):
+        return None
+    floor = MAPE_FLOOR * float(size.mean())
+    near = int(np.sum(size <= floor)) if floor == 0 else int(np.sum(size < floor))
+    if not near:
+        return None
+    return (
+        f"{near} target(s) are zero or near zero (|y| < {MAPE_FLOOR:g} x mean |y| = {floor:.3g}); "
+        "MAPE divides by the target, report mae or rmse instead"
+    )
+
+
 def regression_metrics(y: npt.NDArray[Any], predictions: FloatArray, where: str = "test") -> Evaluation:
     """The regression metric set."""
     y = np.asarray(y, dtype=np.float64)
@@ -139,7 +163,12 @@ def regression_metrics(y: npt.NDArray[Any], predictions: FloatArray, where: str 
         notes.append(f"r2 on {where} is undefined: fewer than two rows")
     else:
         _safe("r2", where, lambda: r2_score(y, predictions), out, notes)
-    _safe("mape", where, lambda: mean_absolute_percentage_error(y, predictions), out, notes)
+    problem = mape_problem(y)
+    if problem is not None:
+        out["mape"] = None
+        notes.append(f"mape on {where} is undefined: {problem}")
+    else:
+        _safe("mape", where, lambda: mean_absolute_percentage_error(y, predictions), out, notes)
     return Evaluation(out, notes)
 
 

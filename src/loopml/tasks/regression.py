@@ -16,7 +16,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error, mean_squared_error, r2_score
 
 from loopml.errors import LoopmlError
-from loopml.tasks.metrics import LOWER_IS_BETTER, REGRESSION_METRICS, Evaluation, FloatArray, regression_metrics
+from loopml.tasks.metrics import LOWER_IS_BETTER, REGRESSION_METRICS, Evaluation, FloatArray, mape_problem, regression_metrics
 
 
 class Regression:
@@ -56,7 +56,7 @@ class Regression:
             "r2": lambda: r2_score(t, s),
             "mape": lambda: mean_absolute_percentage_error(t, s),
         }
-        if len(t) < 2 or name not in computed:
+        if len(t) < 2 or name not in computed or (name == "mape" and mape_problem(t) is not None):
             return None
         value = float(computed[name]())
         return value if np.isfinite(value) else None

@@ -40,7 +40,7 @@ def rolling_backtest(
     folds = rolling_origin_splits(data.timestamps, options.train_days, options.test_days, gap, options.step_days, options.folds)
     out: list[dict[str, Any]] = []
     for i, fold in enumerate(folds):
-        say(f"backtest fold {i + 1}/{len(folds)}", 0.85 + 0.05 * i / len(folds))
+        say(f"backtest fold {i + 1}/{len(folds)}", 0.9 + 0.1 * i / len(folds))  # after registering (0.9)
         names = data.feature_names
         if task_of(spec.task).classifier and len(np.unique(data.y[fold.train])) < 2:
             out.append(

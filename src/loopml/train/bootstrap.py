@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from loopml.tasks import task_of
-from loopml.tasks.metrics import card_k, card_precision_at_k
+from loopml.tasks.metrics import card_k, card_precision_at_k, mape_problem
 
 FloatArray = npt.NDArray[np.float64]
 _BLOCK_CELLS = 4_000_000
@@ -122,6 +122,8 @@ def weighted_metric(name: str, y: npt.ArrayLike, scores: npt.ArrayLike, threshol
     if name == "mae":
         return _ratio(W @ np.abs(error), total)
     if name == "mape":
+        if mape_problem(yy) is not None:  # targets at or near zero: undefined, as in the point estimate
+            return np.full(W.shape[0], np.nan)
         return _ratio(W @ (np.abs(error) / np.maximum(np.abs(yy), _EPS)), total)
     if name == "r2":
         mean = _ratio(W @ yy, total)

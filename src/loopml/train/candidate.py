@@ -21,7 +21,7 @@ The order is fixed and every step uses the validation split only, never test:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ _THRESHOLD_METRICS = ("precision", "recall", "f1")
 AUTO_MAX_ROUNDS = 2000
 AUTO_PATIENCE = 50
 AUTO_LEARNING_RATE = 0.05
+#: the part of a tuned candidate's progress the trials take (the final fit and scoring take the rest)
+TUNING_SHARE = 0.9
 
 
 @dataclass
@@ -108,8 +110,13 @@ def fit_candidate(
     study: Path | None = None,
     study_name: str = "loopml",
     context: ValidContext | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Candidate:
-    """Tune (main model), fit, calibrate and choose the threshold; see the module docstring."""
+    """Tune (main model), fit, calibrate and choose the threshold; see the module docstring.
+
+    ``progress(message, fraction of this candidate's work)``: each tuning trial, then the final fit.
+    """
+    say = progress or (lambda _message, _fraction: None)
     method = spec.model.calibration
     task = task_of(spec.task)
     if method != "none" and not task.calibrated:
@@ -134,8 +141,11 @@ def fit_candidate(
             trials=trials,
             storage=study,
             study_name=study_name,
+            progress=lambda message, fraction: say(message, TUNING_SHARE * fraction),
         )
         params = {**params, **tuning.best_params}
+    best = " with the best trial's parameters" if tuning is not None else ""
+    say(f"fitting {model_type} on {len(y_train):,} training rows{best}", TUNING_SHARE if tuning is not None else 0.0)
     options = None
     if model_type == "lightgbm" and "n_estimators" not in params and len(y_valid):
         # rounds not set (nor tuned): as many as the validation loss keeps improving, up to AUTO_MAX_ROUNDS

@@ -150,6 +150,28 @@ def _pruning_callback(trial: optuna.Trial, maximize: bool) -> Callable[[Any], No
     return callback
 
 
+def _reporter(
+    progress: Callable[[str, float], None], model_type: str, metric: str, n_trials: int | None, timeout_s: float | None
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """An Optuna callback saying, after each trial, how far the study is and the best value so far."""
+    started = time.monotonic()
+    done = 0
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal done
+        done += 1  # trials end in any order when n_jobs > 1: count them rather than use their numbers
+        fractions = [done / n_trials] if n_trials else []
+        if timeout_s:
+            fractions.append((time.monotonic() - started) / timeout_s)
+        state = {"COMPLETE": "done", "PRUNED": "pruned", "FAIL": "failed"}.get(trial.state.name, trial.state.name.lower())
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        best = f", best {metric} {study.best_value:.4g}" if complete else ""
+        total = f"/{n_trials}" if n_trials else ""
+        progress(f"tuning {model_type}: trial {done}{total} {state}{best}", min(1.0, max(fractions, default=0.0)))
+
+    return report
+
+
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     duration = t.duration.total_seconds() if t.duration is not None else None
     return {
@@ -177,8 +199,13 @@ def tune(
     trials: int = 0,
     storage: Path | None = None,
     study_name: str = "loopml",
+    progress: Callable[[str, float], None] | None = None,
 ) -> TuningResult:
-    """Run the study; ``score`` maps validation scores to the tuning metric (None when undefined)."""
+    """Run the study; ``score`` maps validation scores to the tuning metric (None when undefined).
+
+    ``progress(message, fraction)`` is called after each trial (fraction: trials done of ``trials``, or the
+    time budget spent when only ``timeout_s`` bounds the study).
+    """
     family = check_model_type(model_type, "model.type", task)
     n_trials = trials or settings.trials or None
     if n_trials is None and settings.timeout_s is None:
@@ -222,6 +249,7 @@ def tune(
 
     url = f"sqlite:///{storage}" if storage is not None else None
     memory = optuna.storages.InMemoryStorage()
+    callbacks = [] if progress is None else [_reporter(progress, model_type, metric, n_trials, settings.timeout_s)]
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.monotonic()
@@ -234,7 +262,14 @@ def tune(
             pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=WARMUP_ROUNDS),
             load_if_exists=False,
         )
-        study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, n_jobs=settings.n_jobs, catch=(LoopmlError,))
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=settings.timeout_s,
+            n_jobs=settings.n_jobs,
+            catch=(LoopmlError,),
+            callbacks=callbacks,
+        )
         if url is not None:
             optuna.copy_study(from_study_name=study_name, from_storage=memory, to_storage=url)
     finally:
