@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loopml.cli import app
+from loopml.scaffold import example_spec_text
 
 runner = CliRunner()
 
@@ -110,3 +111,33 @@ def test_real_process_exit_code_and_stderr(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {tmp_path}/loopml.yaml: no loopml.yaml here (run 'loopml init' or pass --project DIR)"
+
+
+#: Libraries that take seconds to import between them; quick commands must not load any.
+HEAVY = ("lightgbm", "sklearn", "scipy", "duckdb", "pandas", "pyarrow", "matplotlib", "fastapi", "uvicorn", "optuna")
+_RUN_AND_LIST_MODULES = """
+import json, sys
+out, args = sys.argv[1], sys.argv[2:]
+sys.argv = ["loopml", *args]
+from loopml.cli import app
+try:
+    app()
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+with open(out, "w") as fh:
+    json.dump({"code": code, "heavy": sorted(m for m in __HEAVY__ if m in sys.modules)}, fh)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check"], ["models", "list"], ["runs", "list"], ["models", "list", "--json"]])
+def test_quick_commands_do_not_import_heavy_libraries(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "loopml.yaml").write_text(example_spec_text())
+    script = _RUN_AND_LIST_MODULES.replace("__HEAVY__", repr(HEAVY))
+    out = tmp_path / "modules.json"
+    project = [] if args == ["--help"] else ["--project", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", script, str(out), *args, *project], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result == {"code": 0, "heavy": []}, (args, proc.stderr)

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from loopml.cli.common import JsonOpt, ProjectOpt, emit_json, err, load_project, make_table, out, progress_bar, run_command
+from loopml.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    emit_json,
+    err,
+    load_project,
+    load_spec_only,
+    make_table,
+    out,
+    progress_bar,
+    run_command,
+)
 from loopml.errors import LoopmlError
 
 
@@ -67,10 +78,9 @@ def check(project: ProjectOpt = Path(".")) -> None:
     """Validate loopml.yaml; every error names its key and line."""
 
     def go() -> None:
-        p = load_project(project)
-        s = p.spec
+        s, layout = load_spec_only(project)
         n_features = sum(len(v.outputs(k)) for k, v in s.features.views.items()) + len(s.features.transforms)
-        err.print(f"ok: {p.layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
+        err.print(f"ok: {layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
 
     run_command(go)
 

@@ -15,6 +15,7 @@ from loopml.cli.common import (
     fmt,
     load_project,
     make_table,
+    open_registry_only,
     out,
     progress_bar,
     run_command,
@@ -98,7 +99,7 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
     """Model versions with their aliases and test metrics."""
 
     def go() -> None:
-        data = [v.to_json() for v in load_project(project).registry().list()]
+        data = [v.to_json() for v in open_registry_only(project).list()]
         if as_json:
             emit_json(data)
             return
@@ -120,7 +121,7 @@ def models_promote(
     """Point an alias (default champion) at a version."""
 
     def go() -> None:
-        v = load_project(project).registry().set_alias(alias, version, reason="promoted by hand (loopml models promote)")
+        v = open_registry_only(project).set_alias(alias, version, reason="promoted by hand (loopml models promote)")
         out.print(f"{alias} -> version {v.version}")
 
     run_command(go)
@@ -133,7 +134,7 @@ def models_rollback(
     """Move an alias back to the version it pointed at before."""
 
     def go() -> None:
-        v = load_project(project).registry().rollback(alias)
+        v = open_registry_only(project).rollback(alias)
         out.print(f"{alias} -> version {v.version}")
 
     run_command(go)

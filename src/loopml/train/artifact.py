@@ -40,17 +40,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import joblib
-import lightgbm
 import numpy as np
 import numpy.typing as npt
-import sklearn
-from scipy.special import expit, logit
 
 from loopml.errors import LoopmlError
-from loopml.train.calibrate import Calibration
+from loopml.train.calibrate import Calibration, expit, logit
+
+if TYPE_CHECKING:
+    import lightgbm
 
 FloatArray = npt.NDArray[np.float64]
 LINEAR_FORMAT = "loopml.linear/1"
@@ -193,6 +192,8 @@ class LightGBMPredictor(Predictor):
     def from_model_text(cls, text: str, where: str = "model artifact") -> LightGBMPredictor:
         if _cut_off_lightgbm(text):
             raise LoopmlError(f"{where}: not a LightGBM model (cut off: no 'end of trees' or 'end of parameters' line)")
+        import lightgbm  # on first use, so that reading the registry (loopml models list) does not load LightGBM
+
         try:
             booster = lightgbm.Booster(model_str=text)
         except (lightgbm.basic.LightGBMError, ValueError) as exc:  # ValueError: its pandas_categorical JSON line
@@ -365,6 +366,8 @@ class SklearnPredictor(Predictor):
     @classmethod
     def from_joblib(cls, data: bytes, where: str = "model artifact") -> SklearnPredictor:
         """Unpickle; callers have checked the bytes' hash against the registry's record first."""
+        import joblib  # on first use: it imports asyncio and more, which quick commands must not pay for
+
         try:
             body = joblib.load(io.BytesIO(data))
         except Exception as exc:  # unpickling can raise anything; the message names the file
@@ -391,6 +394,9 @@ class SklearnPredictor(Predictor):
         raise LoopmlError("an sklearn artifact is binary; use to_bytes()")
 
     def to_bytes(self) -> bytes:
+        import joblib
+        import sklearn  # loaded already (the estimator was fitted in this process); not at import, for quick commands
+
         buffer = io.BytesIO()
         body = {
             "format": SKLEARN_FORMAT,
