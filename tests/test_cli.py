@@ -141,3 +141,18 @@ def test_quick_commands_do_not_import_heavy_libraries(tmp_path: Path, args: list
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result == {"code": 0, "heavy": []}, (args, proc.stderr)
+
+
+def test_a_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,label\n1,0\n2,1\n3,0\n")
+    folder = tmp_path / "new" / "project"
+    code, _, err = invoke("init", str(folder), "--data", str(data), "--label", "churned")
+    assert code == 1 and "label column 'churned' is not a column of the file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    code, _, err = invoke("init", str(folder), "--example", "fraud", "--days", "5", "--live-days", "9")
+    assert code == 1 and "live days must be between 0 and 4" in err
+    assert not (tmp_path / "new").exists()
+    code, _, err = invoke("init", str(folder), "--data", str(data), "--label", "label")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["loopml.yaml"]

@@ -8,7 +8,9 @@ scaffold inferred from any CSV/Parquet/JSONL file by :mod:`loopml.data.infer`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -29,10 +31,27 @@ def example_spec_text() -> str:
     return resources.files("loopml.datasets").joinpath("fraud.yaml").read_text(encoding="utf-8")
 
 
-def _prepare(folder: Path, force: bool) -> Path:
+@contextmanager
+def _undone_on_failure(folder: Path) -> Iterator[None]:
+    """Remove the folders made for ``folder`` (itself and missing parents) if the body fails: a failed init leaves nothing."""
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
+
+
+def _target(folder: Path, force: bool) -> Path:
     target = folder / SPEC_FILE
     if target.exists() and not force:
         raise LoopmlError(f"{target}: already exists (pass --force to overwrite)")
+    return target
+
+
+def _prepare(folder: Path, force: bool) -> Path:
+    target = _target(folder, force)
     folder.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -59,28 +78,31 @@ def init_example(
     The last ``live_days`` days go to ``data/live.parquet`` instead of the
     history file: traffic to replay against the served model.
     """
-    target = _prepare(folder, force)
-    if live_days < 0 or live_days >= days:
-        raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
-    try:
-        config = FraudWorldConfig(n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day)
-    except ValueError as exc:
-        raise LoopmlError(f"init: {exc}") from None
-    data = folder / "data"
-    paths = write_world(config, data)
-    table = pq.read_table(paths["transactions"])
-    if live_days:
-        start = datetime.fromisoformat(config.start_date)
-        cutoff = pa.scalar(start + timedelta(days=days - live_days), type=pa.timestamp("us"))
-        history = table.filter(pc.less(table["tx_datetime"], cutoff))
-        live = table.filter(pc.greater_equal(table["tx_datetime"], cutoff))
-        pq.write_table(history, paths["transactions"])
-        pq.write_table(live, data / "live.parquet")
-        table = history
-    if progress is not None:
-        progress("simulated", 1.0)
-    _write_text(target, example_spec_text())
-    return int(table.num_rows)
+    with _undone_on_failure(folder):
+        target = _prepare(folder, force)
+        if live_days < 0 or live_days >= days:
+            raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
+        try:
+            config = FraudWorldConfig(
+                n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day
+            )
+        except ValueError as exc:
+            raise LoopmlError(f"init: {exc}") from None
+        data = folder / "data"
+        paths = write_world(config, data)
+        table = pq.read_table(paths["transactions"])
+        if live_days:
+            start = datetime.fromisoformat(config.start_date)
+            cutoff = pa.scalar(start + timedelta(days=days - live_days), type=pa.timestamp("us"))
+            history = table.filter(pc.less(table["tx_datetime"], cutoff))
+            live = table.filter(pc.greater_equal(table["tx_datetime"], cutoff))
+            pq.write_table(history, paths["transactions"])
+            pq.write_table(live, data / "live.parquet")
+            table = history
+        if progress is not None:
+            progress("simulated", 1.0)
+        _write_text(target, example_spec_text())
+        return int(table.num_rows)
 
 
 def init_from_data(
@@ -97,8 +119,9 @@ def init_from_data(
     if task not in (None, "binary", "regression"):
         raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
     kind: Task | None = "binary" if task == "binary" else "regression" if task == "regression" else None
-    target = _prepare(folder, force)
+    target = _target(folder, force)
     text = infer_spec(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
     parse_spec(text, str(target))
-    _write_text(target, text)
+    with _undone_on_failure(folder):
+        _write_text(_prepare(folder, force), text)
     return target
