@@ -8,6 +8,7 @@ column, blank or ``nan`` labels, header names LightGBM refuses, an entity key wi
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pyarrow.csv as pcsv
 from typer.testing import CliRunner
 
 from loopml.cli import app
+from loopml.project import Project
 
 runner = CliRunner()
 ROWS = 240
@@ -66,3 +68,17 @@ def test_a_file_without_a_time_column_is_scored_by_predict(tmp_path: Path) -> No
     scored = pcsv.read_csv(tmp_path / "project" / "scored.csv")
     assert scored.column_names == ["income", "children", "default", "score", "model_version"]
     assert scored.num_rows == ROWS and all(0 <= s <= 1 for s in scored.column("score").to_pylist())
+
+
+def test_header_names_lightgbm_refuses_are_trained_and_shown_as_written(tmp_path: Path) -> None:
+    names = ['a"b', "unit price", "x:y", "[p]{q},r"]  # the first is the header cell "a""b"
+    rows = [[*numbers(i), i % 3, i % 4, binary_label(i)] for i in range(ROWS)]
+    data = write_csv(tmp_path / "odd.csv", [*names, "label"], rows)
+    assert data.read_text().startswith('"a""b",unit price,x:y,"[p]{q},r",label\n')
+    project = tmp_path / "project"
+    run(project, data, "--label", "label")
+    registry = Project.load(project).registry()
+    assert registry.load_predictor(1).feature_names == names == registry.get(1).feature_names
+    [report] = (project / ".loopml" / "runs").glob("*/report.json")
+    importance = json.loads(report.read_text())["explanations"]["importance"]
+    assert sorted(row["feature"] for row in importance) == sorted(names)

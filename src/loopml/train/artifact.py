@@ -35,12 +35,14 @@ import hashlib
 import importlib
 import io
 import json
+import re
 import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
 
 import numpy as np
 import numpy.typing as npt
@@ -168,6 +170,25 @@ class Predictor(ABC):
         """The artifact's file content."""
 
 
+_LIGHTGBM_REFUSES = re.compile(r'[%\s",:\[\]{}]')  # JSON characters (refused), whitespace (renamed '_'), and '%' itself
+
+
+def lightgbm_name(name: str) -> str:
+    """The name LightGBM is given for feature ``name``: every character it refuses or renames as ``%XX`` (UTF-8 bytes).
+
+    LightGBM refuses JSON characters in feature names and turns spaces into ``_``; a column of a user's file can
+    hold any of them (a header ``"a""b"``). :class:`LightGBMPredictor` reads the names back with
+    :func:`original_name`, so the model's feature names are the columns as the user wrote them.
+    """
+    return _LIGHTGBM_REFUSES.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+
+
+def original_name(stored: str) -> str:
+    """Inverse of :func:`lightgbm_name`; a name it did not produce (an older model's) is returned unchanged."""
+    name = unquote(stored, errors="replace") if "%" in stored else stored
+    return name if lightgbm_name(name) == stored else stored
+
+
 def _cut_off_lightgbm(text: str) -> bool:
     """A LightGBM model text cut off inside its trees or parameters, which LightGBM's parser aborts or crashes the
     whole process on (it parses trees on several threads; LightGBM issue 3733) instead of raising."""
@@ -184,7 +205,7 @@ class LightGBMPredictor(Predictor):
     def __init__(self, booster: lightgbm.Booster, text: str) -> None:
         self._booster = booster
         self._text = text
-        self.feature_names = list(booster.feature_name())
+        self.feature_names = [original_name(n) for n in booster.feature_name()]
         objective = next((line[10:] for line in text.splitlines() if line.startswith("objective=")), "")
         self.task = "binary" if objective.startswith(("binary", "cross_entropy")) else "regression"
 
