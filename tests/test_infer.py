@@ -84,7 +84,8 @@ def test_binary_project_from_a_file_parses_and_ingests(tmp_path: Path, fmt: str)
 
     features = spec.features
     request = {k: f.type for k, f in features.request.items()}
-    assert request == {"amount": "float", "items": "int", "is_member": "bool", "ts": "timestamp"}
+    assert request == {"amount": "float", "items": "int", "channel": "string", "is_member": "bool", "ts": "timestamp"}
+    assert {k: (e.input, e.op) for k, e in features.encodings.items()} == {"channel_onehot": ("channel", "onehot")}
     assert {k: (t.op, t.inputs) for k, t in features.transforms.items()} == {
         "ts_hour": ("hour", ["ts"]),
         "ts_day_of_week": ("day_of_week", ["ts"]),
@@ -94,7 +95,8 @@ def test_binary_project_from_a_file_parses_and_ingests(tmp_path: Path, fmt: str)
     assert view_name == "user_id" and view.entity == "user_id" and view.source == "events"
     [agg] = view.aggregations
     assert agg.column == "amount" and agg.functions == ["count", "mean"]
-    assert agg.windows == [timedelta(days=1), timedelta(days=7), timedelta(days=30)]
+    # a user's events are 56 h apart: a 1d window would always be empty; 30d spans the 20 days of data
+    assert agg.windows == [timedelta(days=7), timedelta(days=30)]
 
     span_days = (N - 1) * 8 / 24  # about 19.7 days -> 15 % is 3 days each
     assert spec.split.method == "time" and spec.split.valid_days == spec.split.test_days == round(0.15 * span_days) == 3
@@ -118,7 +120,7 @@ def test_regression_target_without_timestamp(tmp_path: Path) -> None:
     assert spec.sources["prices"].timestamp is None and "# timestamp: none (no timestamp column found)" in text
     assert spec.split.method == "random" and spec.split.valid_fraction == 0.15
     assert spec.features.transforms == {} and spec.features.views == {} and spec.features.exclude == []
-    assert set(spec.features.request) == {"user_id", "amount", "items", "is_member"}
+    assert set(spec.features.request) == {"user_id", "amount", "items", "channel", "is_member"}
     result = ingest(spec, Layout.for_project(tmp_path, spec))
     assert result.rows_valid == N
 
@@ -134,7 +136,7 @@ def test_a_label_that_does_not_exist_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "given", "expected"),
     [
-        (["yes", "no", "no", "no"], None, True),  # DuckDB reads yes/no as booleans
+        (["yes", "no", "no", "no"], None, "yes"),  # DuckDB reads yes/no as booleans; a label keeps the file's words
         (["neg", "pos", "neg", "neg"], None, "pos"),
         (["true", "false", "false", "false"], None, True),
         (["dog", "cat", "cat", "cat"], None, "dog"),  # the minority class

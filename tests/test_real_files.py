@@ -13,11 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.csv as pcsv
+import pytest
 from typer.testing import CliRunner
 
 from loopml.cli import app
+from loopml.errors import LoopmlError
 from loopml.project import Project
+from loopml.train.models import fit_model
 
 runner = CliRunner()
 ROWS = 240
@@ -82,3 +86,36 @@ def test_header_names_lightgbm_refuses_are_trained_and_shown_as_written(tmp_path
     [report] = (project / ".loopml" / "runs").glob("*/report.json")
     importance = json.loads(report.read_text())["explanations"]["importance"]
     assert sorted(row["feature"] for row in importance) == sorted(names)
+
+
+def test_a_yes_no_label_takes_the_positive_class_as_written(tmp_path: Path) -> None:
+    rows = [[*numbers(i), ("No", "Yes")[binary_label(i)]] for i in range(ROWS)]
+    data = write_csv(tmp_path / "credit.csv", ["income", "children", "default"], rows)
+    said = run(tmp_path / "project", data, "--label", "default", "--positive", "Yes")
+    assert "label 'default' is No, Yes, positive class Yes" in said["init"]
+    spec = Project.load(tmp_path / "project").spec
+    assert spec.label.positive == "Yes" and spec.sources["credit"].columns["default"].allowed == ["No", "Yes"]
+    code, _, err = cli("init", str(tmp_path / "other"), "--data", str(data), "--label", "default", "--positive", "yes please")
+    assert code == 1 and "--positive 'yes please' is not a value of label column 'default' (values: No, Yes)" in err
+
+
+def test_rows_without_a_label_are_set_aside_and_counted(tmp_path: Path) -> None:
+    # as pandas writes a 0/1 label with gaps: 1.0, 0.0, nan, and a blank cell now and then
+    labels = [None if i % 11 == 0 else "nan" if i % 7 == 0 else float(binary_label(i)) for i in range(ROWS)]
+    rows = [[*numbers(i), label] for i, label in enumerate(labels)]
+    data = write_csv(tmp_path / "survey.csv", ["income", "children", "affairs"], rows)
+    missing = sum(v is None or v == "nan" for v in labels)
+    said = run(tmp_path / "project", data, "--label", "affairs")
+    assert f"label 'affairs': {missing} of {ROWS} rows have no value (blank or NaN)" in said["init"]
+    assert Project.load(tmp_path / "project").spec.task == "binary"
+    assert f"warning: {tmp_path}" in said["train"]
+    assert f"{missing} of {ROWS} row(s) have no label 'affairs' (blank, NaN or not known yet); set aside" in said["train"]
+    scored = pcsv.read_csv(tmp_path / "project" / "scored.csv")
+    assert scored.num_rows == ROWS and scored.column("score").null_count == 0
+
+
+def test_a_label_the_model_cannot_use_is_named_as_the_label() -> None:
+    X = np.arange(40, dtype=np.float64).reshape(20, 2)
+    y = np.where(np.arange(20) % 5 == 0, np.nan, np.arange(20.0))
+    with pytest.raises(LoopmlError, match=r"^label.column: 4 training row\(s\) have a label that is NaN or infinite"):
+        fit_model("lightgbm", "regression", X, y, ["a", "b"])

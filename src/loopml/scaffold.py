@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loopml.data.infer import Task, infer_spec
+from loopml.data.infer import Task, infer_project
 from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
 from loopml.spec.load import SPEC_FILE, parse_spec
@@ -114,14 +114,15 @@ def init_from_data(
     timestamp: str | None,
     entities: list[str],
     force: bool = False,
-) -> Path:
-    """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written."""
+) -> tuple[Path, list[str]]:
+    """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written. Returns it and the notes on
+    what was decided (:func:`loopml.data.infer.infer_project`)."""
     if task not in (None, "binary", "regression"):
         raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
     kind: Task | None = "binary" if task == "binary" else "regression" if task == "regression" else None
     target = _target(folder, force)
-    text = infer_spec(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
-    parse_spec(text, str(target))
+    inferred = infer_project(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
+    parse_spec(inferred.text, str(target))
     with _undone_on_failure(folder):
-        _write_text(_prepare(folder, force), text)
-    return target
+        _write_text(_prepare(folder, force), inferred.text)
+    return target, inferred.notes

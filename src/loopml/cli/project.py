@@ -68,8 +68,10 @@ def init(
                 raise LoopmlError("init: --data needs --label COL")
             from loopml.scaffold import init_from_data
 
-            path = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
-            err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'")
+            path, notes = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
+            for note in notes:
+                err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'", soft_wrap=True)
 
     run_command(go)
 

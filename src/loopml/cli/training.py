@@ -12,6 +12,7 @@ from loopml.cli.common import (
     JsonOpt,
     ProjectOpt,
     emit_json,
+    err,
     fmt,
     load_project,
     make_table,
@@ -41,6 +42,8 @@ def train_cmd(
         if as_json:
             emit_json(data)
             return
+        for warning in data["warnings"]:
+            err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         metrics = data["metrics"]
         rows = [[name, fmt(metrics["valid"].get(name)), fmt(value)] for name, value in metrics["test"].items()]
         out.print(make_table(f"run {data['run_id']} -> model version {data['model_version']}", ["metric", "valid", "test"], rows))

@@ -278,6 +278,9 @@ def fit_model(
     """Fit one model family on ``X`` (NaN = missing) and ``y`` (0/1 for binary)."""
     family = check_model_type(model_type, key, task)
     params_key = "model.params" if key == "model.type" else key
+    unusable = int(np.count_nonzero(~np.isfinite(y))) if np.issubdtype(np.asarray(y).dtype, np.floating) else 0
+    if unusable:
+        raise LoopmlError(f"label.column: {unusable} training row(s) have a label that is NaN or infinite; a model needs numbers")
     estimator, effective = _build(family, model_type, task, dict(params or {}), seed, y, key)
     options = options or FitOptions()
     notes: list[str] = []
