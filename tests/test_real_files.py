@@ -119,3 +119,20 @@ def test_a_label_the_model_cannot_use_is_named_as_the_label() -> None:
     y = np.where(np.arange(20) % 5 == 0, np.nan, np.arange(20.0))
     with pytest.raises(LoopmlError, match=r"^label.column: 4 training row\(s\) have a label that is NaN or infinite"):
         fit_model("lightgbm", "regression", X, y, ["a", "b"])
+
+
+def test_text_categories_and_an_entity_without_time_are_model_inputs(tmp_path: Path) -> None:
+    channels = ("web", "app", "shop")
+    rows = [[i % 30, channels[i % 3], *numbers(i), binary_label(i)] for i in range(ROWS)]
+    data = write_csv(tmp_path / "visits.csv", ["user_id", "channel", "income", "children", "churned"], rows)
+    said = run(tmp_path / "project", data, "--label", "churned", "--entity", "user_id")
+    assert "entity 'user_id': no timestamp, so no history views; kept as a categorical feature" in said["init"]
+    registry = Project.load(tmp_path / "project").registry()
+    encoded = {column["name"]: column["encoding"] for column in registry.get(1).signature if "encoding" in column}
+    onehot = {f"channel_onehot={c}": "channel_onehot" for c in [*channels, "__other__"]}
+    assert encoded == {**onehot, "user_id_target": "user_id_target"}
+    spec = Project.load(tmp_path / "project").spec
+    assert spec.split.method == "random" and spec.split.group == "user_id"
+    split = registry.get(1).lineage["split"]
+    assert split["test"]["rows"] % 8 == 0  # whole users: each has 8 rows
+    assert pcsv.read_csv(tmp_path / "project" / "scored.csv").num_rows == ROWS

@@ -223,7 +223,7 @@ def _read_csv(
             options, sniffed = _raw_table(con, path, options, notes)
             break
         except duckdb.Error as exc:
-            too_long = line_too_long(exc)
+            too_long = line_too_long(exc, path)
             if too_long is None or (options.max_line_bytes or 0) >= 2 * too_long[1]:
                 raise read_error(path, "csv", exc) from None
             limit = (2 * too_long[1] // _MEGABYTE + 1) * _MEGABYTE

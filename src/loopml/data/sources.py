@@ -191,13 +191,21 @@ def utf8_problem(path: Path) -> str | None:
     return None
 
 
-def line_too_long(exc: duckdb.Error) -> tuple[int, int, int] | None:
-    """``(line, bytes, limit)`` when DuckDB refused a CSV line for its length, else None."""
+def line_too_long(exc: duckdb.Error, path: Path) -> tuple[int, int, int] | None:
+    """``(line, bytes, limit)`` when DuckDB refused a line of CSV file ``path`` for its length, else None.
+
+    DuckDB's own line number is not the file's (it says 1 for a long line anywhere), so the file is scanned for the
+    first line over the limit; this only runs after a read failed.
+    """
     found = _LINE_SIZE.search(str(exc))
     if found is None:
         return None
-    line = _CSV_LINE.search(str(exc))
-    return (int(line.group(1)) if line else 0), int(found.group(2)), int(found.group(1))
+    limit, size = int(found.group(1)), int(found.group(2))
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if len(line) > limit:
+                return number, len(line), limit
+    return 0, size, limit
 
 
 def _cause(message: str) -> str:
@@ -217,7 +225,7 @@ def read_error(path: Path, fmt: str, exc: duckdb.Error, fix: str = "") -> DataEr
     problem = utf8_problem(path)
     if problem is not None:
         return DataError(f"{path}: not UTF-8 text ({problem}); re-save the file as UTF-8")
-    too_long = line_too_long(exc) if fmt == "csv" else None
+    too_long = line_too_long(exc, path) if fmt == "csv" else None
     if too_long is not None:
         line, size, limit = too_long
         where = f"line {line}" if line else "a line"
