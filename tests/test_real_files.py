@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,18 @@ def test_text_categories_and_an_entity_without_time_are_model_inputs(tmp_path: P
     split = registry.get(1).lineage["split"]
     assert split["test"]["rows"] % 8 == 0  # whole users: each has 8 rows
     assert pcsv.read_csv(tmp_path / "project" / "scored.csv").num_rows == ROWS
+
+
+def test_day_first_dates_go_through_ingest_training_and_predict(tmp_path: Path) -> None:
+    start = date(2017, 1, 1)
+    rows = [[(start + timedelta(days=i // 4)).strftime("%d.%m.%Y"), i % 8, *numbers(i), binary_label(i)] for i in range(ROWS)]
+    data = write_csv(tmp_path / "shop.csv", ["day", "customer", "income", "children", "bought"], rows)
+    said = run(tmp_path / "project", data, "--label", "bought", "--entity", "customer")
+    assert "no day_hour feature: every day has the same hour" in said["init"]
+    spec = Project.load(tmp_path / "project").spec
+    assert spec.sources["shop"].timestamp == "day" and spec.sources["shop"].columns["day"].format == "%d.%m.%Y"
+    assert set(spec.features.transforms) == {"day_day_of_week"}
+    scored = pcsv.read_csv(
+        tmp_path / "project" / "scored.csv", convert_options=pcsv.ConvertOptions(column_types={"day": "string"})
+    )
+    assert scored.num_rows == ROWS and scored.column("day").to_pylist()[:2] == ["01.01.2017", "01.01.2017"]

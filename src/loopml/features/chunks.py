@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from loopml.data.sources import literal
 from loopml.errors import DataError, LoopmlError
 from loopml.features.definitions import check_features, feature_columns, request_time_feature, view_key
 from loopml.features.join import check_view_sources, column_types, connect, pit_sql, register_source, spine_span
@@ -66,8 +67,9 @@ def csv_types(spec: Spec, time_column: str | None) -> dict[str, pa.DataType]:
     return types
 
 
-def _parse_time(expr: str, duck_type: str) -> str | None:
-    """SQL turning a column of ``duck_type`` into a TIMESTAMP (UTC) the way the online service reads times."""
+def _parse_time(expr: str, duck_type: str, fmt: str | None = None) -> str | None:
+    """SQL turning a column of ``duck_type`` into a TIMESTAMP (UTC) the way the online service reads times; text in the
+    ``format`` the label source declares for the column (``01.03.2017``) is read too, as ingest reads it."""
     if duck_type in _TIME_TYPES:
         return f"CASE WHEN isfinite({expr}) THEN CAST({expr} AS TIMESTAMP) END"
     seconds = f"CAST({expr} AS DOUBLE)" if duck_type in _NUMBER_TYPES or duck_type.startswith("DECIMAL") else None
@@ -75,6 +77,8 @@ def _parse_time(expr: str, duck_type: str) -> str | None:
         text = f"NULLIF(trim({expr}), '')"
         seconds = f"TRY_CAST({text} AS DOUBLE)"
         parsed = f"TRY_CAST({text} AS TIMESTAMPTZ)"
+        if fmt is not None:
+            parsed = f"coalesce(CAST(TRY_STRPTIME({text}, {literal(fmt)}) AS TIMESTAMPTZ), {parsed})"
         iso = f"CASE WHEN isfinite({parsed}) THEN CAST({parsed} AS TIMESTAMP) END"  # not 'infinity'
     elif seconds is None:
         return None
@@ -177,8 +181,13 @@ class ChunkFeatures:
             if rule.required and name not in found:
                 raise DataError(f"{self.path}: column {name!r} is missing (a required request feature; found: {listed})")
 
+    def _format(self, column: str) -> str | None:
+        """The ``format`` the label source declares for ``column`` (dates written like ``01.03.2017``), if any."""
+        rule = self.spec.sources[self.spec.label.source].columns.get(column)
+        return rule.format if rule is not None else None
+
     def _time_plan(self, time_column: str, types: Mapping[str, str], where: str) -> _Column:
-        time_sql = _parse_time(quote(time_column), types[time_column])
+        time_sql = _parse_time(quote(time_column), types[time_column], self._format(time_column))
         if time_sql is None:
             raise DataError(
                 f"{self.path}: column {time_column!r} has type {types[time_column]}; "
@@ -219,7 +228,7 @@ class ChunkFeatures:
                 continue
             sql: str | None
             if rule.type == "timestamp":
-                sql = _parse_time(col, types[name])
+                sql = _parse_time(col, types[name], self._format(name))
                 what = "a timestamp (ISO-8601 or epoch seconds)"
             else:
                 sql = _number(col, types[name], rule)
