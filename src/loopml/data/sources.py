@@ -7,12 +7,18 @@ and, for columns whose cast can fail, ``r<i>`` (the value as read). CSV and
 JSON Lines cells are read as text and cast with ``TRY_CAST`` so that a bad
 cell becomes a per-row failure instead of aborting the read; a Parquet column
 whose physical type already holds the declared type is taken as is, any other
-is cast the same way. Everything a user can get wrong with a file (missing,
-empty, corrupt, not UTF-8, a declared column absent, a column where no value
-parses) is a one-line :class:`~loopml.errors.DataError` naming the file.
+is cast the same way. A date or timestamp column with a ``format`` is read
+with ``TRY_STRPTIME``; a CSV source with ``csv.decimal: ","`` reads ``1,5``
+as 1.5; ``nan`` cells and NaN floats are missing values. Everything a user can
+get wrong with a file (missing, empty, corrupt, not UTF-8, a declared column
+absent, a column where no value parses, a header naming a column twice, a
+line longer than ``csv.max_line_bytes``) is a one-line
+:class:`~loopml.errors.DataError` naming the file (and the key that fixes it).
 
-The UTF-8 scan that locates the first bad byte is hand-written because DuckDB's
-CSV error does not say where the byte is; it only runs after a read failed.
+The UTF-8 scan that locates the first bad byte, and the scan for the first
+over-long line, are hand-written because DuckDB's CSV errors do not say where
+the byte or the line is (a long line is always "Line: 1"); they only run
+after a read failed.
 """
 
 from __future__ import annotations
