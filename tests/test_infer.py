@@ -308,7 +308,7 @@ def test_a_header_naming_a_column_twice_is_refused_with_both_positions(tmp_path:
     data.write_text("age,income,age,label\n30,1.5,31,0\n40,2.5,41,1\n")
     with pytest.raises(DataError) as info:
         infer(data, tmp_path)
-    message = f"{data}: the header names column 'age' twice (columns 1 and 3); a reader would rename the second one"
+    message = f"{data}: the header names column 'age' twice (columns 1 and 3); a reader would silently call the second 'age_1'"
     assert str(info.value).startswith(message)
 
 

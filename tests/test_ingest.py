@@ -689,8 +689,8 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path, previous: Any
     path.write_text(path.read_text().replace(",note\n", ",amount\n", 1))
     message = failing_ingest(tmp_path, spec_text(), previous)
     assert message == (
-        f"{path}: the header names column 'amount' twice (columns 3 and 8); "
-        "a reader would rename the second one: rename one of them in the file"
+        f"{path}: the header names column 'amount' twice (columns 3 and 8); a reader would silently call the second "
+        "'amount_1' and a model would need it under that name: rename one of them in the file"
     )
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loopml.data.infer import Task, infer_project
+from loopml.data.infer import LABEL_FITS, infer_project
 from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
 from loopml.spec.load import SPEC_FILE, parse_spec
@@ -117,11 +117,10 @@ def init_from_data(
 ) -> tuple[Path, list[str]]:
     """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written. Returns it and the notes on
     what was decided (:func:`loopml.data.infer.infer_project`)."""
-    if task not in (None, "binary", "regression"):
-        raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
-    kind: Task | None = "binary" if task == "binary" else "regression" if task == "regression" else None
+    if task is not None and task not in LABEL_FITS:
+        raise LoopmlError(f"init: --task must be {' or '.join(LABEL_FITS)}, not {task!r}")
     target = _target(folder, force)
-    inferred = infer_project(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
+    inferred = infer_project(data.resolve(), label, positive, task, timestamp, entities, folder.resolve())
     parse_spec(inferred.text, str(target))
     with _undone_on_failure(folder):
         _write_text(_prepare(folder, force), inferred.text)

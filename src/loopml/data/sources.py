@@ -254,8 +254,8 @@ def duplicate_header(con: duckdb.DuckDBPyConnection, path: Path, csv: CsvOptions
             continue
         if name in first:
             return DataError(
-                f"{path}: the header names column {name!r} twice (columns {first[name]} and {i}); "
-                "a reader would rename the second one: rename one of them in the file"
+                f"{path}: the header names column {name!r} twice (columns {first[name]} and {i}); a reader would silently "
+                f"call the second {name + '_1'!r} and a model would need it under that name: rename one of them in the file"
             )
         first[name] = i
     return None
