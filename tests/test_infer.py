@@ -338,6 +338,11 @@ def test_an_entity_without_a_timestamp_is_a_categorical_feature_and_the_split_gr
         "entity 'user_id': no timestamp, so no history views; kept as a categorical feature (target encoding) "
         "and as the group of the random split" in result.notes
     )
+    # keys written as decimals, as pandas writes a column with gaps (statsmodels' modechoice): still a category
+    decimals = write_text(tmp_path / "decimals.csv", ["user_id", "spend", "churned"], [[f"{r[0]}.0", *r[1:]] for r in rows])
+    result, spec = inferred(decimals, tmp_path, label="churned", entities=["user_id"])
+    assert rules(spec)["user_id"] == {"type": "int", "nullable": False} and "user_id_target" in spec.features.encodings
+    assert "entity 'user_id': keys written as decimals, all whole numbers: declared int" in result.notes
 
 
 def test_features_that_would_always_be_constant_are_not_added(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -232,14 +232,35 @@ def _column_features(plan: Plan, notes: list[str]) -> None:
         notes.append(f"not model inputs: {'; '.join(skipped)} (add them under features if they should be)")
 
 
+def _whole_keys(con: duckdb.DuckDBPyConnection, plan: Plan, notes: list[str]) -> None:
+    """Entity keys written as decimals (``1.0``, as pandas writes a column with gaps) are declared int when all whole."""
+    for entity in plan.entities:
+        column = plan.columns[entity]
+        if column.type != "float":
+            continue
+        row = one(con, f"SELECT bool_and({ident(entity)} = round({ident(entity)})) FROM data")
+        if row is not None and row[0]:
+            plan.columns[entity] = replace(
+                column, type="int", values=None if column.values is None else [int(v) for v in column.values]
+            )
+            notes.append(f"entity {entity!r}: keys written as decimals, all whole numbers: declared int")
+
+
 def _entity_features(con: duckdb.DuckDBPyConnection, plan: Plan, notes: list[str]) -> None:
     numeric = [name for name, kind in plan.request.items() if kind in _NUMERIC]
     for entity in plan.entities:
         if plan.timestamp is None:
-            op = _encode(plan, plan.columns[entity])
+            column = plan.columns[entity]
+            if column.type in ("string", "int"):
+                kept = f"a categorical feature ({_encode(plan, column)} encoding)"
+            elif column.type in ("float", "bool"):
+                plan.request[entity] = column.type
+                kept = f"a {column.type} feature"
+            else:
+                kept = "no feature (a time)"
             plan.group = plan.group or entity
             notes.append(
-                f"entity {entity!r}: no timestamp, so no history views; kept as a categorical feature ({op} encoding)"
+                f"entity {entity!r}: no timestamp, so no history views; kept as {kept}"
                 f"{' and as the group of the random split' if plan.group == entity else ''}"
             )
             continue
@@ -313,6 +334,7 @@ def infer_project(
         notes = list(profile.notes)
         _label_notes(plan, notes)
         _column_features(plan, notes)
+        _whole_keys(con, plan, notes)
         _entity_features(con, plan, notes)
         if ts is not None:
             _time_transforms(con, plan, notes)
