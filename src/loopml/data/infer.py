@@ -11,8 +11,8 @@ a note that ``loopml init`` prints:
   label (:data:`LABEL_FITS`). Adding a task is one function in each. The positive class, the timestamp column and
   the label's missing values (set aside at training) are inferred and reported.
 - **features**: numbers and booleans as they are; text **categories** through an encoding (``onehot`` up to 20
-  values, ``target`` beyond); **free text** (mean length over :data:`FREE_TEXT_LENGTH` characters, or more than
-  half the values distinct) is skipped, as are ids and constant columns.
+  values, ``target`` beyond); **free text** (over 20 values, and a mean length over :data:`FREE_TEXT_LENGTH`
+  characters or more than half the values distinct) is skipped, as are ids and constant columns.
 - **entities**: with a timestamp, a history view whose windows fit the data's pace (the :data:`WINDOWS` longer than
   the median gap between an entity's events, up to the first one spanning the data, at most three; none when no
   entity has two events, so no window is always empty); without one, the key is a categorical feature and the
@@ -223,7 +223,7 @@ def _column_features(plan: Plan, notes: list[str]) -> None:
             plan.request[col.name] = col.type
         elif col.type in ("date", "timestamp"):
             skipped.append(f"{col.name} (another time column)")
-        elif col.mean_length > FREE_TEXT_LENGTH or (col.distinct > MAX_VALUES and col.distinct > 0.5 * col.non_null):
+        elif col.distinct > MAX_VALUES and (col.mean_length > FREE_TEXT_LENGTH or col.distinct > 0.5 * col.non_null):
             skipped.append(f"{col.name} (free text: {col.distinct} distinct values, {col.mean_length:.0f} characters on average)")
         else:
             op = _encode(plan, col)

@@ -42,11 +42,14 @@ __all__ = [
     "duplicate_header",
     "file_format",
     "ident",
+    "line_too_long",
     "literal",
     "one",
     "read_error",
     "read_source",
     "scan_sql",
+    "text_cell",
+    "typed_expr",
 ]
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
