@@ -281,12 +281,17 @@ def test_decimal_commas_in_a_semicolon_file_are_numbers(tmp_path: Path) -> None:
 
 
 def test_dates_written_day_first_or_with_slashes_get_a_format_and_ingest(tmp_path: Path) -> None:
+    months = ("Jan", "Feb", "Mar")
     rows = [
         [f"{1 + i % 28:02d}.{1 + i % 12:02d}.2017", f"03/{1 + i % 12:02d}/2017", f"{1 + i % 28}/3/2017 {i % 24}:15", i % 2]
         for i in range(60)
     ]
-    data = write_text(tmp_path / "visits.csv", ["day", "slashed", "at", "label"], rows)
+    named = [f"{1 + i % 28}-{months[i % 3]}-2017" for i in range(60)]
+    data = write_text(
+        tmp_path / "visits.csv", ["day", "slashed", "at", "label", "named"], [[*r, n] for r, n in zip(rows, named, strict=True)]
+    )
     result, spec = inferred(data, tmp_path, timestamp="at")
+    assert rules(spec)["named"] == {"type": "date", "nullable": False, "format": "%d-%b-%Y"}
     assert rules(spec)["day"] == {"type": "date", "nullable": False, "format": "%d.%m.%Y"}
     assert rules(spec)["slashed"] == {"type": "date", "nullable": False, "format": "%d/%m/%Y"}
     assert rules(spec)["at"] == {"type": "timestamp", "nullable": False, "format": "%d/%m/%Y %H:%M"}
@@ -300,6 +305,7 @@ def test_dates_written_day_first_or_with_slashes_get_a_format_and_ingest(tmp_pat
         "slashed": date(2017, 2, 3),
         "at": datetime(2017, 3, 14, 13, 15),
         "label": 1,
+        "named": date(2017, 2, 14),
     }
 
 

@@ -54,8 +54,9 @@ SAMPLE_CELLS = 2000  # cells a date format is first tried on, before the whole c
 _DAYS_FIRST = ("%d.%m.%Y", "%d/%m/%Y", "%d-%m-%Y", "%d.%m.%y", "%d/%m/%y", "%d-%m-%y")
 _MONTHS_FIRST = ("%m/%d/%Y", "%m-%d-%Y", "%m.%d.%Y", "%m/%d/%y", "%m-%d-%y", "%m.%d.%y")
 _YEARS_FIRST = ("%Y/%m/%d", "%Y.%m.%d")
+_MONTH_NAMES = ("%d-%b-%Y", "%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y", "%d-%b-%y")
 _TIMES = ("", " %H:%M", " %H:%M:%S")
-DATE_FORMATS = tuple(d + t for d in (*_DAYS_FIRST, *_MONTHS_FIRST, *_YEARS_FIRST) for t in _TIMES)
+DATE_FORMATS = tuple(d + t for d in (*_DAYS_FIRST, *_MONTHS_FIRST, *_YEARS_FIRST, *_MONTH_NAMES) for t in _TIMES)
 _INTS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
 _FLOATS = {"FLOAT", "DOUBLE"}
 _MEGABYTE = 1 << 20
@@ -124,11 +125,13 @@ def _parses(con: duckdb.DuckDBPyConnection, name: str, typed: _Typed, decimal: s
     return row is not None and row[0] == row[1]
 
 
-def _date(con: duckdb.DuckDBPyConnection, name: str, notes: list[str]) -> _Typed | None:
-    """A date or timestamp type for text column ``name`` if every cell is one (ISO 8601 or a format of DATE_FORMATS)."""
+def _date(con: duckdb.DuckDBPyConnection, name: str, sniffed: tuple[str, ...], notes: list[str]) -> _Typed | None:
+    """A date or timestamp type for text column ``name`` if every cell is one: ISO 8601, a format of DATE_FORMATS, or
+    one the sniffer found (``sniffed``)."""
+    candidates = [*DATE_FORMATS, *(f for f in sniffed if f not in DATE_FORMATS)]
     iso_date = "CASE WHEN regexp_full_match(v, '[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}') THEN TRY_CAST(v AS DATE) END"
     tests = [iso_date, "TRY_CAST(TRY_CAST(v AS TIMESTAMPTZ) AS TIMESTAMP)"]
-    tests += [f"TRY_STRPTIME(v, {literal(f)})" for f in DATE_FORMATS]
+    tests += [f"TRY_STRPTIME(v, {literal(f)})" for f in candidates]
     counts = ", ".join(f"count({t})" for t in tests)
     sample = one(con, f"SELECT count(*), {counts} FROM (SELECT v FROM {_cells(name)} LIMIT {SAMPLE_CELLS})")
     if sample is None or not sample[0]:
@@ -145,7 +148,7 @@ def _date(con: duckdb.DuckDBPyConnection, name: str, notes: list[str]) -> _Typed
         return _Typed("date")
     if fits[0] == tests[1]:
         return _Typed("timestamp")
-    formats = [DATE_FORMATS[tests.index(t) - 2] for t in fits]
+    formats = [candidates[tests.index(t) - 2] for t in fits]
     chosen = formats[0]
     swapped = chosen.replace("%d", "%D").replace("%m", "%d").replace("%D", "%m")
     if swapped in formats:
@@ -155,7 +158,7 @@ def _date(con: duckdb.DuckDBPyConnection, name: str, notes: list[str]) -> _Typed
             f"column {name!r}: dates like {shown} read day first ({chosen}); no day is above 12, so they could be month "
             f"first: if they are, set format: {swapped!r} for this column"
         )
-    return _Typed("timestamp" if "%H" in chosen else "date", chosen)
+    return _Typed("timestamp" if any(f in chosen for f in ("%H", "%I", "%M", "%S")) else "date", chosen)
 
 
 def _number(con: duckdb.DuckDBPyConnection, name: str, decimal: str, notes: list[str]) -> _Typed | None:
@@ -179,27 +182,38 @@ def _number(con: duckdb.DuckDBPyConnection, name: str, decimal: str, notes: list
     return _Typed(column_type, strays=tuple(str(r[0]) for r in strays))
 
 
-def _decide(con: duckdb.DuckDBPyConnection, name: str, sniffed: str, decimal: str, keep_text: bool, notes: list[str]) -> _Typed:
-    """The type of CSV column ``name`` (sniffed as ``sniffed``) that every one of its cells has."""
-    guess = _column_type(sniffed)
+@dataclass(frozen=True)
+class _Sniffed:
+    """What DuckDB's sniffer says of a CSV: column types, and the date and timestamp formats it found."""
+
+    types: dict[str, str]
+    formats: tuple[str, ...]
+
+
+def _decide(
+    con: duckdb.DuckDBPyConnection, name: str, sniffed: _Sniffed, decimal: str, keep_text: bool, notes: list[str]
+) -> _Typed:
+    """The type of CSV column ``name`` that every one of its cells has."""
+    guess = _column_type(sniffed.types[name])
     if guess == "bool":
         words = con.execute(f"SELECT DISTINCT lower(v) FROM {_cells(name)}").fetchall()
         return _Typed("string") if keep_text and {r[0] for r in words} - {"true", "false"} else _Typed("bool")
     if guess in ("int", "float") and _parses(con, name, _Typed(guess), decimal):
         return _Typed(guess)
-    return _date(con, name, notes) or _number(con, name, decimal, notes) or _Typed("string")
+    return _date(con, name, sniffed.formats, notes) or _number(con, name, decimal, notes) or _Typed("string")
 
 
-def _raw_table(
-    con: duckdb.DuckDBPyConnection, path: Path, options: CsvOptions, notes: list[str]
-) -> tuple[CsvOptions, dict[str, str]]:
-    """Load the cells of ``path`` as text into table ``raw``; the options it needs and the sniffed column types."""
+def _raw_table(con: duckdb.DuckDBPyConnection, path: Path, options: CsvOptions, notes: list[str]) -> tuple[CsvOptions, _Sniffed]:
+    """Load the cells of ``path`` as text into table ``raw``; the options it needs and what the sniffer says."""
     problem = duplicate_header(con, path, options)
     if problem is not None:
         raise problem
     sniffed = _describe(con, scan_sql(path, "csv", False, csv=options))
-    delimiter = one(con, f"SELECT Delimiter FROM sniff_csv({literal(str(path))}{_sniff_options(options)})")
-    if delimiter is not None and delimiter[0] == ";" and options.decimal == ".":
+    dialect = one(
+        con, f"SELECT Delimiter, DateFormat, TimestampFormat FROM sniff_csv({literal(str(path))}{_sniff_options(options)})"
+    )
+    formats = tuple(f for f in (dialect or ())[1:] if isinstance(f, str) and "%" in f)
+    if dialect is not None and dialect[0] == ";" and options.decimal == ".":
         comma = options.model_copy(update={"decimal": ","})
         with_comma = _describe(con, scan_sql(path, "csv", False, csv=comma))
         turned = [c for c, t in with_comma.items() if _column_type(t) in ("int", "float") and sniffed.get(c) == "VARCHAR"]
@@ -207,7 +221,7 @@ def _raw_table(
             options, sniffed = comma, with_comma
             notes.append(f'numbers are written with a decimal comma ({", ".join(turned)}): csv: {{decimal: ","}}')
     con.execute(f"CREATE OR REPLACE TEMP TABLE raw AS SELECT * FROM {scan_sql(path, 'csv', True, csv=options)}")
-    return options, sniffed
+    return options, _Sniffed(sniffed, formats)
 
 
 def _sniff_options(options: CsvOptions) -> str:
@@ -232,7 +246,7 @@ def _read_csv(
             options = options.model_copy(update={"max_line_bytes": limit})
     else:  # pragma: no cover - each round at least doubles the limit past the longest line reported
         raise DataError(f"{path}: cannot find a line length limit that reads the file")
-    decided = {name: _decide(con, name, sniffed[name], options.decimal, name in keep_text, notes) for name in sniffed}
+    decided = {name: _decide(con, name, sniffed, options.decimal, name in keep_text, notes) for name in sniffed.types}
     selects = []
     for name, typed in decided.items():
         expr, _ = typed_expr(text_cell(ident(name), typed.type), "VARCHAR", typed.type, typed.format, options.decimal)
