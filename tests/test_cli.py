@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from loopml.cli import app
 from loopml.project import Project
+from loopml.scaffold import example_spec_text
 
 runner = CliRunner()
 
@@ -127,3 +128,48 @@ def test_init_example_fits_its_time_split_to_the_days_simulated(tmp_path: Path) 
     code, _, err = invoke("init", str(tmp_path / "tiny"), "--example", "fraud", "--days", "10", "--customers", "50")
     assert code == 0, err  # a tiny world is still a project to look at, but init says what training needs
     assert "--days 17" in err and "split" in err, err
+
+
+#: Libraries that take seconds to import between them; quick commands must not load any.
+HEAVY = ("lightgbm", "sklearn", "scipy", "duckdb", "pandas", "pyarrow", "matplotlib", "fastapi", "uvicorn", "optuna")
+_RUN_AND_LIST_MODULES = """
+import json, sys
+out, args = sys.argv[1], sys.argv[2:]
+sys.argv = ["loopml", *args]
+from loopml.cli import app
+try:
+    app()
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+with open(out, "w") as fh:
+    json.dump({"code": code, "heavy": sorted(m for m in __HEAVY__ if m in sys.modules)}, fh)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check"], ["models", "list"], ["runs", "list"], ["models", "list", "--json"]])
+def test_quick_commands_do_not_import_heavy_libraries(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "loopml.yaml").write_text(example_spec_text())
+    script = _RUN_AND_LIST_MODULES.replace("__HEAVY__", repr(HEAVY))
+    out = tmp_path / "modules.json"
+    project = [] if args == ["--help"] else ["--project", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-c", script, str(out), *args, *project], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result == {"code": 0, "heavy": []}, (args, proc.stderr)
+
+
+def test_a_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a,label\n1,0\n2,1\n3,0\n")
+    folder = tmp_path / "new" / "project"
+    code, _, err = invoke("init", str(folder), "--data", str(data), "--label", "churned")
+    assert code == 1 and "label column 'churned' is not a column of the file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+    code, _, err = invoke("init", str(folder), "--example", "fraud", "--days", "5", "--live-days", "9")
+    assert code == 1 and "live days must be between 0 and 4" in err
+    assert not (tmp_path / "new").exists()
+    code, _, err = invoke("init", str(folder), "--data", str(data), "--label", "label")
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["loopml.yaml"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import csv
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loopml.data import infer_spec, ingest
+from loopml.data.infer import Inferred, infer_project
 from loopml.errors import DataError
 from loopml.layout import Layout
 from loopml.spec import Spec, parse_spec
@@ -84,7 +86,8 @@ def test_binary_project_from_a_file_parses_and_ingests(tmp_path: Path, fmt: str)
 
     features = spec.features
     request = {k: f.type for k, f in features.request.items()}
-    assert request == {"amount": "float", "items": "int", "is_member": "bool", "ts": "timestamp"}
+    assert request == {"amount": "float", "items": "int", "channel": "string", "is_member": "bool", "ts": "timestamp"}
+    assert {k: (e.input, e.op) for k, e in features.encodings.items()} == {"channel_onehot": ("channel", "onehot")}
     assert {k: (t.op, t.inputs) for k, t in features.transforms.items()} == {
         "ts_hour": ("hour", ["ts"]),
         "ts_day_of_week": ("day_of_week", ["ts"]),
@@ -94,7 +97,8 @@ def test_binary_project_from_a_file_parses_and_ingests(tmp_path: Path, fmt: str)
     assert view_name == "user_id" and view.entity == "user_id" and view.source == "events"
     [agg] = view.aggregations
     assert agg.column == "amount" and agg.functions == ["count", "mean"]
-    assert agg.windows == [timedelta(days=1), timedelta(days=7), timedelta(days=30)]
+    # a user's events are 56 h apart: a 1d window would always be empty; 30d spans the 20 days of data
+    assert agg.windows == [timedelta(days=7), timedelta(days=30)]
 
     span_days = (N - 1) * 8 / 24  # about 19.7 days -> 15 % is 3 days each
     assert spec.split.method == "time" and spec.split.valid_days == spec.split.test_days == round(0.15 * span_days) == 3
@@ -118,7 +122,7 @@ def test_regression_target_without_timestamp(tmp_path: Path) -> None:
     assert spec.sources["prices"].timestamp is None and "# timestamp: none (no timestamp column found)" in text
     assert spec.split.method == "random" and spec.split.valid_fraction == 0.15
     assert spec.features.transforms == {} and spec.features.views == {} and spec.features.exclude == []
-    assert set(spec.features.request) == {"user_id", "amount", "items", "is_member"}
+    assert set(spec.features.request) == {"user_id", "amount", "items", "channel", "is_member"}
     result = ingest(spec, Layout.for_project(tmp_path, spec))
     assert result.rows_valid == N
 
@@ -134,7 +138,7 @@ def test_a_label_that_does_not_exist_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("values", "given", "expected"),
     [
-        (["yes", "no", "no", "no"], None, True),  # DuckDB reads yes/no as booleans
+        (["yes", "no", "no", "no"], None, "yes"),  # DuckDB reads yes/no as booleans; a label keeps the file's words
         (["neg", "pos", "neg", "neg"], None, "pos"),
         (["true", "false", "false", "false"], None, True),
         (["dog", "cat", "cat", "cat"], None, "dog"),  # the minority class
@@ -219,3 +223,151 @@ def test_several_timestamp_columns_need_a_choice(tmp_path: Path) -> None:
     assert spec.sources["events"].timestamp == "shipped"
     assert spec.features.request["shipped"].type == "timestamp" and "ts" not in spec.features.request
     assert spec.features.exclude == ["shipped"]
+
+
+def write_text(path: Path, header: list[str], rows: list[list[Any]], delimiter: str = ",") -> Path:
+    """A CSV written cell by cell as given (``None``: a blank cell)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return path
+
+
+def inferred(data: Path, project: Path, label: str = "label", **kw: Any) -> tuple[Inferred, Spec]:
+    args: dict[str, Any] = {"positive": None, "task": None, "timestamp": None, "entities": []} | kw
+    result = infer_project(data, label, args["positive"], args["task"], args["timestamp"], args["entities"], project)
+    return result, parse_spec(result.text)
+
+
+def test_text_columns_become_categories_free_text_is_skipped_stray_cells_are_missing(tmp_path: Path) -> None:
+    cities = ("Paris", "Lyon", "Nice", "Metz", "Brest")
+    strays = {5: "?", 17: "n/a", 33: "thirty"}
+    rows = [
+        [
+            cities[i % 5],
+            f"cust{i % 60}",
+            f"a rather long comment, number {i}, about nothing much",
+            strays.get(i, 20 + i % 40),
+            i % 2,
+        ]
+        for i in range(240)
+    ]
+    data = write_text(tmp_path / "people.csv", ["city", "customer", "comment", "age", "label"], rows)
+    result, spec = inferred(data, tmp_path)
+    assert {k: f.type for k, f in spec.features.request.items()} == {"city": "string", "customer": "string", "age": "int"}
+    encodings = {k: (e.input, e.op) for k, e in spec.features.encodings.items()}
+    assert encodings == {"city_onehot": ("city", "onehot"), "customer_target": ("customer", "target")}
+    assert rules(spec)["age"] == {"type": "int", "severity": "warn"}
+    assert "column 'age': 3 of 240 cells are not numbers ('?', 'n/a', 'thirty'); read as int" in result.notes[0]
+    assert any(n.startswith("not model inputs: comment (free text: 240 distinct values") for n in result.notes)
+    result_in = ingest(spec, Layout.for_project(tmp_path, spec))
+    assert (result_in.rows_valid, result_in.rows_quarantined) == (240, 0)
+    ages = pq.read_table(result_in.per_source["people"].path).column("age").to_pylist()
+    assert ages[5] is None and ages[6] == 26
+
+
+def test_decimal_commas_in_a_semicolon_file_are_numbers(tmp_path: Path) -> None:
+    rows = [[f"{i},5", f"{i * 3}", i % 2] for i in range(50)]
+    data = write_text(tmp_path / "prices.csv", ["price", "qty", "label"], rows, delimiter=";")
+    assert data.read_text().startswith("price;qty;label\n0,5;0;0\n")
+    result, spec = inferred(data, tmp_path)
+    source = spec.sources["prices"]
+    assert source.csv.decimal == "," and rules(spec)["price"] == {"type": "float", "nullable": False}
+    assert 'numbers are written with a decimal comma (price): csv: {decimal: ","}' in result.notes
+    done = ingest(spec, Layout.for_project(tmp_path, spec))
+    assert pq.read_table(done.per_source["prices"].path).column("price").to_pylist()[:3] == [0.5, 1.5, 2.5]
+
+
+def test_dates_written_day_first_or_with_slashes_get_a_format_and_ingest(tmp_path: Path) -> None:
+    months = ("Jan", "Feb", "Mar")
+    rows = [
+        [f"{1 + i % 28:02d}.{1 + i % 12:02d}.2017", f"03/{1 + i % 12:02d}/2017", f"{1 + i % 28}/3/2017 {i % 24}:15", i % 2]
+        for i in range(60)
+    ]
+    named = [f"{1 + i % 28}-{months[i % 3]}-2017" for i in range(60)]
+    data = write_text(
+        tmp_path / "visits.csv", ["day", "slashed", "at", "label", "named"], [[*r, n] for r, n in zip(rows, named, strict=True)]
+    )
+    result, spec = inferred(data, tmp_path, timestamp="at")
+    assert rules(spec)["named"] == {"type": "date", "nullable": False, "format": "%d-%b-%Y"}
+    assert rules(spec)["day"] == {"type": "date", "nullable": False, "format": "%d.%m.%Y"}
+    assert rules(spec)["slashed"] == {"type": "date", "nullable": False, "format": "%d/%m/%Y"}
+    assert rules(spec)["at"] == {"type": "timestamp", "nullable": False, "format": "%d/%m/%Y %H:%M"}
+    [ambiguous] = [n for n in result.notes if "could be month first" in n]
+    assert ambiguous.startswith("column 'slashed': dates like '03/01/2017' read day first (%d/%m/%Y); no day is above 12")
+    assert "set format: '%m/%d/%Y'" in ambiguous
+    done = ingest(spec, Layout.for_project(tmp_path, spec))
+    by_time = {row["at"]: row for row in pq.read_table(done.per_source["visits"].path).to_pylist()}
+    assert done.rows_valid == 60 and by_time[datetime(2017, 3, 14, 13, 15)] == {  # row 14 of the file
+        "day": date(2017, 2, 14),
+        "slashed": date(2017, 2, 3),
+        "at": datetime(2017, 3, 14, 13, 15),
+        "label": 1,
+        "named": date(2017, 2, 14),
+    }
+
+
+def test_a_header_naming_a_column_twice_is_refused_with_both_positions(tmp_path: Path) -> None:
+    data = tmp_path / "people.csv"
+    data.write_text("age,income,age,label\n30,1.5,31,0\n40,2.5,41,1\n")
+    with pytest.raises(DataError) as info:
+        infer(data, tmp_path)
+    message = f"{data}: the header names column 'age' twice (columns 1 and 3); a reader would silently call the second 'age_1'"
+    assert str(info.value).startswith(message)
+
+
+def test_a_line_longer_than_duckdb_reads_raises_the_limit_and_the_long_text_is_skipped(tmp_path: Path) -> None:
+    data = tmp_path / "pages.csv"
+    with data.open("w") as fh:
+        fh.write("views,page,label\n")
+        fh.write(f"3,{'x' * 3_000_000},1\n")
+        fh.writelines(f"{i},short page {i},{i % 2}\n" for i in range(40))
+    result, spec = inferred(data, tmp_path)
+    limit = spec.sources["pages"].csv.max_line_bytes
+    assert limit is not None and limit > 3_000_000
+    assert f"line 2 is 3,000,005 bytes, over DuckDB's 2,000,000: csv: {{max_line_bytes: {limit}}}" in result.notes
+    assert set(spec.features.request) == {"views"} and "page (free text" in " ".join(result.notes)
+    assert ingest(spec, Layout.for_project(tmp_path, spec)).rows_valid == 41
+
+
+def test_an_entity_without_a_timestamp_is_a_categorical_feature_and_the_split_group(tmp_path: Path) -> None:
+    rows = [[i % 30, round(10 + (i * 7 % 13) / 3, 2), i % 2] for i in range(240)]
+    data = write_text(tmp_path / "visits.csv", ["user_id", "spend", "churned"], rows)
+    result, spec = inferred(data, tmp_path, label="churned", entities=["user_id"])
+    assert {k: e.key for k, e in spec.entities.items()} == {"user_id": "user_id"} and spec.features.views == {}
+    assert {k: f.type for k, f in spec.features.request.items()} == {"spend": "float", "user_id": "string"}
+    assert {k: (e.input, e.op) for k, e in spec.features.encodings.items()} == {"user_id_target": ("user_id", "target")}
+    assert spec.split.method == "random" and spec.split.group == "user_id"
+    assert (
+        "entity 'user_id': no timestamp, so no history views; kept as a categorical feature (target encoding) "
+        "and as the group of the random split" in result.notes
+    )
+    # keys written as decimals, as pandas writes a column with gaps (statsmodels' modechoice): still a category
+    decimals = write_text(tmp_path / "decimals.csv", ["user_id", "spend", "churned"], [[f"{r[0]}.0", *r[1:]] for r in rows])
+    result, spec = inferred(decimals, tmp_path, label="churned", entities=["user_id"])
+    assert rules(spec)["user_id"] == {"type": "int", "nullable": False} and "user_id_target" in spec.features.encodings
+    assert "entity 'user_id': keys written as decimals, all whole numbers: declared int" in result.notes
+
+
+def test_features_that_would_always_be_constant_are_not_added(tmp_path: Path) -> None:
+    # yearly figures per country, on date-only time: no hour, and no window shorter than a year
+    rows = [[f"{y}-12-31", f"c{c}", 100 + y - 2000 + c * 3.5, (y + c) % 2, "same"] for y in range(2000, 2020) for c in range(12)]
+    data = write_text(tmp_path / "yearly.csv", ["year_end", "country", "gdp", "label", "unit"], rows)
+    result, spec = inferred(data, tmp_path, entities=["country"])
+    assert spec.sources["yearly"].timestamp == "year_end" and rules(spec)["year_end"]["type"] == "date"
+    assert set(spec.features.transforms) == {"year_end_day_of_week"}
+    assert "no year_end_hour feature: every year_end has the same hour" in result.notes
+    [agg] = spec.features.views["country"].aggregations
+    assert agg.windows == [timedelta(days=730), timedelta(days=1825)]
+    assert "entity 'country': history windows 730d, 1825d (its events are a median 365 days apart)" in result.notes
+    assert "unit" not in spec.features.request and "unit (constant)" in " ".join(result.notes)
+    # one event per entity: any window would always be empty
+    once = write_text(
+        tmp_path / "once.csv",
+        ["ts", "user", "x", "label"],
+        [[f"2024-01-{d:02d} 10:{d:02d}:00", d, d, d % 2] for d in range(1, 29)],
+    )
+    result, spec = inferred(once, tmp_path, entities=["user"])
+    assert spec.features.views == {} and "entity 'user': no user has two events" in " ".join(result.notes)

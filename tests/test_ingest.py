@@ -436,6 +436,26 @@ def test_null_keys_are_not_duplicates(tmp_path: Path) -> None:
     assert result.rows_quarantined == 0 and check(result, "unique", "kind").passed
 
 
+def test_formats_decimal_commas_and_nan_cells_are_read_as_declared(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "tx.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("id;ts;day;amount;label\n1;01.02.2024 10:30;01.02.2024;1,5;1\n2;13.02.2024 08:00;13.02.2024;nan;0\n")
+    columns = """
+      id: {type: int}
+      ts: {type: timestamp, format: "%d.%m.%Y %H:%M"}
+      day: {type: date, format: "%d.%m.%Y"}
+      amount: {type: float, nullable: false}
+      label: {type: int}"""
+    text = spec_text(columns=columns, table="severity: warn").replace("timestamp: ts", 'csv: {decimal: ","}\n    timestamp: ts')
+    spec, layout = project(tmp_path, text)
+    result = ingest(spec, layout, now=NOW)
+    assert (result.rows_valid, result.rows_quarantined) == (1, 1)  # the nan amount is a missing value
+    assert parquet_rows(result.per_source["tx"].path) == [
+        {"id": 1, "ts": datetime(2024, 2, 1, 10, 30), "day": datetime(2024, 2, 1).date(), "amount": 1.5, "label": 1}
+    ]
+    assert check(result, "nullable", "amount").failed_rows == 1
+
+
 def test_a_parquet_text_column_declared_float_is_cast_per_row(tmp_path: Path) -> None:
     rows = with_row(ROWS, amount="oops")
     rows["amount"] = [str(v) for v in rows["amount"]]
@@ -647,6 +667,31 @@ def test_binary_label_with_three_values(tmp_path: Path, previous: Any) -> None:
     columns = rule_spec("label: {type: int}", "error")
     message = failing_ingest(tmp_path, spec_text(columns=columns), previous)
     assert message == f"{path}: label column 'label' has 3 distinct values (0, 1, 2); a binary task needs exactly 2"
+
+
+def test_a_line_over_the_csv_line_limit_names_its_cause_and_the_fix(tmp_path: Path, previous: Any) -> None:
+    rows = with_row(ROWS, note="x" * 2_100_000)  # a cell a little over DuckDB's 2,000,000-byte line limit
+    path = write(tmp_path, "tx.csv", rows)
+    size = len(path.read_bytes().splitlines(keepends=True)[7])
+    message = failing_ingest(tmp_path, spec_text(), previous)
+    assert message == (
+        f"{path}: line 8 is {size:,} bytes, longer than the 2,000,000 bytes a CSV line may have; raise "
+        "sources.tx.csv.max_line_bytes in loopml.yaml above that (or take the long column out of the file)"
+    )
+    spec, layout = project(
+        tmp_path, spec_text(extra="").replace("timestamp: ts", "csv: {max_line_bytes: 4000000}\n    timestamp: ts")
+    )
+    assert ingest(spec, layout, now=NOW).rows_valid == 7
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path, previous: Any) -> None:
+    path = write(tmp_path, "tx.csv", ROWS)
+    path.write_text(path.read_text().replace(",note\n", ",amount\n", 1))
+    message = failing_ingest(tmp_path, spec_text(), previous)
+    assert message == (
+        f"{path}: the header names column 'amount' twice (columns 3 and 8); a reader would silently call the second "
+        "'amount_1' and a model would need it under that name: rename one of them in the file"
+    )
 
 
 def test_min_rows_violated(tmp_path: Path, previous: Any) -> None:

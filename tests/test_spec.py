@@ -120,3 +120,19 @@ def test_the_environment_overrides_storage_urls_once_where_the_spec_loads(tmp_pa
     assert (spec.storage.registry_url, spec.storage.prediction_log_url) == ("postgresql://u@h/reg", "postgresql://u@h/log")
     assert spec.storage.redis_url == plain.storage.redis_url  # an empty variable overrides nothing
     assert plain.storage.registry_url is None and same == digest  # the hash is the file's
+
+
+def test_format_and_csv_options_are_checked_where_they_apply() -> None:
+    text = EXAMPLE.replace(
+        "tx_amount: {type: float, nullable: false, min: 0, max: 100000}",
+        'tx_amount: {type: float, nullable: false, min: 0, max: 100000, format: "%d.%m.%Y"}',
+    ).replace("    path: data/transactions.parquet", '    path: data/transactions.parquet\n    csv: {decimal: ","}')
+    problems = _problems(text)
+    assert any(
+        f":{_line_of(text, 'format:')}: sources.transactions.columns.tx_amount.format: format applies to date" in p
+        for p in problems
+    )
+    assert any(
+        f":{_line_of(text, 'csv:')}: sources.transactions.csv: csv options apply to CSV sources only" in p for p in problems
+    )
+    assert len(problems) == 2

@@ -470,7 +470,7 @@ def test_label_positive_that_never_occurs(tmp_path: Path) -> None:
         train(spec, layout, data, FEATURES, LINEAGE, registry)
 
 
-def test_null_labels_are_dropped_with_a_warning(tmp_path: Path) -> None:
+def test_null_and_nan_labels_are_set_aside_with_a_warning(tmp_path: Path) -> None:
     spec = make_spec(model={"type": "logistic", "baseline": None})
     layout, registry = project(tmp_path, spec)
     table = synthetic_table(n=3000)
@@ -478,8 +478,16 @@ def test_null_labels_are_dropped_with_a_warning(tmp_path: Path) -> None:
     labels[::10] = [None] * 300
     data = write(table.set_column(3, "is_fraud", pa.array(labels, pa.int8())), tmp_path / "t.parquet")
     result = train(spec, layout, data, FEATURES, LINEAGE, registry)
-    assert any("dropped 300 row(s)" in w for w in result.warnings)
+    assert any("300 of 3000 row(s) have no label 'is_fraud'" in w and "uses the 2700 labelled" in w for w in result.warnings)
     assert result.baseline_metrics is None and registry.get(1).kind == "linear"
+    # a regression label written NaN (not NULL) is set aside too, instead of reaching the model (issue 12, case 4)
+    spec = make_spec(task="regression", label={"source": "events", "column": "amount"}, model={"baseline": None})
+    layout, registry = project(tmp_path / "regression", spec)
+    amount = 50 + 10 * table.column("f1").to_numpy()
+    amount[::7] = np.nan
+    data = write(table.append_column("amount", pa.array(amount)), tmp_path / "r.parquet")
+    result = train(spec, layout, data, FEATURES, LINEAGE, registry)
+    assert any("429 of 3000 row(s) have no label 'amount' (blank, NaN or not known yet)" in w for w in result.warnings)
 
 
 def test_regression_pipeline(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ still written (to look at, ingest, serve) and the caller is warned with the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loopml.data.infer import Task, infer_spec
+from loopml.data.infer import LABEL_FITS, infer_project
 from loopml.datasets.example_split import example_gap_days, example_min_days, example_split, with_split
 from loopml.datasets.fraud import FraudWorldConfig, write_world
 from loopml.errors import LoopmlError
@@ -35,10 +37,27 @@ def example_spec_text() -> str:
     return resources.files("loopml.datasets").joinpath("fraud.yaml").read_text(encoding="utf-8")
 
 
-def _prepare(folder: Path, force: bool) -> Path:
+@contextmanager
+def _undone_on_failure(folder: Path) -> Iterator[None]:
+    """Remove the folders made for ``folder`` (itself and missing parents) if the body fails: a failed init leaves nothing."""
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
+
+
+def _target(folder: Path, force: bool) -> Path:
     target = folder / SPEC_FILE
     if target.exists() and not force:
         raise LoopmlError(f"{target}: already exists (pass --force to overwrite)")
+    return target
+
+
+def _prepare(folder: Path, force: bool) -> Path:
+    target = _target(folder, force)
     folder.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -67,40 +86,43 @@ def init_example(
     history file: traffic to replay against the served model. The time split
     is scaled to the history (see the module doc); ``warn`` hears when none fits.
     """
-    target = _prepare(folder, force)
-    if live_days < 0 or live_days >= days:
-        raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
-    try:
-        config = FraudWorldConfig(n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day)
-    except ValueError as exc:
-        raise LoopmlError(f"init: {exc}") from None
-    data = folder / "data"
-    paths = write_world(config, data)
-    table = pq.read_table(paths["transactions"])
-    if live_days:
-        start = datetime.fromisoformat(config.start_date)
-        cutoff = pa.scalar(start + timedelta(days=days - live_days), type=pa.timestamp("us"))
-        history = table.filter(pc.less(table["tx_datetime"], cutoff))
-        live = table.filter(pc.greater_equal(table["tx_datetime"], cutoff))
-        pq.write_table(history, paths["transactions"])
-        pq.write_table(live, data / "live.parquet")
-        table = history
-    if progress is not None:
-        progress("simulated", 1.0)
-    text = example_spec_text()
-    split = example_split(text, days - live_days)
-    if split is not None:
-        text = with_split(text, split)
-        parse_spec(text, str(target))
-    elif warn is not None:
-        minimum = example_min_days(text)
-        warn(
-            f"init: {days - live_days} day(s) of history leave no room for the time split (split.train_days/valid_days/"
-            f"test_days of at least 1 day each and two {example_gap_days(text)}-day label-delay gaps: {minimum} days); "
-            f"training will refuse it: pass --days {minimum + live_days} or more"
-        )
-    _write_text(target, text)
-    return int(table.num_rows)
+    with _undone_on_failure(folder):
+        target = _prepare(folder, force)
+        if live_days < 0 or live_days >= days:
+            raise LoopmlError(f"init: live days must be between 0 and {days - 1}, got {live_days}")
+        try:
+            config = FraudWorldConfig(
+                n_customers=customers, n_terminals=terminals, days=days, seed=seed, drift_start_day=drift_day
+            )
+        except ValueError as exc:
+            raise LoopmlError(f"init: {exc}") from None
+        data = folder / "data"
+        paths = write_world(config, data)
+        table = pq.read_table(paths["transactions"])
+        if live_days:
+            start = datetime.fromisoformat(config.start_date)
+            cutoff = pa.scalar(start + timedelta(days=days - live_days), type=pa.timestamp("us"))
+            history = table.filter(pc.less(table["tx_datetime"], cutoff))
+            live = table.filter(pc.greater_equal(table["tx_datetime"], cutoff))
+            pq.write_table(history, paths["transactions"])
+            pq.write_table(live, data / "live.parquet")
+            table = history
+        if progress is not None:
+            progress("simulated", 1.0)
+        text = example_spec_text()
+        split = example_split(text, days - live_days)
+        if split is not None:
+            text = with_split(text, split)
+            parse_spec(text, str(target))
+        elif warn is not None:
+            minimum = example_min_days(text)
+            warn(
+                f"init: {days - live_days} day(s) of history leave no room for the time split (split.train_days/valid_days/"
+                f"test_days of at least 1 day each and two {example_gap_days(text)}-day label-delay gaps: {minimum} days); "
+                f"training will refuse it: pass --days {minimum + live_days} or more"
+            )
+        _write_text(target, text)
+        return int(table.num_rows)
 
 
 def init_from_data(
@@ -112,13 +134,14 @@ def init_from_data(
     timestamp: str | None,
     entities: list[str],
     force: bool = False,
-) -> Path:
-    """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written."""
-    if task not in (None, "binary", "regression"):
-        raise LoopmlError(f"init: --task must be binary or regression, not {task!r}")
-    kind: Task | None = "binary" if task == "binary" else "regression" if task == "regression" else None
-    target = _prepare(folder, force)
-    text = infer_spec(data.resolve(), label, positive, kind, timestamp, entities, folder.resolve())
-    parse_spec(text, str(target))
-    _write_text(target, text)
-    return target
+) -> tuple[Path, list[str]]:
+    """Infer a ``loopml.yaml`` for ``data``; the result is checked before it is written. Returns it and the notes on
+    what was decided (:func:`loopml.data.infer.infer_project`)."""
+    if task is not None and task not in LABEL_FITS:
+        raise LoopmlError(f"init: --task must be {' or '.join(LABEL_FITS)}, not {task!r}")
+    target = _target(folder, force)
+    inferred = infer_project(data.resolve(), label, positive, task, timestamp, entities, folder.resolve())
+    parse_spec(inferred.text, str(target))
+    with _undone_on_failure(folder):
+        _write_text(_prepare(folder, force), inferred.text)
+    return target, inferred.notes

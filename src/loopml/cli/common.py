@@ -6,8 +6,11 @@ body through :func:`run_command`: a :class:`~loopml.errors.LoopmlError` becomes
 one line on stderr and exit code 1; anything else is reported as an internal
 error in one line (exit code 2), with the traceback only under ``--debug``.
 
-Nothing here imports a stage at module level: :func:`load_project` and
-:func:`run_store` import what they need when called.
+Nothing here imports a stage at module level: :func:`load_project`,
+:func:`load_spec_only`, :func:`open_registry_only` and :func:`run_store`
+import what they need when called; the quick commands (``check``, ``runs``,
+``models``) use the last three, which load neither the stages nor LightGBM,
+scikit-learn, DuckDB or pandas (``tests/test_cli.py`` checks it).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from loopml.errors import LoopmlError, SpecError
 
 if TYPE_CHECKING:
     from loopml.features.stream import ConsumeStats
+    from loopml.layout import Layout
     from loopml.project import Project
+    from loopml.registry.base import Registry
+    from loopml.spec.model import Spec
     from loopml.train.tracking import RunStore
 
 err = Console(stderr=True)
@@ -47,14 +53,27 @@ def load_project(folder: Path) -> Project:
     return Project.load(folder)
 
 
-def run_store(folder: Path) -> RunStore:
-    """The run store, without loading the stages (listing runs stays fast)."""
+def load_spec_only(folder: Path) -> tuple[Spec, Layout]:
+    """The validated spec and the folder layout, without loading the stages (``check`` stays fast)."""
     from loopml.layout import Layout
     from loopml.spec.load import load_spec
-    from loopml.train.tracking import RunStore
 
     spec, _ = load_spec(folder)
-    return RunStore(Layout.for_project(folder, spec).runs)
+    return spec, Layout.for_project(folder, spec)
+
+
+def open_registry_only(folder: Path) -> Registry:
+    """The configured registry, without loading the stages (``models list``, ``promote``, ``rollback`` stay fast)."""
+    from loopml.registry.backends import open_registry
+
+    return open_registry(*load_spec_only(folder))
+
+
+def run_store(folder: Path) -> RunStore:
+    """The run store, without loading the stages (listing runs stays fast)."""
+    from loopml.train.tracking import RunStore
+
+    return RunStore(load_spec_only(folder)[1].runs)
 
 
 def emit_json(data: Any) -> None:

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from loopml.cli.common import JsonOpt, ProjectOpt, emit_json, err, load_project, make_table, out, progress_bar, run_command
+from loopml.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    emit_json,
+    err,
+    load_project,
+    load_spec_only,
+    make_table,
+    out,
+    progress_bar,
+    run_command,
+)
 from loopml.errors import LoopmlError
 
 
@@ -61,8 +72,10 @@ def init(
                 raise LoopmlError("init: --data needs --label COL")
             from loopml.scaffold import init_from_data
 
-            path = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
-            err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'")
+            path, notes = init_from_data(folder, data, label, positive, task, timestamp, entity or [], force=force)
+            for note in notes:
+                err.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"wrote {path}; review it, then run 'loopml check' and 'loopml ingest'", soft_wrap=True)
 
     run_command(go)
 
@@ -71,10 +84,9 @@ def check(project: ProjectOpt = Path(".")) -> None:
     """Validate loopml.yaml; every error names its key and line."""
 
     def go() -> None:
-        p = load_project(project)
-        s = p.spec
+        s, layout = load_spec_only(project)
         n_features = sum(len(v.outputs(k)) for k, v in s.features.views.items()) + len(s.features.transforms)
-        err.print(f"ok: {p.layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
+        err.print(f"ok: {layout.root / 'loopml.yaml'} is valid ({len(s.sources)} source(s), {n_features} derived features)")
 
     run_command(go)
 

@@ -12,15 +12,17 @@ from loopml.cli.common import (
     JsonOpt,
     ProjectOpt,
     emit_json,
+    err,
     fmt,
     load_project,
+    load_spec_only,
     make_table,
+    open_registry_only,
     out,
     progress_bar,
     run_command,
     run_store,
 )
-from loopml.errors import LoopmlError
 
 
 def selection_lines(selection: dict[str, Any] | None) -> list[str]:
@@ -59,6 +61,8 @@ def train_cmd(
         if as_json:
             emit_json(data)
             return
+        for warning in data["warnings"]:
+            err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
         metrics = data["metrics"]
         rows = [[name, fmt(metrics["valid"].get(name)), fmt(value)] for name, value in metrics["test"].items()]
         out.print(make_table(f"run {data['run_id']} -> model version {data['model_version']}", ["metric", "valid", "test"], rows))
@@ -119,17 +123,15 @@ def models_list(project: ProjectOpt = Path("."), as_json: JsonOpt = False) -> No
     """Model versions with their aliases and the test value of the project's primary metric (gate.metric)."""
 
     def go() -> None:
-        from loopml.loop.train import gate_metric
-
-        p = load_project(project)
-        data = [v.to_json() for v in p.registry().list()]
+        spec, _ = load_spec_only(project)
+        data = [v.to_json() for v in open_registry_only(project).list()]
         if as_json:
             emit_json(data)
             return
-        try:  # the task's primary metric: gate.metric, rmse for regression by default
-            metric = gate_metric(p.spec)
-        except LoopmlError:  # a gate.metric that does not fit the task: train says so; the list still shows it
-            metric = p.spec.gate.metric
+        # the task's primary metric: the one the newest version's gate judged on (train resolves the task's
+        # default), else gate.metric; read from the registry so that listing loads no training code
+        gated = [d["gate"]["numbers"]["metric"] for d in data if (d.get("gate") or {}).get("numbers", {}).get("metric")]
+        metric = gated[0] if gated else spec.gate.metric
         rows = []
         for d in data:
             test = d["metrics"].get("test", d["metrics"])
@@ -148,7 +150,7 @@ def models_promote(
     """Point an alias (default champion) at a version."""
 
     def go() -> None:
-        v = load_project(project).registry().set_alias(alias, version, reason="promoted by hand (loopml models promote)")
+        v = open_registry_only(project).set_alias(alias, version, reason="promoted by hand (loopml models promote)")
         out.print(f"{alias} -> version {v.version}")
 
     run_command(go)
@@ -161,7 +163,7 @@ def models_rollback(
     """Move an alias back to the version it pointed at before."""
 
     def go() -> None:
-        v = load_project(project).registry().rollback(alias)
+        v = open_registry_only(project).rollback(alias)
         out.print(f"{alias} -> version {v.version}")
 
     run_command(go)

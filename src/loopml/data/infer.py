@@ -1,133 +1,113 @@
 """Scaffolding a ``loopml.yaml`` from any CSV, Parquet or JSON Lines file (``loopml init --data``).
 
-Column types come from DuckDB's own sniffing (CSV dialect and types, Parquet
-schema, JSON keys); one aggregate query over the file gives null counts and
-distinct counts, from which the rules follow: ``nullable: false`` when the
-data has no nulls, ``allowed`` for string columns with at most 20 values and
-for a binary label, ``unique`` for an id-named column whose values are all
-distinct. Task, positive class and timestamp are inferred when not given.
-The YAML is written as text (not dumped from the model) so every block can
-carry a short comment; it is checked with :func:`loopml.spec.parse_spec`
-before it is returned.
+:mod:`loopml.data.profile` reads and types the file, this module decides what the project does with each column,
+and :mod:`loopml.data.spec_text` writes the YAML. Every decision a user could not guess from the file comes back as
+a note that ``loopml init`` prints:
+
+- **rules**: ``nullable: false`` when the data has no nulls, ``allowed`` for text columns with at most 20 values and
+  for a binary label, ``unique`` for an id-named column whose values are all distinct, a date ``format`` and
+  ``severity: warn`` for number columns with stray cells (see the profile).
+- **the task** when ``--task`` is not given: the first of :data:`TASK_RULES` that answers; a given task must fit the
+  label (:data:`LABEL_FITS`). Adding a task is one function in each. The positive class, the timestamp column and
+  the label's missing values (set aside at training) are inferred and reported.
+- **features**: numbers and booleans as they are; text **categories** through an encoding (``onehot`` up to 20
+  values, ``target`` beyond); **free text** (over 20 values, and a mean length over :data:`FREE_TEXT_LENGTH`
+  characters or more than half the values distinct) is skipped, as are ids and constant columns.
+- **entities**: with a timestamp, a history view whose windows fit the data's pace (the :data:`WINDOWS` longer than
+  the median gap between an entity's events, up to the first one spanning the data, at most three; none when no
+  entity has two events, so no window is always empty); without one, the key is a categorical feature and the
+  group of the random split (all rows of an entity in one split).
+- **time transforms**: ``hour`` and ``day_of_week`` of the timestamp, each only when it takes more than one value.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 
-from loopml.data.sources import check_file, file_format, ident, one, read_error, scan_sql
+from loopml.data.profile import MAX_VALUES, ColumnProfile, FileProfile, profile_file
+from loopml.data.sources import ident, one
+from loopml.data.spec_text import Plan, name_like, render
 from loopml.data.validate import canonical_label
 from loopml.errors import DataError
-from loopml.spec import parse_spec
-from loopml.spec.model import ColumnType
 
-__all__ = ["infer_spec"]
+__all__ = ["LABEL_FITS", "TASK_RULES", "Inferred", "Task", "infer_project", "infer_spec"]
 
 Task = Literal["binary", "regression"]
-MAX_ALLOWED = 20
+FREE_TEXT_LENGTH = 40
+_DAY = 86400
+#: Window lengths a scaffold chooses from (name, seconds).
+WINDOWS: tuple[tuple[str, int], ...] = (("1h", 3600), ("1d", _DAY), ("7d", 7 * _DAY), ("30d", 30 * _DAY), ("90d", 90 * _DAY))
+WINDOWS += (("365d", 365 * _DAY), ("730d", 730 * _DAY), ("1825d", 1825 * _DAY))
 _ID_NAME = re.compile(r"(^|_)(id|uuid|key)$|[a-z]Id$", re.IGNORECASE)
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
-_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
 _POSITIVE_WORDS = ("yes", "y", "t", "positive", "pos")
-_INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"}
-_WINDOWS = "[1d, 7d, 30d]"
+_NUMERIC = {"int", "float"}
 
 
 @dataclass(frozen=True)
-class _Column:
-    name: str
-    type: ColumnType
-    non_null: int
-    distinct: int
-    values: list[Any] | None  # sorted distinct values, when there are few enough
+class Inferred:
+    """A scaffolded ``loopml.yaml`` and the notes on what was decided for the user to read."""
+
+    text: str
+    notes: list[str]
 
 
-def _column_type(sql_type: str) -> ColumnType:
-    if sql_type in _INT_TYPES:
-        return "int"
-    if sql_type in {"FLOAT", "DOUBLE"} or sql_type.startswith("DECIMAL"):
-        return "float"
-    if sql_type == "BOOLEAN":
-        return "bool"
-    if sql_type.startswith("TIMESTAMP"):
-        return "timestamp"
-    if sql_type == "DATE":
-        return "date"
-    return "string"
+# --------------------------------------------------------------------------- the task
+def _shown(label: ColumnProfile) -> str:
+    return ", ".join(str(v) for v in label.values) if label.values is not None else f"more than {MAX_VALUES}"
 
 
-def _y(value: Any) -> str:
-    """A YAML scalar (key or value) that reads back as ``value``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if _PLAIN.match(text) and text.lower() not in _YAML_WORDS:
-        return text
-    return json.dumps(text)
+def _two_values_are_binary(label: ColumnProfile) -> Task | None:
+    return "binary" if label.distinct == 2 else None
 
 
-def _flow(items: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {v}" for k, v in items.items()) + "}"
+def _numbers_are_regression(label: ColumnProfile) -> Task | None:
+    return "regression" if label.type in _NUMERIC else None
 
 
-def _profile(con: duckdb.DuckDBPyConnection, types: dict[str, str], data: Path) -> tuple[int, dict[str, _Column]]:
-    parts = ["count(*)"]
-    for i, name in enumerate(types):
-        parts += [f"count({ident(name)}) AS n{i}", f"count(DISTINCT {ident(name)}) AS d{i}"]
-    row = one(con, f"SELECT {', '.join(parts)} FROM data")
-    assert row is not None
-    if not row[0]:
-        raise DataError(f"{data}: has no rows; a project needs data to infer from")
-    columns: dict[str, _Column] = {}
-    for i, (name, sql_type) in enumerate(types.items()):
-        non_null, distinct = int(row[1 + 2 * i]), int(row[2 + 2 * i])
-        values = None
-        if distinct <= MAX_ALLOWED:
-            got = con.execute(f"SELECT DISTINCT {ident(name)} FROM data WHERE {ident(name)} IS NOT NULL ORDER BY 1").fetchall()
-            values = [r[0] for r in got]
-        columns[name] = _Column(name, _column_type(sql_type), non_null, distinct, values)
-    return int(row[0]), columns
-
-
-def _found(data: Path, kind: str, name: str, columns: dict[str, _Column]) -> DataError:
-    return DataError(f"{data}: {kind} column {name!r} is not a column of the file (found: {', '.join(columns)})")
-
-
-def _task(data: Path, label: _Column, task: Task | None) -> Task:
-    shown = ", ".join(str(v) for v in label.values or [])
-    if label.distinct < 2:
-        what = f"{label.distinct} distinct value(s) ({shown})"
-        raise DataError(f"{data}: label column {label.name!r} has {what}; a model needs at least 2")
-    numeric = label.type in {"int", "float"}
-    if task == "binary" and label.distinct != 2:
-        raise DataError(
-            f"{data}: label column {label.name!r} has {label.distinct} distinct values "
-            f"({shown or 'more than ' + str(MAX_ALLOWED)}); a binary task needs exactly 2"
-        )
-    if task == "regression" and not numeric:
-        raise DataError(f"{data}: label column {label.name!r} is {label.type}; a regression task needs a numeric label")
-    if task is not None:
-        return task
-    if label.distinct == 2:
-        return "binary"
-    if numeric:
-        return "regression"
-    raise DataError(
-        f"{data}: cannot infer the task: label column {label.name!r} is {label.type} with {label.distinct} distinct values; "
-        "pass --task binary or --task regression"
+def _binary_problem(label: ColumnProfile) -> str | None:
+    return (
+        None if label.distinct == 2 else f"has {label.distinct} distinct values ({_shown(label)}); a binary task needs exactly 2"
     )
 
 
-def _positive(con: duckdb.DuckDBPyConnection, data: Path, label: _Column, positive: str | None) -> Any:
+def _regression_problem(label: ColumnProfile) -> str | None:
+    return None if label.type in _NUMERIC else f"is {label.type}; a regression task needs a numeric label"
+
+
+#: How the task is inferred when ``--task`` is not given: the first rule with an answer wins.
+TASK_RULES: list[Callable[[ColumnProfile], Task | None]] = [_two_values_are_binary, _numbers_are_regression]
+#: What a task given with ``--task`` needs of the label: None when it fits, else what is wrong.
+LABEL_FITS: dict[Task, Callable[[ColumnProfile], str | None]] = {"binary": _binary_problem, "regression": _regression_problem}
+
+
+def _task(data: Path, label: ColumnProfile, task: Task | None) -> Task:
+    if label.distinct < 2:
+        what = f"{label.distinct} distinct value(s) ({_shown(label)})"
+        raise DataError(f"{data}: label column {label.name!r} has {what}; a model needs at least 2")
+    if task is not None:
+        problem = LABEL_FITS[task](label)
+        if problem is not None:
+            raise DataError(f"{data}: label column {label.name!r} {problem}")
+        return task
+    for rule in TASK_RULES:
+        found = rule(label)
+        if found is not None:
+            return found
+    choices = " or ".join(f"--task {t}" for t in LABEL_FITS)
+    raise DataError(
+        f"{data}: cannot infer the task: label column {label.name!r} is {label.type} with {label.distinct} distinct values; "
+        f"pass {choices}"
+    )
+
+
+def _positive(con: duckdb.DuckDBPyConnection, data: Path, label: ColumnProfile, positive: str | None) -> Any:
     values = label.values or []
     canon = {canonical_label(v): v for v in values}
     if positive is not None:
@@ -146,7 +126,8 @@ def _positive(con: duckdb.DuckDBPyConnection, data: Path, label: _Column, positi
     return counts[0][0]  # the minority class
 
 
-def _timestamp(data: Path, columns: dict[str, _Column], timestamp: str | None, taken: set[str]) -> tuple[str | None, str]:
+# --------------------------------------------------------------------------- time
+def _timestamp(data: Path, columns: dict[str, ColumnProfile], timestamp: str | None, taken: set[str]) -> tuple[str | None, str]:
     if timestamp is not None:
         if timestamp not in columns:
             raise _found(data, "timestamp", timestamp, columns)
@@ -163,17 +144,6 @@ def _timestamp(data: Path, columns: dict[str, _Column], timestamp: str | None, t
     return None, "no timestamp column found"
 
 
-def _column_line(col: _Column, rows: int, is_label: bool, task: Task, unique: bool) -> str:
-    rule: dict[str, str] = {"type": col.type}
-    if col.non_null == rows:
-        rule["nullable"] = "false"
-    if unique:
-        rule["unique"] = "true"
-    elif col.values is not None and ((is_label and task == "binary") or (col.type == "string" and not is_label)):
-        rule["allowed"] = "[" + ", ".join(_y(v) for v in col.values) + "]"
-    return f"      {_y(col.name)}: {_flow(rule)}"
-
-
 def _span_days(con: duckdb.DuckDBPyConnection, timestamp: str) -> float:
     col = ident(timestamp)
     row = one(con, f"SELECT CAST(min({col}) AS TIMESTAMP), CAST(max({col}) AS TIMESTAMP) FROM data")
@@ -182,14 +152,193 @@ def _span_days(con: duckdb.DuckDBPyConnection, timestamp: str) -> float:
     return (row[1] - row[0]).total_seconds() / 86400
 
 
-def _name(text: str, fallback: str, pattern: str) -> str:
-    cleaned = re.sub(pattern, "_", text).strip("_")
-    return cleaned if cleaned and cleaned[0].isalpha() else fallback
+def _windows(con: duckdb.DuckDBPyConnection, timestamp: str, entity: str) -> tuple[list[str], float | None]:
+    """Windows that are not always empty for this data (see the module docstring), and the median gap in seconds."""
+    at, key = f"epoch(CAST({ident(timestamp)} AS TIMESTAMP))", ident(entity)
+    events = f"SELECT {at} AS t, {key} AS k FROM data WHERE {ident(timestamp)} IS NOT NULL AND {key} IS NOT NULL"
+    gaps = f"SELECT t - lag(t) OVER (PARTITION BY k ORDER BY t) AS gap FROM ({events})"
+    row = one(con, f"SELECT (SELECT median(gap) FROM ({gaps}) WHERE gap IS NOT NULL), (SELECT max(t) - min(t) FROM ({events}))")
+    if row is None or row[0] is None:
+        return [], None
+    gap, span = float(row[0]), float(row[1] or 0.0)
+    out: list[str] = []
+    for name, seconds in WINDOWS:
+        if seconds > gap and len(out) < 3:
+            out.append(name)
+            if seconds >= span:
+                break
+    return out, gap
 
 
-def _source_path(data: Path, project_dir: Path) -> str:
-    data, project_dir = data.resolve(), project_dir.resolve()
-    return data.relative_to(project_dir).as_posix() if data.is_relative_to(project_dir) else str(data)
+def _time_transforms(con: duckdb.DuckDBPyConnection, plan: Plan, notes: list[str]) -> None:
+    ts = plan.timestamp
+    assert ts is not None
+    at = f"CAST({ident(ts)} AS TIMESTAMP)"
+    row = one(con, f"SELECT count(DISTINCT hour({at})), count(DISTINCT dayofweek({at})) FROM data")
+    assert row is not None
+    for op, distinct in (("hour", row[0]), ("day_of_week", row[1])):
+        if distinct > 1:
+            plan.transforms[_free(f"{ts}_{op}", plan.columns)] = (op, ts)
+        else:
+            notes.append(f"no {ts}_{op} feature: every {ts} has the same {op.replace('_', ' ')}")
+    plan.request[ts] = "timestamp"
+    plan.exclude.append(ts)
+
+
+def _free(name: str, taken: dict[str, ColumnProfile]) -> str:
+    """``name``, or ``name_2``, ``name_3``... if a column already has it."""
+    candidate, k = name, 1
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
+
+
+# --------------------------------------------------------------------------- features
+def _encode(plan: Plan, column: ColumnProfile) -> str:
+    """Make text column ``column`` a categorical feature; return the encoding's op."""
+    op = "onehot" if column.distinct <= MAX_VALUES else "target"
+    base = name_like(column.name, "column", r"[^A-Za-z0-9_.-]+")
+    taken = {*plan.columns, *plan.request, *plan.encodings}
+    name, k = f"{base}_{op}", 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{op}_{k}"
+    plan.request[column.name] = "string"
+    plan.encodings[name] = (column.name, op)
+    return op
+
+
+def _column_features(plan: Plan, notes: list[str]) -> None:
+    """Request features and encodings from every column that is not the label, the timestamp, an entity or an id."""
+    skipped: list[str] = []
+    for col in plan.columns.values():
+        if col.name in {plan.label, plan.timestamp, *plan.entities}:
+            continue
+        if col.name in plan.unique:
+            skipped.append(f"{col.name} (an id)")
+        elif col.distinct <= 1:
+            skipped.append(f"{col.name} (constant)")
+        elif col.type in ("int", "float", "bool"):
+            plan.request[col.name] = col.type
+        elif col.type in ("date", "timestamp"):
+            skipped.append(f"{col.name} (another time column)")
+        elif col.distinct > MAX_VALUES and (col.mean_length > FREE_TEXT_LENGTH or col.distinct > 0.5 * col.non_null):
+            skipped.append(f"{col.name} (free text: {col.distinct} distinct values, {col.mean_length:.0f} characters on average)")
+        else:
+            op = _encode(plan, col)
+            notes.append(f"column {col.name!r}: text with {col.distinct} distinct values, a categorical feature ({op} encoding)")
+    if skipped:
+        notes.append(f"not model inputs: {'; '.join(skipped)} (add them under features if they should be)")
+
+
+def _whole_keys(con: duckdb.DuckDBPyConnection, plan: Plan, notes: list[str]) -> None:
+    """Entity keys written as decimals (``1.0``, as pandas writes a column with gaps) are declared int when all whole."""
+    for entity in plan.entities:
+        column = plan.columns[entity]
+        if column.type != "float":
+            continue
+        row = one(con, f"SELECT bool_and({ident(entity)} = round({ident(entity)})) FROM data")
+        if row is not None and row[0]:
+            plan.columns[entity] = replace(
+                column, type="int", values=None if column.values is None else [int(v) for v in column.values]
+            )
+            notes.append(f"entity {entity!r}: keys written as decimals, all whole numbers: declared int")
+
+
+def _entity_features(con: duckdb.DuckDBPyConnection, plan: Plan, notes: list[str]) -> None:
+    numeric = [name for name, kind in plan.request.items() if kind in _NUMERIC]
+    for entity in plan.entities:
+        if plan.timestamp is None:
+            column = plan.columns[entity]
+            if column.type in ("string", "int"):
+                kept = f"a categorical feature ({_encode(plan, column)} encoding)"
+            elif column.type in ("float", "bool"):
+                plan.request[entity] = column.type
+                kept = f"a {column.type} feature"
+            else:
+                kept = "no feature (a time)"
+            plan.group = plan.group or entity
+            notes.append(
+                f"entity {entity!r}: no timestamp, so no history views; kept as {kept}"
+                f"{' and as the group of the random split' if plan.group == entity else ''}"
+            )
+            continue
+        windows, gap = _windows(con, plan.timestamp, entity)
+        if not windows:
+            notes.append(f"entity {entity!r}: no {entity} has two events, so a history view would always be empty: none added")
+            continue
+        plan.views[entity] = (numeric[0] if numeric else None, windows)
+        pace = f"{gap / _DAY:.3g} days" if gap is not None and gap >= _DAY else f"{(gap or 0) / 3600:.3g} hours"
+        notes.append(f"entity {entity!r}: history windows {', '.join(windows)} (its events are a median {pace} apart)")
+
+
+def _label_notes(plan: Plan, notes: list[str]) -> None:
+    label = plan.columns[plan.label]
+    missing = plan.rows - label.non_null
+    if missing:
+        notes.append(
+            f"label {plan.label!r}: {missing} of {plan.rows} rows have no value (blank or NaN); ingest keeps them and "
+            "training sets them aside"
+        )
+    if plan.task == "binary":
+        notes.append(f"task binary: label {plan.label!r} is {_shown(label)}, positive class {plan.positive}")
+
+
+def _found(data: Path, kind: str, name: str, columns: dict[str, ColumnProfile]) -> DataError:
+    return DataError(f"{data}: {kind} column {name!r} is not a column of the file (found: {', '.join(columns)})")
+
+
+def _check_names(data: Path, profile: FileProfile, label: str, timestamp: str | None, entities: list[str]) -> None:
+    if label not in profile.columns:
+        raise _found(data, "label", label, profile.columns)
+    for entity in entities:
+        if entity not in profile.columns:
+            raise _found(data, "entity", entity, profile.columns)
+    if label == timestamp or label in entities:
+        raise DataError(f"{data}: label column {label!r} cannot also be the timestamp or an entity")
+
+
+def infer_project(
+    data: Path,
+    label: str,
+    positive: str | None,
+    task: Task | None,
+    timestamp: str | None,
+    entities: list[str],
+    project_dir: Path,
+) -> Inferred:
+    """The text of a ``loopml.yaml`` for ``data`` (accepted by :func:`loopml.spec.parse_spec`) and the notes on it."""
+    with duckdb.connect() as con:
+        profile = profile_file(con, data, keep_text={label})
+        _check_names(data, profile, label, timestamp, entities)
+        columns, rows = profile.columns, profile.rows
+        ts, ts_note = _timestamp(data, columns, timestamp, {label, *entities})
+        chosen = _task(data, columns[label], task)
+        plan = Plan(
+            data=data,
+            project_dir=project_dir,
+            format=profile.format,
+            rows=rows,
+            columns=columns,
+            csv=profile.csv,
+            task=chosen,
+            label=label,
+            positive=_positive(con, data, columns[label], positive) if chosen == "binary" else None,
+            timestamp=ts,
+            timestamp_note=ts_note,
+            entities=list(entities),
+            unique={c.name for c in columns.values() if _ID_NAME.search(c.name) and c.distinct == c.non_null == rows},
+            span_days=_span_days(con, ts) if ts is not None else 0.0,
+        )
+        notes = list(profile.notes)
+        _label_notes(plan, notes)
+        _column_features(plan, notes)
+        _whole_keys(con, plan, notes)
+        _entity_features(con, plan, notes)
+        if ts is not None:
+            _time_transforms(con, plan, notes)
+    return Inferred(render(plan), notes)
 
 
 def infer_spec(
@@ -201,124 +350,5 @@ def infer_spec(
     entities: list[str],
     project_dir: Path,
 ) -> str:
-    """The text of a ``loopml.yaml`` for ``data``, accepted by :func:`loopml.spec.parse_spec`."""
-    check_file(data, " (--data)")
-    fmt = file_format(None, data, "; convert it to CSV, Parquet or JSON Lines")
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        try:
-            con.execute(f"CREATE TEMP TABLE data AS SELECT * FROM {scan_sql(data, fmt, text=False)}")
-            types = {str(r[0]): str(r[1]) for r in con.execute("DESCRIBE data").fetchall()}
-        except duckdb.Error as exc:
-            raise read_error(data, fmt, exc) from None
-        rows, columns = _profile(con, types, data)
-        if label not in columns:
-            raise _found(data, "label", label, columns)
-        for entity in entities:
-            if entity not in columns:
-                raise _found(data, "entity", entity, columns)
-        if label == timestamp or label in entities:
-            raise DataError(f"{data}: label column {label!r} cannot also be the timestamp or an entity")
-        ts, ts_note = _timestamp(data, columns, timestamp, {label, *entities})
-        task = _task(data, columns[label], task)
-        positive_value = _positive(con, data, columns[label], positive) if task == "binary" else None
-        span = _span_days(con, ts) if ts is not None else 0.0
-    return _render(data, project_dir, fmt, rows, columns, label, task, positive_value, ts, ts_note, entities, span)
-
-
-def _render(
-    data: Path,
-    project_dir: Path,
-    fmt: str,
-    rows: int,
-    columns: dict[str, _Column],
-    label: str,
-    task: Task,
-    positive: Any,
-    ts: str | None,
-    ts_note: str,
-    entities: list[str],
-    span: float,
-) -> str:
-    source = _name(data.stem, "events", r"[^A-Za-z0-9_]+")
-    project = _name(project_dir.resolve().name, "project", r"[^A-Za-z0-9_.-]+")
-    unique = {c.name for c in columns.values() if _ID_NAME.search(c.name) and c.distinct == c.non_null == rows}
-    skip = {label, *entities, *([ts] if ts else []), *unique}
-    request = [c for c in columns.values() if c.name not in skip and c.type in {"int", "float", "bool"}]
-    out = [
-        f"# loopml project scaffolded by 'loopml init' from {data.name} ({rows} rows).",
-        "# Everything below was inferred from the data: read it and edit what does not fit.",
-        f"project: {_y(project)}",
-        f"task: {task}",
-        "",
-        "# The things predictions are about; views aggregate each entity's history.",
-    ]
-    if entities:
-        out += ["entities:", *[f"  {_y(e)}: {{key: {_y(e)}}}" for e in entities]]
-    else:
-        out.append("entities: {}")
-    out += [
-        "",
-        "# Where the data comes from and what each ingest checks; failing rows go to quarantine.",
-        "sources:",
-        f"  {_y(source)}:",
-        f"    path: {_y(_source_path(data, project_dir))}",
-        f"    format: {fmt}",
-    ]
-    if ts is not None:
-        out.append(f"    timestamp: {_y(ts)}    # {ts_note}")
-    else:
-        out.append(f"    # timestamp: none ({ts_note})")
-    out.append("    columns:")
-    out += [_column_line(c, rows, c.name == label, task, c.name in unique) for c in columns.values()]
-    out += ["    table:", "      min_rows: 1", ""]
-    out += ["# What to predict.", "label:", f"  source: {_y(source)}", f"  column: {_y(label)}"]
-    if task == "binary":
-        out.append(f"  positive: {_y(positive)}")
-    out += ["  delay: 0s    # how long after an event its label is known: set this for your data", ""]
-    out += _features(source, request, ts, entities, columns)
-    out += ["", "# How rows are split into train, validation and test."]
-    if ts is not None:
-        days = max(1, round(0.15 * span))
-        out += ["split:", "  method: time", f"  valid_days: {days}", f"  test_days: {days}    # about 15% of the time span each"]
-    else:
-        out += ["split:", "  method: random", "  valid_fraction: 0.15", "  test_fraction: 0.15"]
-    text = "\n".join(out) + "\n"
-    parse_spec(text)
-    return text
-
-
-def _free(name: str, taken: dict[str, _Column]) -> str:
-    """``name``, or ``name_2``, ``name_3``... if a column already has it."""
-    candidate, k = name, 1
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_{k}"
-    return candidate
-
-
-def _features(source: str, request: list[_Column], ts: str | None, entities: list[str], columns: dict[str, _Column]) -> list[str]:
-    out = ["# Model inputs: request features arrive with each prediction; views aggregate past events per entity.", "features:"]
-    lines = [f"    {_y(c.name)}: {{type: {c.type}}}" for c in request]
-    if ts is not None:
-        lines.append(f"    {_y(ts)}: {{type: timestamp}}")
-    out += ["  request:", *lines] if lines else ["  request: {}"]
-    if ts is not None and entities:
-        numeric = [c for c in request if c.type in {"int", "float"}]
-        out.append("  views:")
-        for entity in entities:
-            if numeric:
-                agg = f"{{column: {_y(numeric[0].name)}, functions: [count, mean], windows: {_WINDOWS}}}"
-            else:
-                agg = f"{{column: {_y(entity)}, functions: [count], windows: {_WINDOWS}}}"
-            out += [f"    {_y(entity)}:", f"      entity: {_y(entity)}", f"      source: {_y(source)}"]
-            out += ["      aggregations:", f"        - {agg}"]
-    if ts is not None:
-        hour, dow = _free(f"{ts}_hour", columns), _free(f"{ts}_day_of_week", columns)
-        out += [
-            "  transforms:",
-            f"    {_y(hour)}: {{op: hour, inputs: [{_y(ts)}]}}",
-            f"    {_y(dow)}: {{op: day_of_week, inputs: [{_y(ts)}]}}",
-            f"  exclude: [{_y(ts)}]    # the raw timestamp is not a model input; its transforms are",
-        ]
-    return out
+    """The text of a ``loopml.yaml`` for ``data``, accepted by :func:`loopml.spec.parse_spec` (see :func:`infer_project`)."""
+    return infer_project(data, label, positive, task, timestamp, entities, project_dir).text

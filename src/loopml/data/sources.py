@@ -7,17 +7,24 @@ and, for columns whose cast can fail, ``r<i>`` (the value as read). CSV and
 JSON Lines cells are read as text and cast with ``TRY_CAST`` so that a bad
 cell becomes a per-row failure instead of aborting the read; a Parquet column
 whose physical type already holds the declared type is taken as is, any other
-is cast the same way. Everything a user can get wrong with a file (missing,
-empty, corrupt, not UTF-8, a declared column absent, a column where no value
-parses) is a one-line :class:`~loopml.errors.DataError` naming the file.
+is cast the same way. A date or timestamp column with a ``format`` is read
+with ``TRY_STRPTIME``; a CSV source with ``csv.decimal: ","`` reads ``1,5``
+as 1.5; ``nan`` cells and NaN floats are missing values. Everything a user can
+get wrong with a file (missing, empty, corrupt, not UTF-8, a declared column
+absent, a column where no value parses, a header naming a column twice, a
+line longer than ``csv.max_line_bytes``) is a one-line
+:class:`~loopml.errors.DataError` naming the file (and the key that fixes it).
 
-The UTF-8 scan that locates the first bad byte is hand-written because DuckDB's
-CSV error does not say where the byte is; it only runs after a read failed.
+The UTF-8 scan that locates the first bad byte, and the scan for the first
+over-long line, are hand-written because DuckDB's CSV errors do not say where
+the byte or the line is (a long line is always "Line: 1"); they only run
+after a read failed.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,20 +32,24 @@ from typing import Any
 import duckdb
 
 from loopml.errors import DataError
-from loopml.spec.model import ColumnRule, ColumnType, Source
+from loopml.spec.model import ColumnRule, ColumnType, CsvOptions, Source
 
 __all__ = [
     "SQL_TYPES",
     "SourceColumn",
     "SourceTable",
     "check_file",
+    "duplicate_header",
     "file_format",
     "ident",
+    "line_too_long",
     "literal",
     "one",
     "read_error",
     "read_source",
     "scan_sql",
+    "text_cell",
+    "typed_expr",
 ]
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -54,6 +65,8 @@ _SAFE_INT = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT"
 _FLOATS = {"FLOAT", "DOUBLE"}
 _TIMESTAMPS = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"}
 _NUMBERS = _SAFE_INT | _FLOATS | {"UBIGINT", "HUGEINT", "UHUGEINT"}
+_LINE_SIZE = re.compile(r"Maximum line size of (\d+) bytes exceeded\. Actual Size: ?(\d+) bytes")
+_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
 
 
 def ident(name: str) -> str:
@@ -144,13 +157,21 @@ def check_file(path: Path, hint: str = "") -> None:
         raise DataError(f"{path}: the file is empty (0 bytes)")
 
 
-def scan_sql(path: Path, fmt: str, text: bool, columns: list[str] | None = None) -> str:
-    """The DuckDB table function reading ``path``; ``text`` reads CSV/JSONL cells as text."""
+def _csv_options(csv: CsvOptions | None, text: bool) -> str:
+    if csv is None:
+        return ""
+    out = f", max_line_size={csv.max_line_bytes}" if csv.max_line_bytes else ""
+    return out + (", decimal_separator=','" if csv.decimal == "," and not text else "")
+
+
+def scan_sql(path: Path, fmt: str, text: bool, columns: list[str] | None = None, csv: CsvOptions | None = None) -> str:
+    """The DuckDB table function reading ``path``; ``text`` reads CSV/JSONL cells as text; ``csv`` as a source says."""
     p = literal(str(path))
     if fmt == "parquet":
         return f"read_parquet({p}, file_row_number=true)" if text else f"read_parquet({p})"
     if fmt == "csv":
-        return f"read_csv({p}, header=true, all_varchar=true)" if text else f"read_csv({p}, header=true)"
+        options = _csv_options(csv, text)
+        return f"read_csv({p}, header=true, all_varchar=true{options})" if text else f"read_csv({p}, header=true{options})"
     if text and columns is not None:
         spec = ", ".join(f"{literal(c)}: 'VARCHAR'" for c in columns)
         return f"read_json({p}, format='newline_delimited', columns={{{spec}}})"
@@ -179,39 +200,107 @@ def utf8_problem(path: Path) -> str | None:
     return None
 
 
-def read_error(path: Path, fmt: str, exc: duckdb.Error) -> DataError:
-    """Turn a DuckDB read failure into a one-line error naming the file."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    first = first.split("Error: ", 1)[-1]
+def line_too_long(exc: duckdb.Error, path: Path) -> tuple[int, int, int] | None:
+    """``(line, bytes, limit)`` when DuckDB refused a line of CSV file ``path`` for its length, else None.
+
+    DuckDB's own line number is not the file's (it says 1 for a long line anywhere), so the file is scanned for the
+    first line over the limit; this only runs after a read failed.
+    """
+    found = _LINE_SIZE.search(str(exc))
+    if found is None:
+        return None
+    limit, size = int(found.group(1)), int(found.group(2))
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if len(line) > limit:
+                return number, len(line), limit
+    return 0, size, limit
+
+
+def _cause(message: str) -> str:
+    """The line of a DuckDB error that says what is wrong (a CSV error's first line only says where)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    first = lines[0].split("Error: ", 1)[-1] if lines else ""
+    if _CSV_LINE.fullmatch(first) and len(lines) > 1:
+        cause = next((line for line in lines[1:] if not line.startswith(("Original Line:", "Possible Solution"))), "")
+        return f"{first}: {cause}" if cause else first
+    return first
+
+
+def read_error(path: Path, fmt: str, exc: duckdb.Error, fix: str = "") -> DataError:
+    """Turn a DuckDB read failure into a one-line error naming the file; ``fix`` says how to raise a CSV line limit."""
     if fmt == "parquet":
-        return DataError(f"{path}: not a readable Parquet file (truncated or corrupt): {first}")
+        return DataError(f"{path}: not a readable Parquet file (truncated or corrupt): {_cause(str(exc)) or type(exc).__name__}")
     problem = utf8_problem(path)
     if problem is not None:
         return DataError(f"{path}: not UTF-8 text ({problem}); re-save the file as UTF-8")
+    too_long = line_too_long(exc, path) if fmt == "csv" else None
+    if too_long is not None:
+        line, size, limit = too_long
+        where = f"line {line}" if line else "a line"
+        return DataError(f"{path}: {where} is {size:,} bytes, longer than the {limit:,} bytes a CSV line may have{fix}")
     kind = "CSV" if fmt == "csv" else "JSON Lines"
-    return DataError(f"{path}: cannot be read as {kind}: {first}")
+    return DataError(f"{path}: cannot be read as {kind}: {_cause(str(exc)) or type(exc).__name__}")
 
 
-def typed_expr(raw: str, file_type: str, target: ColumnType) -> tuple[str, bool]:
-    """SQL casting ``raw`` (of DuckDB type ``file_type``) to ``target``; True if it can fail per row."""
+def duplicate_header(con: duckdb.DuckDBPyConnection, path: Path, csv: CsvOptions | None = None) -> DataError | None:
+    """The error for a CSV header that names a column twice (a reader would silently rename the second ``age_1``)."""
+    try:
+        row = one(
+            con, f"SELECT * FROM read_csv({literal(str(path))}, header=false, all_varchar=true{_csv_options(csv, True)}) LIMIT 1"
+        )
+    except duckdb.Error:
+        return None  # the read that follows reports it
+    first: dict[str, int] = {}
+    for i, name in enumerate(row or (), start=1):
+        if name is None:  # an empty header cell gets a column number, not a user's name
+            continue
+        if name in first:
+            return DataError(
+                f"{path}: the header names column {name!r} twice (columns {first[name]} and {i}); a reader would silently "
+                f"call the second {name + '_1'!r} and a model would need it under that name: rename one of them in the file"
+            )
+        first[name] = i
+    return None
+
+
+def text_cell(raw: str, target: ColumnType) -> str:
+    """SQL of a text cell as read for ``target``: ``nan`` in a number column is a missing cell, like a blank one."""
+    if target in ("int", "float"):
+        return f"CASE WHEN lower(trim({raw})) = 'nan' THEN NULL ELSE {raw} END"
+    return raw
+
+
+def typed_expr(raw: str, file_type: str, target: ColumnType, fmt: str | None = None, decimal: str = ".") -> tuple[str, bool]:
+    """SQL casting ``raw`` (of DuckDB type ``file_type``) to ``target``; True if it can fail per row.
+
+    ``fmt`` is a column's ``format`` (dates and timestamps read from text), ``decimal`` a CSV source's decimal
+    separator (numbers read from text). A float NaN is NULL: a missing value, whatever wrote it.
+    """
     sql_type = SQL_TYPES[target]
+    if target == "float" and (file_type in _NUMBERS or file_type.startswith("DECIMAL") or file_type == "BOOLEAN"):
+        return f"nullif(CAST({raw} AS DOUBLE), 'NaN'::DOUBLE)", False
     if file_type == sql_type:
         return raw, False
     if target == "string":
         return f"CAST({raw} AS VARCHAR)", False
+    number = f"replace(trim({raw}), ',', '.')" if decimal == "," and file_type == "VARCHAR" else raw
     if target == "int":
         if file_type in _SAFE_INT or file_type == "BOOLEAN":
             return f"CAST({raw} AS BIGINT)", False
         # TRY_CAST rounds '1.5' to 2: only accept values that are whole numbers
-        return f"CASE WHEN TRY_CAST({raw} AS DOUBLE) = TRY_CAST({raw} AS BIGINT) THEN TRY_CAST({raw} AS BIGINT) END", True
+        return (
+            f"CASE WHEN TRY_CAST({number} AS DOUBLE) = TRY_CAST({number} AS BIGINT) THEN TRY_CAST({number} AS BIGINT) END",
+            True,
+        )
     if target == "float":
-        if file_type in _NUMBERS or file_type.startswith("DECIMAL") or file_type == "BOOLEAN":
-            return f"CAST({raw} AS DOUBLE)", False
-        return f"TRY_CAST({raw} AS DOUBLE)", True
+        return f"nullif(TRY_CAST({number} AS DOUBLE), 'NaN'::DOUBLE)", True
     if target == "bool":
         if file_type in _NUMBERS or file_type.startswith("DECIMAL"):
             return f"CASE WHEN {raw} = 1 THEN true WHEN {raw} = 0 THEN false END", True
         return f"TRY_CAST(trim(CAST({raw} AS VARCHAR)) AS BOOLEAN)", True
+    if fmt is not None and file_type not in _TIMESTAMPS:
+        return f"CAST(TRY_STRPTIME(trim(CAST({raw} AS VARCHAR)), {literal(fmt)}) AS {sql_type})", True
     if target == "timestamp":
         if file_type in _TIMESTAMPS:
             return f"CAST({raw} AS TIMESTAMP)", False
@@ -222,11 +311,11 @@ def typed_expr(raw: str, file_type: str, target: ColumnType) -> tuple[str, bool]
     return f"TRY_CAST({raw} AS DATE)", True
 
 
-def _describe(con: duckdb.DuckDBPyConnection, scan: str, path: Path, fmt: str) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, scan: str, path: Path, fmt: str, fix: str) -> dict[str, str]:
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
     except duckdb.Error as exc:
-        raise read_error(path, fmt, exc) from None
+        raise read_error(path, fmt, exc, fix) from None
     return {str(r[0]): str(r[1]) for r in rows}
 
 
@@ -245,7 +334,12 @@ def read_source(name: str, source: Source, path: Path, con: duckdb.DuckDBPyConne
     fmt = file_format(source.format, path, f"; or set {where}.format in loopml.yaml")
     con = con if con is not None else duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    found = _describe(con, scan_sql(path, fmt, text=fmt != "jsonl"), path, fmt)
+    fix = f"; raise sources.{name}.csv.max_line_bytes in loopml.yaml above that (or take the long column out of the file)"
+    if fmt == "csv":
+        duplicated = duplicate_header(con, path, source.csv)
+        if duplicated is not None:
+            raise duplicated
+    found = _describe(con, scan_sql(path, fmt, fmt != "jsonl", csv=source.csv), path, fmt, fix)
     if fmt == "parquet":
         found.pop("file_row_number", None)
     missing = [c for c in source.columns if c not in found]
@@ -258,11 +352,12 @@ def read_source(name: str, source: Source, path: Path, con: duckdb.DuckDBPyConne
     columns: list[SourceColumn] = []
     selects = []
     for i, (col, rule) in enumerate(source.columns.items()):
-        expr, can_fail = typed_expr(ident(col), found[col], rule.type)
+        raw = text_cell(ident(col), rule.type) if found[col] == "VARCHAR" else ident(col)
+        expr, can_fail = typed_expr(raw, found[col], rule.type, rule.format, source.csv.decimal)
         columns.append(SourceColumn(col, rule, i, found[col], can_fail))
         selects.append(f"{expr} AS t{i}")
         if can_fail:
-            selects.append(f"{ident(col)} AS r{i}")
+            selects.append(f"{raw} AS r{i}")
     table = f"src_{name}"
     select = ", ".join(selects)
     try:
@@ -274,12 +369,13 @@ def read_source(name: str, source: Source, path: Path, con: duckdb.DuckDBPyConne
         else:
             raw_cols = ", ".join(ident(c) for c in declared)
             staging = ident(f"raw_{name}")
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {staging} AS SELECT {raw_cols} FROM {scan_sql(path, fmt, True, declared)}")
+            scan = scan_sql(path, fmt, True, declared, source.csv)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {staging} AS SELECT {raw_cols} FROM {scan}")
             # rowid of a table filled from one ordered scan is the file order
             con.execute(f"CREATE OR REPLACE TEMP TABLE {ident(table)} AS SELECT rowid + 1 AS _row, {select} FROM {staging}")
             con.execute(f"DROP TABLE {staging}")
     except duckdb.Error as exc:
-        raise read_error(path, fmt, exc) from None
+        raise read_error(path, fmt, exc, fix) from None
     loaded = SourceTable(name, path, fmt, table, columns, undeclared, 0, source.timestamp, con)
     rows = _check_casts(loaded)
     return SourceTable(name, path, fmt, table, columns, undeclared, rows, source.timestamp, con)

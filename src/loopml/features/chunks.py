@@ -5,7 +5,8 @@ point-in-time join (:func:`loopml.features.join.pit_sql`, the code behind ``feat
 project's snapshot: every view as of the row's time, from strictly earlier events (``features.inclusive`` aside),
 exactly the offline training-set semantics; then the transforms (:func:`~loopml.features.transforms.apply_transforms`).
 
-A row's time is the first timestamp request feature (the label source's timestamp for a spec without one): a
+A row's time is the first timestamp request feature (the label source's timestamp for a spec without one; a spec
+with neither a timestamp request feature nor a feature view needs no time, see :func:`row_time_column`): a
 timestamp or date column, ISO-8601 text (an offset is converted to UTC, naive means UTC) or epoch seconds, as the
 online service reads it. Entity keys are converted to the type of the key in the snapshot. Request features are
 read like the online service reads them: numbers (or numeric text), booleans, text. Bad input is a one-line
@@ -22,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from loopml.data.sources import literal
 from loopml.errors import DataError, LoopmlError
 from loopml.features.definitions import check_features, feature_columns, request_time_feature, view_key
 from loopml.features.join import check_view_sources, column_types, connect, pit_sql, register_source, spine_span
@@ -39,21 +41,35 @@ _NUMBER_TYPES = _INT_TYPES | {"FLOAT", "DOUBLE"}
 _MIN_EPOCH_SECONDS, _MAX_EPOCH_SECONDS = -62_135_596_800, 253_402_300_799  # years 1-9999, the online parser's range
 
 
-def csv_types(spec: Spec, time_column: str) -> dict[str, pa.DataType]:
+def row_time_column(spec: Spec) -> str | None:
+    """The column holding each input row's time: the first timestamp request feature, else (for feature views) the label
+    source's timestamp; None when nothing needs a time (no timestamp request feature and no view)."""
+    found = request_time_feature(spec)
+    if found is None and spec.features.views:
+        found = spec.sources[spec.label.source].timestamp
+        if found is None:
+            raise LoopmlError(
+                "features.request: batch scoring of feature views needs a timestamp request feature (the time of each row)"
+            )
+    return found
+
+
+def csv_types(spec: Spec, time_column: str | None) -> dict[str, pa.DataType]:
     """CSV column types that do not depend on the file's first block: request features as the online service reads them.
 
     Times, booleans and text are read as text (parsed, with the row named on
     failure, like every other check); numbers as numbers.
     """
-    types: dict[str, pa.DataType] = {time_column: pa.string()}
+    types: dict[str, pa.DataType] = {time_column: pa.string()} if time_column else {}
     for name, rule in spec.features.request.items():
         if name != time_column:
             types[name] = {"float": pa.float64(), "int": pa.int64()}.get(rule.type, pa.string())
     return types
 
 
-def _parse_time(expr: str, duck_type: str) -> str | None:
-    """SQL turning a column of ``duck_type`` into a TIMESTAMP (UTC) the way the online service reads times."""
+def _parse_time(expr: str, duck_type: str, fmt: str | None = None) -> str | None:
+    """SQL turning a column of ``duck_type`` into a TIMESTAMP (UTC) the way the online service reads times; text in the
+    ``format`` the label source declares for the column (``01.03.2017``) is read too, as ingest reads it."""
     if duck_type in _TIME_TYPES:
         return f"CASE WHEN isfinite({expr}) THEN CAST({expr} AS TIMESTAMP) END"
     seconds = f"CAST({expr} AS DOUBLE)" if duck_type in _NUMBER_TYPES or duck_type.startswith("DECIMAL") else None
@@ -61,6 +77,8 @@ def _parse_time(expr: str, duck_type: str) -> str | None:
         text = f"NULLIF(trim({expr}), '')"
         seconds = f"TRY_CAST({text} AS DOUBLE)"
         parsed = f"TRY_CAST({text} AS TIMESTAMPTZ)"
+        if fmt is not None:
+            parsed = f"coalesce(CAST(TRY_STRPTIME({text}, {literal(fmt)}) AS TIMESTAMPTZ), {parsed})"
         iso = f"CASE WHEN isfinite({parsed}) THEN CAST({parsed} AS TIMESTAMP) END"  # not 'infinity'
     elif seconds is None:
         return None
@@ -128,9 +146,7 @@ class ChunkFeatures:
         self.spec = spec
         self.path = input_path
         self.columns = feature_columns(spec)
-        self.time_column = request_time_feature(spec) or spec.sources[spec.label.source].timestamp or ""
-        if not self.time_column:
-            raise LoopmlError("features.request: batch scoring needs a timestamp request feature (the time of each row)")
+        self.time_column = row_time_column(spec)
         self.con = connect(scratch)
         self.views = list(spec.features.views)
         names = sorted({v.source for v in spec.features.views.values()})
@@ -156,7 +172,7 @@ class ChunkFeatures:
         for column in OUTPUT_COLUMNS:
             if column in found:
                 raise DataError(f"{self.path}: column {column!r} clashes with the column the output adds; rename it")
-        if self.time_column not in found:
+        if self.time_column is not None and self.time_column not in found:
             raise DataError(f"{self.path}: column {self.time_column!r} is missing (the time of each row; found: {listed})")
         for key in self.key_types:
             if key not in found:
@@ -165,26 +181,31 @@ class ChunkFeatures:
             if rule.required and name not in found:
                 raise DataError(f"{self.path}: column {name!r} is missing (a required request feature; found: {listed})")
 
-    def _make_plan(self, types: Mapping[str, str]) -> list[_Column]:
-        plan: list[_Column] = []
-        where = "{path}: row {row}: column {column!r}"
-        time_sql = _parse_time(quote(self.time_column), types[self.time_column])
+    def _format(self, column: str) -> str | None:
+        """The ``format`` the label source declares for ``column`` (dates written like ``01.03.2017``), if any."""
+        rule = self.spec.sources[self.spec.label.source].columns.get(column)
+        return rule.format if rule is not None else None
+
+    def _time_plan(self, time_column: str, types: Mapping[str, str], where: str) -> _Column:
+        time_sql = _parse_time(quote(time_column), types[time_column], self._format(time_column))
         if time_sql is None:
             raise DataError(
-                f"{self.path}: column {self.time_column!r} has type {types[self.time_column]}; "
+                f"{self.path}: column {time_column!r} has type {types[time_column]}; "
                 "expected a timestamp, a date, ISO-8601 text or epoch seconds"
             )
-        raw = quote(self.time_column)
-        plan.append(
-            _Column(
-                self.time_column,
-                time_sql,
-                (
-                    (f"{raw} IS NULL OR trim(CAST({raw} AS VARCHAR)) = ''", where + " is empty (every row needs its time)"),
-                    (f"{time_sql} IS NULL", where + " value {value!r} is not a timestamp (ISO-8601 or epoch seconds)"),
-                ),
-            )
+        raw = quote(time_column)
+        return _Column(
+            time_column,
+            time_sql,
+            (
+                (f"{raw} IS NULL OR trim(CAST({raw} AS VARCHAR)) = ''", where + " is empty (every row needs its time)"),
+                (f"{time_sql} IS NULL", where + " value {value!r} is not a timestamp (ISO-8601 or epoch seconds)"),
+            ),
         )
+
+    def _make_plan(self, types: Mapping[str, str]) -> list[_Column]:
+        where = "{path}: row {row}: column {column!r}"
+        plan = [] if self.time_column is None else [self._time_plan(self.time_column, types, where)]
         for key, target in self.key_types.items():
             key_sql = _key(quote(key), types[key], target)
             bad = f"{quote(key)} IS NOT NULL AND {key_sql} IS NULL"
@@ -207,7 +228,7 @@ class ChunkFeatures:
                 continue
             sql: str | None
             if rule.type == "timestamp":
-                sql = _parse_time(col, types[name])
+                sql = _parse_time(col, types[name], self._format(name))
                 what = "a timestamp (ISO-8601 or epoch seconds)"
             else:
                 sql = _number(col, types[name], rule)
@@ -241,7 +262,11 @@ class ChunkFeatures:
         """The features of ``chunk`` (rows ``first_row``... of the input, 0-based), rows in chunk order."""
         n = chunk.num_rows
         needed = [
-            c for c in dict.fromkeys([self.time_column, *self.key_types, *self.spec.features.request]) if c in chunk.schema.names
+            c
+            for c in dict.fromkeys(
+                [*([self.time_column] if self.time_column else []), *self.key_types, *self.spec.features.request]
+            )
+            if c in chunk.schema.names
         ]
         table = pa.Table.from_batches([chunk]).select(needed).append_column(_ROW, pa.array(np.arange(n, dtype=np.int64)))
         self.con.register("__batch_arrow", table)
@@ -257,6 +282,7 @@ class ChunkFeatures:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE __batch_spine AS SELECT {select} FROM __batch_in")
         sql = f"SELECT * FROM __batch_spine ORDER BY {_ROW}"
         if self.views:
+            assert self.time_column is not None  # row_time_column() raised otherwise
             span = spine_span(self.con, "__batch_spine", self.time_column)
             joined = pit_sql(self.spec, "__batch_spine", self.tables, self.time_column, _ROW, self.views, False, span)
             sql = (

@@ -226,7 +226,7 @@ def source_rows(host: LoopHost) -> int:
             path = host.layout.source_path(source.path)
             if not path.exists():
                 continue
-            sql = scan_sql(path, file_format(source.format, path), text=True)
+            sql = scan_sql(path, file_format(source.format, path), text=True, csv=source.csv)
             row = con.execute(f"SELECT count(*) FROM {sql}").fetchone()
             total += int(row[0]) if row else 0
     return total

@@ -26,7 +26,8 @@ snapshot, which DuckDB may spill to a scratch folder next to the output.
 What a row means, so that a batch score equals the online service's score for
 the same request: the row's time is the first timestamp request feature
 (``tx_datetime`` in the fraud example; the label source's timestamp for a spec
-without one); it is a timestamp or date column, ISO-8601 text (an offset is
+without one; none at all for a spec with neither a timestamp request feature
+nor a feature view, which scores rows without a time); it is a timestamp or date column, ISO-8601 text (an offset is
 converted to UTC, naive means UTC) or epoch seconds, as the online service
 reads it. Entity keys are converted to the type of the key in the snapshot.
 Request features are read like the online service reads them: numbers (or
@@ -62,8 +63,8 @@ import pyarrow.parquet as pq
 
 from loopml.data.inputs import InputFile
 from loopml.errors import LoopmlError
-from loopml.features.chunks import ChunkFeatures, csv_types
-from loopml.features.definitions import feature_columns, request_time_feature
+from loopml.features.chunks import ChunkFeatures, csv_types, row_time_column
+from loopml.features.definitions import feature_columns
 from loopml.features.vector import AssembledBatch
 from loopml.registry.base import Registry
 from loopml.serve.model_input import ModelInput, load_version
@@ -201,8 +202,7 @@ def predict_file(
     if input_path.resolve() == output_path.resolve():
         raise LoopmlError(f"{output_path}: the output must not be the input file")
     model = load_model(spec, registry, feature_columns(spec), version)
-    time_column = request_time_feature(spec) or spec.sources[spec.label.source].timestamp or ""
-    source = InputFile(input_path, chunk_rows, csv_types(spec, time_column))
+    source = InputFile(input_path, chunk_rows, csv_types(spec, row_time_column(spec)))
     try:
         return _score_file(spec, snapshot_paths, source, output_path, model, progress, started)
     finally:

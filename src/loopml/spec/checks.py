@@ -15,6 +15,7 @@ from loopml.spec.model import Spec, format_duration
 Loc = tuple[str | int, ...]
 _NUMERIC = {"int", "float", "bool"}
 _TIME_OPS = {"hour", "day_of_week", "is_weekend", "is_night"}
+_STRPTIME_FIELD = re.compile(r"%[a-zA-Z]")
 _ARITY = {"hour": 1, "day_of_week": 1, "is_weekend": 1, "is_night": 1, "log": 1, "log1p": 1, "ratio": 2, "bucket": 1}
 
 
@@ -35,7 +36,24 @@ def _source_problems(spec: Spec) -> list[tuple[Loc, str]]:
         for col_name, rule in source.columns.items():
             if rule.min is not None and rule.max is not None and rule.min > rule.max:
                 problems.append((("sources", name, "columns", col_name, "min"), "min is greater than max"))
+            if rule.format is not None:
+                problems.extend(_format_problems(("sources", name, "columns", col_name, "format"), rule.type, rule.format))
+        csv_set = source.csv.model_fields_set
+        if csv_set and (source.format or _csv_suffix(source.path)) != "csv":
+            problems.append((("sources", name, "csv"), "csv options apply to CSV sources only"))
     return problems
+
+
+def _csv_suffix(path: str) -> str | None:
+    return "csv" if path.lower().endswith(".csv") else None
+
+
+def _format_problems(loc: Loc, column_type: str, fmt: str) -> list[tuple[Loc, str]]:
+    if column_type not in ("date", "timestamp"):
+        return [(loc, f"format applies to date and timestamp columns, not {column_type}")]
+    if not _STRPTIME_FIELD.search(fmt):
+        return [(loc, f"{fmt!r} is not a strptime format (it needs fields like %d, %m, %Y)")]
+    return []
 
 
 def _label_problems(spec: Spec) -> list[tuple[Loc, str]]:

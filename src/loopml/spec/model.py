@@ -76,6 +76,8 @@ class ColumnRule(_Strict):
     unique: bool = False
     pattern: str | None = None
     severity: Severity = "error"
+    #: date and timestamp columns read from text: a ``strptime`` format such as ``"%d.%m.%Y"``; unset: ISO 8601
+    format: str | None = None
 
 
 class TableRules(_Strict):
@@ -86,12 +88,22 @@ class TableRules(_Strict):
     severity: Severity = "error"
 
 
+class CsvOptions(_Strict):
+    """How a CSV source is read, where DuckDB's detection of the dialect needs help."""
+
+    #: the decimal separator of numbers: ``","`` for files written with a decimal comma (``1,5``; ``;``-separated)
+    decimal: Literal[".", ","] = "."
+    #: the longest line read, in bytes (DuckDB's default is 2,000,000); a file with a longer line is an error saying so
+    max_line_bytes: int | None = Field(default=None, ge=1)
+
+
 class Source(_Strict):
     path: str
     format: Literal["parquet", "csv", "jsonl"] | None = None
     timestamp: str | None = None
     columns: dict[str, ColumnRule]
     table: TableRules = TableRules()
+    csv: CsvOptions = CsvOptions()
 
 
 class Label(_Strict):

@@ -35,22 +35,23 @@ import hashlib
 import importlib
 import io
 import json
+import re
 import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
 
-import joblib
-import lightgbm
 import numpy as np
 import numpy.typing as npt
-import sklearn
-from scipy.special import expit, logit
 
 from loopml.errors import LoopmlError
-from loopml.train.calibrate import Calibration
+from loopml.train.calibrate import Calibration, expit, logit
+
+if TYPE_CHECKING:
+    import lightgbm
 
 FloatArray = npt.NDArray[np.float64]
 LINEAR_FORMAT = "loopml.linear/1"
@@ -169,6 +170,25 @@ class Predictor(ABC):
         """The artifact's file content."""
 
 
+_LIGHTGBM_REFUSES = re.compile(r'[%\s",:\[\]{}]')  # JSON characters (refused), whitespace (renamed '_'), and '%' itself
+
+
+def lightgbm_name(name: str) -> str:
+    """The name LightGBM is given for feature ``name``: every character it refuses or renames as ``%XX`` (UTF-8 bytes).
+
+    LightGBM refuses JSON characters in feature names and turns spaces into ``_``; a column of a user's file can
+    hold any of them (a header ``"a""b"``). :class:`LightGBMPredictor` reads the names back with
+    :func:`original_name`, so the model's feature names are the columns as the user wrote them.
+    """
+    return _LIGHTGBM_REFUSES.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+
+
+def original_name(stored: str) -> str:
+    """Inverse of :func:`lightgbm_name`; a name it did not produce (an older model's) is returned unchanged."""
+    name = unquote(stored, errors="replace") if "%" in stored else stored
+    return name if lightgbm_name(name) == stored else stored
+
+
 def _cut_off_lightgbm(text: str) -> bool:
     """A LightGBM model text cut off inside its trees or parameters, which LightGBM's parser aborts or crashes the
     whole process on (it parses trees on several threads; LightGBM issue 3733) instead of raising."""
@@ -185,7 +205,7 @@ class LightGBMPredictor(Predictor):
     def __init__(self, booster: lightgbm.Booster, text: str) -> None:
         self._booster = booster
         self._text = text
-        self.feature_names = list(booster.feature_name())
+        self.feature_names = [original_name(n) for n in booster.feature_name()]
         objective = next((line[10:] for line in text.splitlines() if line.startswith("objective=")), "")
         self.task = "binary" if objective.startswith(("binary", "cross_entropy")) else "regression"
 
@@ -193,6 +213,8 @@ class LightGBMPredictor(Predictor):
     def from_model_text(cls, text: str, where: str = "model artifact") -> LightGBMPredictor:
         if _cut_off_lightgbm(text):
             raise LoopmlError(f"{where}: not a LightGBM model (cut off: no 'end of trees' or 'end of parameters' line)")
+        import lightgbm  # on first use, so that reading the registry (loopml models list) does not load LightGBM
+
         try:
             booster = lightgbm.Booster(model_str=text)
         except (lightgbm.basic.LightGBMError, ValueError) as exc:  # ValueError: its pandas_categorical JSON line
@@ -365,6 +387,8 @@ class SklearnPredictor(Predictor):
     @classmethod
     def from_joblib(cls, data: bytes, where: str = "model artifact") -> SklearnPredictor:
         """Unpickle; callers have checked the bytes' hash against the registry's record first."""
+        import joblib  # on first use: it imports asyncio and more, which quick commands must not pay for
+
         try:
             body = joblib.load(io.BytesIO(data))
         except Exception as exc:  # unpickling can raise anything; the message names the file
@@ -391,6 +415,9 @@ class SklearnPredictor(Predictor):
         raise LoopmlError("an sklearn artifact is binary; use to_bytes()")
 
     def to_bytes(self) -> bytes:
+        import joblib
+        import sklearn  # loaded already (the estimator was fitted in this process); not at import, for quick commands
+
         buffer = io.BytesIO()
         body = {
             "format": SKLEARN_FORMAT,

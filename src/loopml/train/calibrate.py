@@ -20,9 +20,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import expit, logit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from loopml.errors import LoopmlError
 
@@ -30,6 +27,20 @@ FloatArray = npt.NDArray[np.float64]
 METHODS = ("isotonic", "sigmoid")
 PLATT_C = 1e4
 _EPS = 1e-12  # keeps logit finite for scores of exactly 0 or 1
+
+
+def expit(x: npt.ArrayLike) -> FloatArray:
+    """scipy's ``expit``, imported on first use: loading a model (``loopml models list``, ``check``) must not load scipy."""
+    from scipy.special import expit as scipy_expit
+
+    return np.asarray(scipy_expit(np.asarray(x, dtype=np.float64)), dtype=np.float64)
+
+
+def logit(p: npt.ArrayLike) -> FloatArray:
+    """scipy's ``logit``, imported on first use (see :func:`expit`)."""
+    from scipy.special import logit as scipy_logit
+
+    return np.asarray(scipy_logit(np.asarray(p, dtype=np.float64)), dtype=np.float64)
 
 
 def _logit(p: npt.ArrayLike) -> FloatArray:
@@ -81,6 +92,10 @@ def fit_calibration(method: str, y: npt.ArrayLike, scores: npt.ArrayLike) -> Cal
     p = np.asarray(scores, dtype=np.float64)
     if len(np.unique(labels)) < 2:
         raise LoopmlError("model.calibration: the validation split has a single class; a calibration map cannot be fitted")
+    # scikit-learn is imported here, at fitting time only, so that applying a calibration never loads it
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
     if method == "isotonic":
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(p, labels)
         xs = np.asarray(iso.X_thresholds_, dtype=np.float64)

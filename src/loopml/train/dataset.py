@@ -5,7 +5,8 @@ the label and the source timestamp) followed by the numeric feature columns,
 whose names the caller passes in, and the string columns that categorical
 encodings read (``features.encodings``; object arrays of ``str``, ``None``
 for NULL, integer columns as their decimal text like a request's ``"5411"``).
-Rows whose label is NULL (not known yet) are dropped with a warning; a missing
+Rows without a label (NULL: a blank cell or not known yet; NaN) are set aside
+with a warning that counts them; a missing
 or non-numeric feature column, or a string column of another type, is an error
 naming the file and the column (the trainer reports a missing encoding input,
 naming its ``features.encodings`` key). NULL feature values become NaN.
@@ -164,13 +165,14 @@ def load_training_set(
     table = pq.read_table(path, columns=wanted)
 
     warnings: list[str] = []
-    known = pc.invert(pc.is_null(table.column(label_col)))
+    known = pc.invert(pc.is_null(table.column(label_col), nan_is_null=True))
     dropped = table.num_rows - int(pc.sum(known).as_py() or 0)
     if dropped:
         table = table.filter(known)
-        warnings.append(f"{path}: dropped {dropped} row(s) whose label {label_col!r} is NULL (not known yet)")
+        what = f"{dropped} of {dropped + table.num_rows} row(s) have no label {label_col!r} (blank, NaN or not known yet)"
+        warnings.append(f"{path}: {what}; set aside, training uses the {table.num_rows} labelled row(s)")
     if table.num_rows == 0:
-        raise DataError(f"{path}: the training set has no row with a known label")
+        raise DataError(f"{path}: the training set has no row with a known label (label.column {label_col!r})")
 
     columns: dict[str, FloatArray] = {}
     types: dict[str, str] = {}

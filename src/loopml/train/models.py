@@ -67,7 +67,9 @@ from loopml.train.artifact import (
     Predictor,
     SklearnPredictor,
     XGBoostPredictor,
+    lightgbm_name,
     optional_module,
+    original_name,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -117,7 +119,8 @@ class FittedModel:
     def predict(self, X: FloatArray) -> FloatArray:
         """In-memory scores (positive-class probability for binary)."""
         if self.kind == "lightgbm":
-            return task_of(self.task).predict(self.estimator, pd.DataFrame(X, columns=self.feature_names))
+            frame = pd.DataFrame(X, columns=[lightgbm_name(n) for n in self.feature_names])
+            return task_of(self.task).predict(self.estimator, frame)
         if self.kind == "linear":
             return task_of(self.task).predict(self.estimator, self._linear_input(X))
         return self.predictor().predict(X)
@@ -254,6 +257,9 @@ def fit_model(
     """Fit one model family on ``X`` (NaN = missing) and ``y`` (0/1 for binary)."""
     family = check_model_type(model_type, key, task)
     params_key = "model.params" if key == "model.type" else key
+    unusable = int(np.count_nonzero(~np.isfinite(y))) if np.issubdtype(np.asarray(y).dtype, np.floating) else 0
+    if unusable:
+        raise LoopmlError(f"label.column: {unusable} training row(s) have a label that is NaN or infinite; a model needs numbers")
     estimator, effective = _build(family, model_type, task, dict(params or {}), seed, y, key)
     options = options or FitOptions()
     notes: list[str] = []
@@ -270,7 +276,7 @@ def fit_model(
                     # LightGBM 4.7 renamed eval_set=[(X, y)] to eval_X=(X,), eval_y=(y,) and warns on the old name
                     extra = {"eval_X": (X_eval,), "eval_y": (y_eval,)} if _EVAL_XY else {"eval_set": [options.eval_set]}
                     extra.update(eval_metric=options.eval_metric, callbacks=options.callbacks)
-                estimator.fit(X, y, feature_name=list(feature_names), **extra)
+                estimator.fit(X, y, feature_name=[lightgbm_name(n) for n in feature_names], **extra)
             elif family == "xgboost":
                 estimator.fit(pd.DataFrame(X, columns=feature_names), y, verbose=False)
             elif family == "sklearn":
@@ -282,8 +288,8 @@ def fit_model(
         except (ValueError, TypeError, lightgbm.basic.LightGBMError) as exc:
             raise LoopmlError(f"{params_key}: {model_type} could not be fitted ({str(exc).splitlines()[0]})") from None
     notes.extend(f"{model_type}: {w.message}".splitlines()[0] for w in caught or [])
-    if family == "lightgbm" and list(estimator.booster_.feature_name()) != list(feature_names):
-        bad = [n for n, b in zip(feature_names, estimator.booster_.feature_name(), strict=True) if n != b]
-        raise LoopmlError(f"feature column {bad[0]!r} is not a valid LightGBM feature name (no spaces or JSON characters)")
+    if family == "lightgbm" and [original_name(n) for n in estimator.booster_.feature_name()] != list(feature_names):
+        bad = [n for n, b in zip(feature_names, estimator.booster_.feature_name(), strict=True) if n != original_name(b)]
+        raise LoopmlError(f"feature column {bad[0]!r}: LightGBM changed its name to {lightgbm_name(bad[0])!r}")
     class_path = model_type[len(SKLEARN_PREFIX) :] if family == "sklearn" else None
     return FittedModel(family, task, list(feature_names), estimator, effective, scaler, impute, notes, class_path)
