@@ -13,19 +13,16 @@ from pathlib import Path
 import pytest
 
 from loopml.project import Project
-from loopml.scaffold import init_example
+from specs import write_fraud_project
 
 # Real servers for backend tests, started on demand on free loopback ports (fixtures in these modules).
 pytest_plugins = ("postgres_server", "servers")
-
-SMALL_WORLD = {"days": 75, "customers": 800, "terminals": 1600, "seed": 3, "live_days": 10}
 
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fraud project with a snapshot, features, a champion model and materialized online features."""
-    folder = tmp_path_factory.mktemp("fraud") / "project"
-    init_example(folder, **SMALL_WORLD)  # type: ignore[arg-type]
+    folder = write_fraud_project(tmp_path_factory.mktemp("fraud") / "project")
     project = Project.load(folder)
     project.ingest()
     project.build_features()

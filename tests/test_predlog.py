@@ -45,6 +45,7 @@ from loopml.monitor.predlog_postgres import PostgresPredictionLog
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app, free_port
 from loopml.spec.model import Spec
+from specs import configure, minimal_spec_dict
 
 BACKENDS = ("duckdb", "postgres")
 T0 = datetime(2026, 3, 1, 12, 0, 0)
@@ -243,12 +244,7 @@ def test_an_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
 
 # -- choosing the backend ----------------------------------------------------------------------------------
 
-RAW_SPEC: dict[str, Any] = {
-    "project": "p",
-    "entities": {},
-    "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
-    "label": {"source": "s", "column": "y"},
-}
+RAW_SPEC = minimal_spec_dict()
 
 
 def test_open_prediction_log_follows_the_spec_and_the_environment(
@@ -282,8 +278,7 @@ def test_postgres_unreachable_is_one_line_without_the_password() -> None:
 def test_the_server_logs_to_postgres_and_joins_feedback(
     trained_copy: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    yaml = trained_copy / "loopml.yaml"
-    yaml.write_text(yaml.read_text() + "\nstorage:\n  prediction_log: postgres\n")
+    configure(trained_copy, storage={"prediction_log": "postgres"})
     monkeypatch.setenv("LOOPML_PREDLOG_URL", postgres_url)
     project = Project.load(trained_copy)
     rows = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 4).to_pylist()

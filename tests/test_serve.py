@@ -15,6 +15,7 @@ import pytest
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
 from served_fraud import body, live_rows
+from specs import REMOVE, configure, write_fraud_project
 
 TOKEN = "test-token"
 
@@ -201,9 +202,7 @@ def test_hot_swap_fails_no_request(server: tuple[httpx.Client, Path]) -> None:
 
 
 def test_not_ready_without_a_model(tmp_path: Path) -> None:
-    from loopml.scaffold import init_example
-
-    init_example(tmp_path / "p", days=5, customers=50, terminals=100)
+    write_fraud_project(tmp_path / "p", world={"days": 5, "customers": 50, "terminals": 100, "seed": 0, "live_days": 0})
     with BackgroundServer(build_app(Project.load(tmp_path / "p"))) as srv:
         r = httpx.get(srv.url + "/readyz")
         assert r.status_code == 503
@@ -212,12 +211,7 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
 
 
 def test_explain_on_a_model_without_contributions_is_a_4xx(trained_copy: Path) -> None:
-    spec_file = trained_copy / "loopml.yaml"
-    text = spec_file.read_text()
-    spec_file.write_text(text.replace("type: lightgbm", "type: sklearn:sklearn.linear_model.LogisticRegression", 1))
-    text = spec_file.read_text()
-    start, end = text.index("  params:"), text.index("  baseline:")
-    spec_file.write_text(text[:start] + text[end:])
+    configure(trained_copy, model={"type": "sklearn:sklearn.linear_model.LogisticRegression", "params": REMOVE})
     project = Project.load(trained_copy)
     project.registry().set_alias("champion", project.train().model_version, "test: an sklearn champion")
     with (
