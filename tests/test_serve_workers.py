@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from loopml.project import Project
 from loopml.serve.runner import free_port
+from waiting import wait_until
 
 REQUESTS = 240
 _COUNT = re.compile(r'^loopml_requests_(total|created)\{endpoint="/v1/predict",status="200"\} (\S+)$', re.M)
@@ -62,16 +62,14 @@ def per_worker_counts(url: str, attempts: int = 60) -> dict[str, int]:
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         assert process.poll() is None, f"loopml serve exited with {process.returncode}: {log.read_text()[-2000:]}"
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"loopml serve --workers 2 did not become ready: {log.read_text()[-2000:]}")
+            return False
+
+    wait_until(ready, timeout=90, interval=0.2, message=lambda: f"loopml serve --workers 2: {log.read_text()[-2000:]}")
 
 
 def test_two_workers_serve_and_both_log_every_prediction_once(trained_copy: Path, tmp_path: Path) -> None:
