@@ -14,8 +14,9 @@ import pytest
 
 from loopml.project import Project
 from loopml.serve.runner import BackgroundServer, build_app
-from served_fraud import body, live_rows
+from served_fraud import add_version, body, live_rows
 from specs import REMOVE, configure, write_fraud_project
+from waiting import wait_until
 
 TOKEN = "test-token"
 
@@ -191,13 +192,18 @@ def test_hot_swap_fails_no_request(server: tuple[httpx.Client, Path]) -> None:
 
     worker = threading.Thread(target=hammer)
     worker.start()
-    p = Project.load(project)
-    p.train()
-    p.registry().set_alias("champion", 2, reason="test")
-    assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["model_version"] == 2
-    stop.set()
-    worker.join()
-    assert statuses and set(statuses) == {200}
+    try:
+        registry = Project.load(project).registry()
+        assert add_version(registry, "next") == 2  # a second version, as a training run would register it
+        wait_until(lambda: len(statuses) >= 20, message="requests before the swap")
+        registry.set_alias("champion", 2, reason="test")
+        assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["model_version"] == 2
+        swapped = len(statuses)
+        wait_until(lambda: len(statuses) >= swapped + 20, message="requests after the swap")
+    finally:
+        stop.set()
+        worker.join()
+    assert set(statuses) == {200}
     assert client.post("/v1/predict", json=body(rows[0])).json()["model_version"] == 2
 
 
