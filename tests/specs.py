@@ -26,10 +26,11 @@ from loopml.spec.model import Spec
 #: the simulated world of the session's trained project: small enough to train in seconds
 SMALL_WORLD: dict[str, int] = {"days": 75, "customers": 800, "terminals": 1600, "seed": 3, "live_days": 10}
 
-#: The serving latency budget of test projects. The example's 10 ms is a production figure: on a busy
-#: 2-core test machine a single-row p99 can exceed it, which would fail the training gate (no champion)
-#: or roll back a healthy canary at random. Tests about the budget set their own.
-TEST_LATENCY_BUDGET_MS = 1000.0
+#: The serving latency budget of test projects: a minute, so latency never decides a test's training gate
+#: or canary. The example's 10 ms is a production figure that a single-row p99 on a busy 2-core test
+#: machine can miss, failing the gate (no champion) or rolling back a healthy canary at random. The
+#: latency rules themselves are tested on given numbers (test_registry, test_rollout, test_monitor).
+TEST_LATENCY_BUDGET_MS = 60_000.0
 
 
 class _Remove:
