@@ -19,6 +19,16 @@ from specs import write_fraud_project
 pytest_plugins = ("postgres_server", "servers")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a ``slow`` test run first (each file keeps its order).
+
+    Under pytest-xdist (``make test``: two workers, one file at a time each, in this order) the
+    minutes-long end-to-end tests then overlap with the many short ones instead of trailing alone.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fraud project with a snapshot, features, a champion model and materialized online features."""

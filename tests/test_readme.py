@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from loopml.serve.runner import free_port
 from waiting import wait_until
@@ -52,6 +53,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "loopml", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     commands = tour()
     assert [c.split()[0] for c in commands][:3] == ["loopml", "cd", "loopml"]

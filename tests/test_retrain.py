@@ -43,6 +43,7 @@ def test_nothing_fires_on_a_fresh_champion(trained_copy: Path) -> None:
     assert run.status == "not triggered" and run.steps == []
 
 
+@pytest.mark.slow
 def test_new_data_triggers_the_loop_and_unchanged_inputs_are_not_rerun(trained_copy: Path) -> None:
     configure(trained_copy, retraining={"min_new_rows": 500, "canary": False}, gate={"min_improvement": -1.0})
     add_live_rows(trained_copy, 3000)
@@ -63,6 +64,7 @@ def test_new_data_triggers_the_loop_and_unchanged_inputs_are_not_rerun(trained_c
     assert saved["status"] == "finished" and saved["steps"][0]["inputs"]["files"]
 
 
+@pytest.mark.slow
 def test_a_killed_loop_resumes_where_it_stopped(trained_copy: Path) -> None:
     configure(trained_copy, retraining={"canary": False}, model={"params": {"n_estimators": 400}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -95,6 +97,7 @@ def test_a_killed_loop_resumes_where_it_stopped(trained_copy: Path) -> None:
     assert by_name["train"].status == "done" and by_name["train"].outputs["model_version"] >= 2
 
 
+@pytest.mark.slow
 def test_the_loop_canaries_through_the_live_service_and_promotes(trained_copy: Path) -> None:
     configure(
         trained_copy,

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pyarrow.parquet as pq
+import pytest
 
 from loopml.project import Project
 from loopml.serve.runner import free_port
@@ -79,6 +80,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
 
 
+@pytest.mark.slow
 def test_two_workers_serve_and_both_log_every_prediction_once(trained_copy: Path, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -111,6 +111,7 @@ def test_check_rejects_a_bad_split_group(method: str, group: str, message: str) 
     )
 
 
+@pytest.mark.slow
 def test_training_with_a_grouped_random_split(trained_copy: Path) -> None:
     time_split = {"train_days": REMOVE, "valid_days": REMOVE, "test_days": REMOVE}  # the split is {method: random, group}
     configure(trained_copy, split={"method": "random", "group": "customer_id", **time_split})
@@ -123,6 +124,7 @@ def test_training_with_a_grouped_random_split(trained_copy: Path) -> None:
         Project.load(trained_copy)
 
 
+@pytest.mark.slow
 def test_training_records_a_rolling_origin_backtest(trained_copy: Path) -> None:
     configure(trained_copy, split={"backtest": {"folds": 3, "train_days": 14, "test_days": 7}})
     result = Project.load(trained_copy).train()
