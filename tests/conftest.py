@@ -6,6 +6,8 @@ session's project stays as built.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +31,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path not in slow)
 
 
-@pytest.fixture(scope="session")
-def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fraud project with a snapshot, features, a champion model and materialized online features."""
-    folder = write_fraud_project(tmp_path_factory.mktemp("fraud") / "project")
+def build_trained_project(folder: Path) -> Path:
+    write_fraud_project(folder)
     project = Project.load(folder)
     project.ingest()
     project.build_features()
     project.train()
     project.materialize()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fraud project with a snapshot, features, a champion model and materialized online features.
+
+    Under pytest-xdist the first worker to get here builds it in the run's folder (the workers'
+    common parent) while the others wait on a lock; each worker then uses its own copy.
+    """
+    folder = tmp_path_factory.mktemp("fraud") / "project"
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        yield build_trained_project(folder)
+        return
+    run = tmp_path_factory.getbasetemp().parent
+    with (run / "fraud-project.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / "fraud-project.built").exists():
+            build_trained_project(run / "fraud-project")
+            (run / "fraud-project.built").touch()
+    shutil.copytree(run / "fraud-project", folder)
     yield folder
 
 
