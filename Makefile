@@ -39,8 +39,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# two workers, one test file at a time each, in collection order (tests/conftest.py puts the slow files first)
 unit: install servers
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint typecheck unit
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import redis
 
 from loopml.server import free_port
+from waiting import wait_until
 
 
 def redis_binary() -> str:
@@ -41,7 +41,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         args = [
             redis_binary(),
             "--port",
@@ -61,18 +61,21 @@ class RedisServer:
             "--logfile",
             str(self.folder / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
+        process = self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def log() -> str:
+            path = self.folder / "redis.log"
+            return f"redis-server on port {self.port}: {path.read_text(errors='replace')[-500:] if path.exists() else ''}"
+
+        def answers() -> bool:
             try:
                 with redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2) as probe:
-                    probe.ping()
-                return
+                    return bool(probe.ping())
             except redis.exceptions.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.folder / "redis.log").read_text(errors="replace") if (self.folder / "redis.log").exists() else ""
-                    raise RuntimeError(f"redis-server did not start on port {self.port}: {log[-500:]}") from None
-                time.sleep(0.02)
+                assert process.poll() is None, f"exited with {process.returncode}: {log()}"
+                return False
+
+        wait_until(answers, timeout=timeout, message=log)
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: no clean shutdown, like a crash)."""

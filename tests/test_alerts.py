@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,22 +25,25 @@ from loopml.monitor.alerts import Alert, AlertStore, open_alert_store
 from loopml.server import free_port
 from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
+from specs import minimal_spec_dict
 
 
 class Webhook:
-    """A real HTTP server on loopback recording every POSTed JSON body; answers ``status`` after ``delay`` seconds."""
+    """A real HTTP server on loopback recording every POSTed JSON body; answers ``status``, or only once closed if ``hang``."""
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, status: int = 200, hang: bool = False) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.status = status
-        self.delay = delay
+        self.hang = hang
+        self.closing = threading.Event()
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 hook.bodies.append(json.loads(self.rfile.read(length)))
-                time.sleep(hook.delay)
+                if hook.hang:
+                    hook.closing.wait(timeout=120)
                 self.send_response(hook.status)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -55,6 +57,7 @@ class Webhook:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -137,9 +140,8 @@ def test_the_webhook_gets_each_new_alert_once(tmp_path: Path, webhook: Webhook) 
 
 def test_an_unreachable_webhook_never_breaks_fire(tmp_path: Path) -> None:
     store = AlertStore(tmp_path / "alerts.sqlite", webhook_url=f"http://127.0.0.1:{free_port()}/hook", timeout=1.0)
-    started = time.perf_counter()
     alert, new = store.fire("psi", "tx_amount", "PSI 0.31 > 0.2", value=0.31, threshold=0.2)
-    assert new and time.perf_counter() - started < 5
+    assert new
     assert alert.webhook_error is not None and alert.webhook_error.startswith("ConnectError")
     stored = store.get(alert.id)
     assert stored is not None and stored.webhook_error == alert.webhook_error  # recorded on the alert
@@ -147,14 +149,13 @@ def test_an_unreachable_webhook_never_breaks_fire(tmp_path: Path) -> None:
     assert not new and again.count == 2
 
 
-@pytest.mark.parametrize(("status", "delay", "error"), [(500, 0.0, "HTTP 500 from the webhook"), (200, 2.0, "ReadTimeout")])
-def test_a_failing_or_slow_webhook_is_recorded(tmp_path: Path, status: int, delay: float, error: str) -> None:
-    hook = Webhook(status=status, delay=delay)
+@pytest.mark.parametrize(("status", "hang", "error"), [(500, False, "HTTP 500 from the webhook"), (200, True, "ReadTimeout")])
+def test_a_failing_or_slow_webhook_is_recorded(tmp_path: Path, status: int, hang: bool, error: str) -> None:
+    hook = Webhook(status=status, hang=hang)
     try:
         store = AlertStore(tmp_path / "alerts.sqlite", webhook_url=hook.url, timeout=0.5)
-        started = time.perf_counter()
+        # a webhook that never answers: fire returns when its timeout fires (else it would wait until close)
         alert, _ = store.fire("throughput_drop", "service", "throughput -35 %", value=-0.35, threshold=-0.2)
-        assert time.perf_counter() - started < 1.8  # bounded by the timeout, not by the webhook
         assert alert.webhook_error is not None and alert.webhook_error.startswith(error)
         assert store.active()[0].webhook_error == alert.webhook_error
     finally:
@@ -192,12 +193,7 @@ def test_processes_firing_at_once_share_one_alert_and_one_webhook_call(tmp_path:
 
 # -- configuration and the CLI -----------------------------------------------------------------------------
 
-RAW_SPEC: dict[str, Any] = {
-    "project": "p",
-    "entities": {},
-    "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
-    "label": {"source": "s", "column": "y"},
-}
+RAW_SPEC = minimal_spec_dict()
 
 
 def test_the_project_store_uses_the_spec_webhook_or_the_environment(tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     workdir = tmp_path / "demo-run"
     done = subprocess.run(

@@ -1,10 +1,9 @@
-"""Drift tests on arrays against stored reference statistics: agreement with scipy, windows, decisions, speed."""
+"""Drift tests on arrays against stored reference statistics: agreement with scipy, windows, decisions, many columns."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -344,19 +343,23 @@ def test_window_counts_add_up_to_the_period() -> None:
         assert s.rows[-1] == s.rows[:-1].sum() == 10_000
 
 
-def test_fifty_columns_are_profiled_in_one_vectorised_pass() -> None:
-    n, k = 200_000, 50
+def test_fifty_columns_in_one_pass_are_each_judged_on_their_own() -> None:
+    """How fast: benchmarks/drift.py (1 M rows x 50 columns). Here: every column gets its own, right answer."""
+    rng = np.random.default_rng(50)  # its own generator: the answer must not depend on the tests run before
+    n, k = 100_000, 50
     names = [f"f{i}" for i in range(k)]
-    reference = reference_stats(RNG.normal(size=(20_000, k)), names, RNG.uniform(size=5_000), bins=10)
+    reference = reference_stats(rng.normal(size=(20_000, k)), names, rng.uniform(size=5_000), bins=10)
     references = column_references(reference)
-    columns: dict[str, Any] = {name: RNG.normal(size=n) for name in names}
-    live = live_of(columns, RNG.uniform(size=n))
+    columns: dict[str, Any] = {name: rng.normal(size=n) for name in names}
+    shifted = {"f3", "f17", "f42"}
+    for name in shifted:
+        columns[name] += 1.0
+    live = live_of(columns, rng.uniform(size=n))
     window = np.repeat(np.arange(10), n // 10)
-    started = time.perf_counter()
     results = decide(summarise(references, live, window, 10), Monitoring())
-    elapsed = time.perf_counter() - started
-    assert len(results) == 11 and len(results[-1]) == k + 1
-    assert elapsed < 5.0, f"{elapsed:.2f} s for {n:,} rows x {k} columns"  # the benchmark measures 1 M rows
+    assert len(results) == 11 and all(len(r) == k + 1 for r in results)
+    assert {r.feature for r in results[-1] if r.drifted} == shifted
+    assert all({r.feature for r in one if r.drifted} == shifted for one in results[:-1])  # every window too
 
 
 def test_the_drift_docs_example_runs() -> None:

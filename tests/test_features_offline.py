@@ -22,13 +22,12 @@ from loopml.features import apply_transforms, build_training_set, feature_column
 from loopml.features.join import connect, register_source
 from loopml.features.offline import build_spine_training_set
 from loopml.project import Project
-from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
+from specs import fraud_spec
 
 MINUTE = 60_000_000  # microseconds
 EPOCH = datetime(1970, 1, 1)
 START = (datetime(2025, 4, 1) - EPOCH) // timedelta(microseconds=1)
-FRAUD_YAML = Path(__file__).resolve().parents[1] / "src" / "loopml" / "datasets" / "fraud.yaml"
 
 # --------------------------------------------------------------------------- helpers
 
@@ -437,7 +436,7 @@ def fraud_like(n: int, seed: int) -> pa.Table:
 
 
 def test_fraud_yaml_end_to_end(tmp_path: Path) -> None:
-    spec = parse_spec(FRAUD_YAML.read_text(encoding="utf-8"))
+    spec = fraud_spec()
     table = fraud_like(1500, seed=5)
     path = write(table, tmp_path / "transactions.parquet")
     progress: list[float] = []

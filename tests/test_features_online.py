@@ -27,21 +27,16 @@ from loopml.features import FeatureAssembler, SqliteOnlineStore, build_training_
 from loopml.features.online.base import Event, EventLog, micros
 from loopml.features.online.windows import ViewWindows, aggregate
 from loopml.features.vector import RequestFeatureError
-from loopml.spec.load import parse_spec
 from loopml.spec.model import Spec
+from specs import fraud_spec_dict
 
-FRAUD_YAML = Path(__file__).resolve().parents[1] / "src" / "loopml" / "datasets" / "fraud.yaml"
 START = datetime(2025, 4, 1)
 HOUR = 3_600_000_000
 DAY = 24 * HOUR
 
 
 def fraud_spec(features: dict[str, Any] | None = None, **views: dict[str, Any]) -> Spec:
-    data = parse_spec(FRAUD_YAML.read_text(encoding="utf-8")).model_dump(mode="json")
-    data["features"].update(features or {})
-    for view, fields in views.items():
-        data["features"]["views"][view].update(fields)
-    return Spec.model_validate(data)
+    return Spec.model_validate(fraud_spec_dict(features={**(features or {}), "views": views}))
 
 
 def log_of(*events: tuple[int, float | None]) -> EventLog:

@@ -28,6 +28,7 @@ from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Quality
 from loopml.tasks.metrics import binary_metrics
 from loopml.train.reference import reference_stats
+from specs import configure
 
 DAY = datetime(2026, 3, 1)
 runner = CliRunner()
@@ -93,6 +94,7 @@ def drifting(trained_copy: Path) -> Path:
     """Two ordinary labelled days, then two of shifted amounts and missing values; the last one quiet and slow."""
     days = [(500, same, True), (500, same, True), (700, fraud_shift, False), (200, fraud_shift, False)]
     log_days(trained_copy, days, latency=[2.0, 2.0, 2.0, 60.0])
+    configure(trained_copy, serving={"latency_budget_ms": 10})  # the example's budget: the slow day breaches it
     return trained_copy
 
 

@@ -37,6 +37,7 @@ from loopml.project import Project
 from loopml.server import BackgroundServer, build_app
 from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
+from specs import configure, minimal_spec_dict
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
@@ -77,12 +78,7 @@ def test_leftover_temporary_parts_are_ignored_and_swept(tmp_path: Path) -> None:
 
 # -- choosing the backend ----------------------------------------------------------------------------------
 
-RAW_SPEC: dict[str, Any] = {
-    "project": "p",
-    "entities": {},
-    "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
-    "label": {"source": "s", "column": "y"},
-}
+RAW_SPEC = minimal_spec_dict()
 
 
 def test_open_prediction_log_follows_the_spec_and_the_environment(tmp_path: Path, postgres_url: str) -> None:
@@ -108,8 +104,7 @@ def test_open_prediction_log_follows_the_spec_and_the_environment(tmp_path: Path
 def test_the_server_logs_to_postgres_and_joins_feedback(
     trained_copy: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    yaml = trained_copy / "loopml.yaml"
-    yaml.write_text(yaml.read_text() + "\nstorage:\n  prediction_log: postgres\n")
+    configure(trained_copy, storage={"prediction_log": "postgres"})
     monkeypatch.setenv("LOOPML_PREDLOG_URL", postgres_url)
     project = Project.load(trained_copy)
     rows = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 4).to_pylist()

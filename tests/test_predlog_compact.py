@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import loopml.monitor.predlog_compact as compaction
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,6 +28,7 @@ from loopml.predlog.compact import LOCK_NAME, RECORD_NAME, CompactStats, live_pa
 from loopml.predlog.parquet import PredictionLog
 from loopml.predlog.records import Feedback, LoggedPrediction
 from loopml.predlog.writer import AsyncLogger
+from waiting import wait_until
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 
@@ -86,6 +89,39 @@ def fill(log: PredictionLog) -> int:
     return n
 
 
+def instant_between_parts() -> datetime:
+    """A local time after the name time of every part written so far and before that of every part written next."""
+    first = datetime.now()
+    while (instant := datetime.now()) <= first:  # part names have microseconds
+        pass
+    while datetime.now() <= instant:
+        pass
+    return instant
+
+
+class CompactorClock:
+    """The compactor's clock, stopped at ``now``: ages and graces move only when the test says, never with the machine's speed.
+
+    Parts keep their real write times in their names; the compactor judges them by its ``datetime.now()``
+    (``min_age``) and stamps and judges its record by its ``time.time()`` (``grace``).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now: datetime) -> None:
+        self.now = now
+        clock = self
+
+        class Stopped(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Stopped:
+                return cls.fromtimestamp(clock.now.timestamp(), tz)
+
+        monkeypatch.setattr(compaction, "datetime", Stopped)
+        monkeypatch.setattr(compaction, "time", SimpleNamespace(time=lambda: clock.now.timestamp()))
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 # -- same answers, fewer parts ------------------------------------------------------------------------------
 
 
@@ -113,7 +149,7 @@ def test_compaction_changes_no_answer_and_leaves_one_part_per_folder(tmp_path: P
     assert log.count() == rows + 2 and {r["request_id"]: r["label"] for r in log.read().to_pylist()}["r500"] == 1.0
 
 
-def test_the_latest_label_rule_survives_a_merge_between_parts_left_alone(tmp_path: Path) -> None:
+def test_the_latest_label_rule_survives_a_merge_between_parts_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "predictions"
     log = PredictionLog(folder)
     log.append([pred(i) for i in range(10)])
@@ -121,12 +157,13 @@ def test_the_latest_label_rule_survives_a_merge_between_parts_left_alone(tmp_pat
     log.add_feedback([Feedback("r0", 1.0, T0)])
     log.add_feedback([Feedback("r0", 0.0, T0), Feedback("r1", 1.0, T0)])
     log.add_feedback([Feedback("r1", 0.0, T0)])
-    time.sleep(1.5)
+    between = instant_between_parts()
     log.add_feedback([Feedback("r0", 1.0, T0)])  # younger than min_age: left alone, stays the latest
     before = snapshot(log)
     first, *middle, last = feedback_parts(folder)
 
-    stats = log.compact(min_age=1.2, target_rows=10, grace=0)
+    CompactorClock(monkeypatch, between + timedelta(seconds=60))  # the parts before are a minute old, the last one less
+    stats = log.compact(min_age=60, target_rows=10, grace=0)
 
     remaining = feedback_parts(folder)
     assert stats.parts_merged == 3 and len(remaining) == 3  # the 3 middle parts (the log itself is one part)
@@ -157,11 +194,12 @@ def test_merged_parts_are_capped_and_a_big_part_is_not_rewritten_for_a_few_rows(
     assert [r["request_id"] for r in log.read().to_pylist()] == [f"r{i}" for i in [*range(30), *range(100, 140)]]
 
 
-def test_young_parts_wait_min_age_and_replaced_parts_wait_grace(tmp_path: Path) -> None:
+def test_young_parts_wait_min_age_and_replaced_parts_wait_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "predictions"
     log = PredictionLog(folder)
     for i in range(5):
         log.append([pred(i)])
+    clock = CompactorClock(monkeypatch, instant_between_parts())
     assert log.compact(min_age=60, grace=0) == CompactStats()  # all younger than a minute
     assert len(parts(folder)) == 5
 
@@ -172,12 +210,14 @@ def test_young_parts_wait_min_age_and_replaced_parts_wait_grace(tmp_path: Path) 
     assert len(entry.replaces) == 5 and entry.deleted is None
     assert log.compact(min_age=0, grace=0.6).parts_deleted == 0  # grace not over yet
 
-    time.sleep(0.7)
+    clock.advance(0.5)
+    assert log.compact(min_age=0, grace=0.6).parts_deleted == 0  # still not
+    clock.advance(0.2)
     assert log.compact(min_age=0, grace=0.6).parts_deleted == 5
     assert len(parts(folder)) == 1 and log.count() == 5
     (entry,) = read_record(parts(folder)[0].parent)
     assert entry.deleted is not None  # kept another grace: a reader may have listed a replaced part just before
-    time.sleep(0.7)
+    clock.advance(0.7)
     log.compact(min_age=0, grace=0.6)
     assert read_record(parts(folder)[0].parent) == [] and log.count() == 5
 
@@ -255,8 +295,15 @@ def test_readers_see_every_row_once_while_writers_append_and_the_compactor_runs(
     threads = [threading.Thread(target=guarded(body), name=body.__name__) for body in (write, read, compact)]
     for thread in threads:
         thread.start()
-    time.sleep(4)
-    stop.set()
+
+    def enough() -> bool:  # the three ran together long enough (or one failed)
+        merged, deleted = sum(s.parts_merged for s in stats), sum(s.parts_deleted for s in stats)
+        return bool(failures) or (len(reads) >= 10 and merged > 100 and deleted > 0)
+
+    try:
+        wait_until(enough, timeout=120, interval=0.1, message="10 reads, 100 parts merged and some deleted")
+    finally:
+        stop.set()
     for thread in threads:
         thread.join(timeout=30)
     assert failures == []
@@ -373,13 +420,6 @@ class EagerLog(PredictionLog):
         return super().compact(min_age, target_rows, grace)
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_the_serving_logger_compacts_on_its_schedule(tmp_path: Path) -> None:
     folder = tmp_path / "predictions"
     log = EagerLog(folder)
@@ -391,9 +431,9 @@ def test_the_serving_logger_compacts_on_its_schedule(tmp_path: Path) -> None:
         if i % 4 == 0:
             logger.submit(Feedback(f"r{i}", 1.0, T0))
         time.sleep(0.03)  # about one part per record: many small parts
-    wait_for(lambda: logger.pending == 0)
+    wait_until(lambda: logger.pending == 0)
     done = logger.compactions
-    wait_for(lambda: logger.compactions >= done + 2)
+    wait_until(lambda: logger.compactions >= done + 2)
     logger.close()
     assert errors == [] and logger.dropped == 0
     assert log.count() == 40 and len(parts(folder)) < 10  # of about 50 written
@@ -410,7 +450,7 @@ def test_a_failing_compaction_is_reported_and_logging_goes_on(tmp_path: Path) ->
     for i in range(20):
         logger.submit(pred(i))
         time.sleep(0.02)
-    wait_for(lambda: logger.compactions >= 2)
+    wait_until(lambda: logger.compactions >= 2)
     logger.close()
     assert errors and all(isinstance(e, LoopmlError) for e in errors)
     assert str(errors[0]).startswith(f"prediction log {folder}: cannot open the compaction lock")

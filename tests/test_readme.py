@@ -14,13 +14,13 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from loopml.server import free_port
+from waiting import wait_until
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -53,6 +53,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "loopml", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     commands = tour()
     assert [c.split()[0] for c in commands][:3] == ["loopml", "cd", "loopml"]
@@ -81,17 +82,15 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
                     [sys.executable, "-m", "loopml", *args], cwd=cwd, env=env, text=True, stderr=subprocess.PIPE
                 )
                 url = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
+
+                def ready(process: subprocess.Popen[str] = server, url: str = url) -> bool:
+                    assert process.poll() is None, process.stderr.read() if process.stderr else ""
                     try:
-                        if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                            break
+                        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
                     except httpx.HTTPError:
-                        pass
-                    assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                    time.sleep(0.2)
-                else:
-                    pytest.fail("loopml serve did not become ready in 60 s")
+                        return False
+
+                wait_until(ready, timeout=120, interval=0.2, message="loopml serve to become ready")
             else:
                 assert words[0] == "loopml", command
                 args = words[1:]

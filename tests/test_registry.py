@@ -22,6 +22,7 @@ from loopml.registry.postgres import PostgresRegistry
 from loopml.spec.environment import apply_environment
 from loopml.spec.model import Spec
 from loopml.train.artifact import LinearModel, sha256_file
+from specs import minimal_spec_dict
 
 SIGNATURE = [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}]
 REFERENCE = {"bins": 10, "features": {"a": {"edges": [0.0], "fractions": [0.5, 0.5, 0.0]}}}
@@ -62,14 +63,7 @@ def test_a_host_without_the_file_fetches_the_database_copy_hash_checked(postgres
 
 
 def test_open_registry_uses_the_spec_backend(tmp_path: Path) -> None:
-    spec = Spec.model_validate(
-        {
-            "project": "p",
-            "entities": {},
-            "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
-            "label": {"source": "s", "column": "y"},
-        }
-    )
+    spec = Spec.model_validate(minimal_spec_dict())
     registry = open_registry(spec, Layout.for_project(tmp_path, spec))
     assert isinstance(registry, SqliteRegistry) and registry.path == tmp_path.resolve() / ".loopml" / "registry.sqlite"
 
@@ -77,13 +71,7 @@ def test_open_registry_uses_the_spec_backend(tmp_path: Path) -> None:
 def test_open_registry_postgres_from_spec_or_environment(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raw = {
-        "project": "p",
-        "entities": {},
-        "sources": {"s": {"path": "s.parquet", "columns": {"y": {"type": "int"}}}},
-        "label": {"source": "s", "column": "y"},
-        "storage": {"registry": "postgres"},
-    }
+    raw = minimal_spec_dict(storage={"registry": "postgres"})
     spec = Spec.model_validate(raw)
     with pytest.raises(LoopmlError, match=r"storage\.registry_url: the postgres registry needs a URL"):
         open_registry(spec, Layout.for_project(tmp_path, spec))

@@ -16,27 +16,14 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ruamel.yaml import YAML
 
 from loopml.loop.retrain import LoopStore, evaluate_triggers
 from loopml.project import Project
 from loopml.server import BackgroundServer, build_app
+from specs import configure
+from waiting import wait_until
 
 TOKEN = "loop-token"
-
-
-def configure(folder: Path, text: str) -> None:
-    """Merge YAML ``text`` into the project's loopml.yaml (section by section, key by key)."""
-    yaml = YAML(typ="rt")
-    path = folder / "loopml.yaml"
-    doc = yaml.load(path.read_text())
-    for section, values in yaml.load(text).items():
-        if isinstance(values, dict) and isinstance(doc.get(section), dict):
-            doc[section].update(values)
-        else:
-            doc[section] = values
-    with path.open("w") as fh:
-        yaml.dump(doc, fh)
 
 
 def add_live_rows(folder: Path, n: int) -> None:
@@ -56,8 +43,9 @@ def test_nothing_fires_on_a_fresh_champion(trained_copy: Path) -> None:
     assert run.status == "not triggered" and run.steps == []
 
 
+@pytest.mark.slow
 def test_new_data_triggers_the_loop_and_unchanged_inputs_are_not_rerun(trained_copy: Path) -> None:
-    configure(trained_copy, "retraining:\n  min_new_rows: 500\n  canary: false\ngate:\n  min_improvement: -1.0")
+    configure(trained_copy, retraining={"min_new_rows": 500, "canary": False}, gate={"min_improvement": -1.0})
     add_live_rows(trained_copy, 3000)
     project = Project.load(trained_copy)
     first = project.retrain(service_url="http://127.0.0.1:9")
@@ -76,8 +64,9 @@ def test_new_data_triggers_the_loop_and_unchanged_inputs_are_not_rerun(trained_c
     assert saved["status"] == "finished" and saved["steps"][0]["inputs"]["files"]
 
 
+@pytest.mark.slow
 def test_a_killed_loop_resumes_where_it_stopped(trained_copy: Path) -> None:
-    configure(trained_copy, "retraining:\n  canary: false\nmodel:\n  params: {n_estimators: 400}")
+    configure(trained_copy, retraining={"canary": False}, model={"params": {"n_estimators": 400}})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     loop_dir = trained_copy / ".loopml" / "loop"
     proc = subprocess.Popen(
@@ -86,15 +75,13 @@ def test_a_killed_loop_resumes_where_it_stopped(trained_copy: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+
+    def training() -> bool:
+        runs = LoopStore(loop_dir).runs()
+        return bool(runs) and any(s.name == "train" and s.status == "running" for s in runs[-1].steps)
+
     try:
-        while time.monotonic() < deadline:
-            runs = LoopStore(loop_dir).runs()
-            if runs and any(s.name == "train" and s.status == "running" for s in runs[-1].steps):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the loop never reached the train step")
+        wait_until(training, timeout=120, interval=0.05, message="the loop to reach the train step")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -111,17 +98,13 @@ def test_a_killed_loop_resumes_where_it_stopped(trained_copy: Path) -> None:
     assert by_name["train"].status == "done" and by_name["train"].outputs["model_version"] >= 2
 
 
+@pytest.mark.slow
 def test_the_loop_canaries_through_the_live_service_and_promotes(trained_copy: Path) -> None:
     configure(
         trained_copy,
-        """
-rollout:
-  canary: {steps: [0.5, 1.0], min_requests: 15, max_score_psi: 5.0}
-retraining:
-  canary_timeout: 2m
-gate:
-  min_improvement: -1.0
-""",
+        rollout={"canary": {"steps": [0.5, 1.0], "min_requests": 15, "max_score_psi": 5.0}},
+        retraining={"canary_timeout": "2m"},
+        gate={"min_improvement": -1.0},
     )
     project = Project.load(trained_copy)
     live = pq.read_table(trained_copy / "data" / "live.parquet").slice(0, 400).to_pylist()
@@ -168,9 +151,7 @@ def test_the_schedule_runs_the_loop_in_its_own_process(trained_copy: Path) -> No
 
     scheduler = RetrainScheduler(trained_copy, interval_s=0.2, service_url="http://127.0.0.1:9", admin_token=None).start()
     try:
-        deadline = time.monotonic() + 120
-        while scheduler.checks == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: scheduler.checks > 0, timeout=120, interval=0.1, message="the schedule's first check")
     finally:
         scheduler.stop()
     assert scheduler.last is not None and scheduler.last["status"] == "not triggered"

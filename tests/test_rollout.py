@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from loopml.rollout.policy import CHALLENGER, CHAMPION, RolloutController, unit_
 from loopml.server import BackgroundServer, build_app
 from loopml.spec.model import Rollout
 from served_fraud import add_version, body, live_rows
+from waiting import wait_until
 
 TOKEN = "rollout-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -187,11 +187,14 @@ def test_shadow_scores_after_the_response_and_logs_both(served: tuple[httpx.Clie
     for i, row in enumerate(sent):
         data = client.post("/v1/predict", json=body(row, request_id=f"s{i}")).json()
         assert data["variant"] == "champion" and data["model_version"] == 1
-    time.sleep(0.5)
-    client.post("/v1/admin/flush", headers=AUTH)
-    with project.prediction_log().connect() as con:
-        logged = con.execute("SELECT variant, model_version, count(*) FROM predictions GROUP BY 1, 2 ORDER BY 1").fetchall()
-    assert logged == [("challenger", challenger, 30), ("champion", 1, 30)]
+
+    def logged() -> list[Any]:
+        assert client.post("/v1/admin/flush", headers=AUTH).status_code == 200
+        with project.prediction_log().connect() as con:
+            return con.execute("SELECT variant, model_version, count(*) FROM predictions GROUP BY 1, 2 ORDER BY 1").fetchall()
+
+    wait_until(lambda: sum(n for *_, n in logged()) >= 60, message="the 30 shadow predictions, scored after the responses")
+    assert logged() == [("challenger", challenger, 30), ("champion", 1, 30)]
 
 
 def test_canary_over_http_rolls_back_a_broken_model_and_alerts(

@@ -15,7 +15,9 @@ import pytest
 
 from loopml.project import Project
 from loopml.server import BackgroundServer, build_app
-from served_fraud import body, live_rows
+from served_fraud import add_version, body, live_rows
+from specs import REMOVE, configure, write_fraud_project
+from waiting import wait_until
 
 TOKEN = "test-token"
 
@@ -191,20 +193,23 @@ def test_hot_swap_fails_no_request(server: tuple[httpx.Client, Path]) -> None:
 
     worker = threading.Thread(target=hammer)
     worker.start()
-    p = Project.load(project)
-    p.train()
-    p.registry().set_alias("champion", 2, reason="test")
-    assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["model_version"] == 2
-    stop.set()
-    worker.join()
-    assert statuses and set(statuses) == {200}
+    try:
+        registry = Project.load(project).registry()
+        assert add_version(registry, "next") == 2  # a second version, as a training run would register it
+        wait_until(lambda: len(statuses) >= 20, message="requests before the swap")
+        registry.set_alias("champion", 2, reason="test")
+        assert client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["model_version"] == 2
+        swapped = len(statuses)
+        wait_until(lambda: len(statuses) >= swapped + 20, message="requests after the swap")
+    finally:
+        stop.set()
+        worker.join()
+    assert set(statuses) == {200}
     assert client.post("/v1/predict", json=body(rows[0])).json()["model_version"] == 2
 
 
 def test_not_ready_without_a_model(tmp_path: Path) -> None:
-    from loopml.scaffold import init_example
-
-    init_example(tmp_path / "p", days=5, customers=50, terminals=100)
+    write_fraud_project(tmp_path / "p", world={"days": 5, "customers": 50, "terminals": 100, "seed": 0, "live_days": 0})
     with BackgroundServer(build_app(Project.load(tmp_path / "p"))) as srv:
         r = httpx.get(srv.url + "/readyz")
         assert r.status_code == 503
@@ -213,12 +218,9 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
 
 
 def test_explain_on_a_model_without_contributions_is_a_4xx(trained_copy: Path) -> None:
-    spec_file = trained_copy / "loopml.yaml"
-    text = spec_file.read_text()
-    spec_file.write_text(text.replace("type: lightgbm", "type: sklearn:sklearn.linear_model.LogisticRegression", 1))
-    text = spec_file.read_text()
-    start, end = text.index("  params:"), text.index("  baseline:")
-    spec_file.write_text(text[:start] + "  select: model  # registered even where the baseline scores better\n" + text[end:])
+    configure(
+        trained_copy, model={"type": "sklearn:sklearn.linear_model.LogisticRegression", "params": REMOVE, "select": "model"}
+    )
     project = Project.load(trained_copy)
     project.registry().set_alias("champion", project.train().model_version, "test: an sklearn champion")
     with (

@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from loopml.project import Project
 from loopml.server import BackgroundServer, build_app
+from specs import configure
 
 TOKEN = "fuzz-token"
 FUZZ_EXAMPLES = 200  # per generation mode: keeps the whole file well under a minute on two cores
@@ -285,9 +286,7 @@ def test_empty_batch_and_other_methods(served: tuple[httpx.Client, Path]) -> Non
 
 
 def test_limits_come_from_loopml_yaml(trained_copy: Path) -> None:
-    spec = trained_copy / "loopml.yaml"
-    limits = "  latency_budget_ms: 10\n  max_batch: 3\n  max_body_bytes: 4096"
-    spec.write_text(spec.read_text().replace("  latency_budget_ms: 10", limits))
+    configure(trained_copy, serving={"max_batch": 3, "max_body_bytes": 4096})
     with (
         BackgroundServer(build_app(Project.load(trained_copy))) as srv,
         httpx.Client(base_url=srv.url, timeout=10) as client,

@@ -20,6 +20,7 @@ from loopml.train.split import (
     kfold_splits,
     rolling_origin_splits,
 )
+from specs import REMOVE, configure
 
 DAY = np.timedelta64(1, "D")
 
@@ -110,26 +111,22 @@ def test_check_rejects_a_bad_split_group(method: str, group: str, message: str) 
     )
 
 
+@pytest.mark.slow
 def test_training_with_a_grouped_random_split(trained_copy: Path) -> None:
-    spec_file = trained_copy / "loopml.yaml"
-    text = spec_file.read_text()
-    start = text.index("split:")
-    end = text.index("gate:")
-    spec_file.write_text(text[:start] + "split: {method: random, group: customer_id}\n\n" + text[end:])
+    time_split = {"train_days": REMOVE, "valid_days": REMOVE, "test_days": REMOVE}  # the split is {method: random, group}
+    configure(trained_copy, split={"method": "random", "group": "customer_id", **time_split})
     project = Project.load(trained_copy)
     result = project.train()
     assert result.split["method"] == "random"
     assert result.metrics["test"]["roc_auc"] > 0.7
-    spec_file.write_text(text[:start] + "split: {method: random, group: no_such_column}\n\n" + text[end:])
+    configure(trained_copy, split={"group": "no_such_column"})
     with pytest.raises(LoopmlError, match=r"split\.group: column 'no_such_column' is not declared"):
         Project.load(trained_copy)
 
 
+@pytest.mark.slow
 def test_training_records_a_rolling_origin_backtest(trained_copy: Path) -> None:
-    spec_file = trained_copy / "loopml.yaml"
-    text = spec_file.read_text()
-    backtest = "  test_days: 7\n  backtest: {folds: 3, train_days: 14, test_days: 7}"
-    spec_file.write_text(text.replace("  test_days: 7", backtest, 1))
+    configure(trained_copy, split={"backtest": {"folds": 3, "train_days": 14, "test_days": 7}})
     result = Project.load(trained_copy).train()
     assert len(result.backtest) == 3
     starts = [fold["test"]["start"] for fold in result.backtest]

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,8 @@ from loopml.serve.schemas import PredictRequest
 from loopml.serve.service import PredictionService
 from loopml.serve.stream_score import ScoringConsumer
 from servers import RedisServer
+from specs import configure
+from waiting import wait_until
 
 N = 800
 BAD = {10: ("tx_amount", "lots"), 300: ("customer_id", "abc"), 650: ("tx_datetime", "yesterday")}
@@ -48,8 +49,7 @@ OUT = "scores"
 
 def project_copy(trained_project: Path, target: Path, url: str) -> Path:
     shutil.copytree(trained_project, target)
-    with (target / "loopml.yaml").open("a") as fh:
-        fh.write(f"\nstorage:\n  redis_url: {url}\n")
+    configure(target, storage={"redis_url": url})
     return target
 
 
@@ -164,11 +164,12 @@ def test_sigkilled_scorer_process_restarts_without_loss_or_duplicates(
     with redis_server.client() as client:
         feed(client, project)
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 90
-        while client.xlen(OUT) < 150:
+
+        def scored_some() -> bool:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the scorer wrote nothing in 90 s"
-            time.sleep(0.005)
+            return client.xlen(OUT) >= 150
+
+        wait_until(scored_some, timeout=90, interval=0.005, message="the scorer to write 150 scores")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         if proc.stderr:

@@ -34,6 +34,7 @@ from loopml.train import RunStore, psi, reference_stats, split_rows
 from loopml.train.artifact import Predictor, sha256_file
 from loopml.train.models import fit_model
 from loopml.train.reference import reference_entry
+from specs import TEST_LATENCY_BUDGET_MS
 
 START = np.datetime64("2025-04-01T00:00:00", "us")
 FEATURES = ["f1", "f2", "f3"]
@@ -57,7 +58,7 @@ def make_spec(**overrides: Any) -> Spec:
             }
         },
         "label": {"source": "events", "column": "is_fraud", "delay": "7d"},
-        "serving": {"latency_budget_ms": 250},  # generous: a busy test machine must not fail the gate on latency
+        "serving": {"latency_budget_ms": TEST_LATENCY_BUDGET_MS},  # a busy test machine must not fail the gate on latency
     }
     for key, value in overrides.items():
         body[key] = value
