@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import loopml.features.online.redis as online_redis
 import pytest
 import redis
 from typer.testing import CliRunner
 
+import loopml.features.online.redis as online_redis
 from loopml.cli import app
 from loopml.errors import LoopmlError
 from loopml.features import push_events
