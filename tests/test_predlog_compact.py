@@ -19,10 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import loopml.monitor.predlog_compact as compaction
 import pyarrow.parquet as pq
 import pytest
 
+import loopml.predlog.compact as compaction
 from loopml.errors import LoopmlError
 from loopml.predlog.compact import LOCK_NAME, RECORD_NAME, CompactStats, live_parts, read_record
 from loopml.predlog.parquet import PredictionLog
