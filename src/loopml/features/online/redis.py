@@ -27,6 +27,7 @@ first call after the cooldown tries again, and redis-py reconnects.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import uuid
@@ -66,6 +67,8 @@ COOLDOWN_SECONDS = 0.5
 #: Entities per compare-and-set script call (keeps each script short for other clients).
 CAS_CHUNK = 1000
 _CAS_ATTEMPTS = 20
+#: seconds: the first retry waits up to 2 ms, doubling up to 0.1 s (full jitter); 20 attempts span about 1.5 s at most
+_CAS_BACKOFF, _CAS_BACKOFF_CAP = 0.001, 0.1
 _CAS_SCRIPT = """
 local conflicts = {}
 for i = 1, #ARGV, 3 do
@@ -159,7 +162,9 @@ class RedisOnlineStore:
     def _write_chunk(self, hash_key: str, keys: list[str], grouped: dict[str, list[Event]], horizon_us: int) -> int:
         gained = 0
         pending = keys
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:  # lost a race: back off a random, growing while so competing writers stop colliding
+                time.sleep(random.uniform(0, min(_CAS_BACKOFF_CAP, _CAS_BACKOFF * 2**attempt)))
             current: list[bytes | None] = self._call(partial(_hmget, key=hash_key, fields=pending))
             args: list[bytes | str] = []
             gains: dict[str, int] = {}
