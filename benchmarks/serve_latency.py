@@ -1,15 +1,22 @@
 """Online serving: ``loopml serve`` against ``mlflow models serve``, same LightGBM model, same rows, same load.
 
-    .venv/bin/python benchmarks/serve_latency.py [--rate 500] [--duration 25] [--workers 1 2]
-                                                 [--skip-mlflow] [--mlflow-stacks fast pip] [--fresh]
+    .venv/bin/python benchmarks/serve_latency.py [--rate 500] [--duration 25] [--workers 1 2] [--repeats 2]
+                                                 [--loopml-src NAME=PATH ...] [--step-seconds 6] [--skip-mlflow] [--fresh]
 
 Set-up (cached under the system temp folder, ``loopml-bench-serve``; ``--fresh``
 rebuilds it): the default fraud world (``loopml init --example fraud``, 183
 days, the last 7 kept aside as live traffic), ingested, features built, the
-champion trained and the online store materialized.
+champion trained and the online store materialized, by the loopml this script
+is run with.
 
-For each server and worker count the server runs as its own process on a
-free loopback port and gets, from this process, open-loop load (requests
+The servers: one ``loopml serve`` per ``--loopml-src NAME=PATH`` (a loopml
+source tree: its server process gets ``PYTHONPATH=PATH/src``, checked before
+the load; without the option, the tree this script is in), so two trees can be
+compared in the same run (the first one named is the reference of the
+ratios), and ``mlflow models serve``. Every server and worker count is run
+``--repeats`` times, interleaved (A B C A B C: a change in the machine's load
+hits every side alike), each time a new process on a free loopback port with an
+empty prediction log, and gets, from this process, open-loop load (requests
 sent on a fixed schedule, whatever the answers do):
 
 1. **fixed load**: ``--rate`` requests/s for ``--duration`` s (after a 3 s
@@ -19,34 +26,45 @@ sent on a fixed schedule, whatever the answers do):
    when every request succeeded and no backlog built up: the median latency
    of the requests scheduled in its last second is under 100 ms (a server
    slower than the offered rate queues requests, and their latency grows
-   through the step). The **maximum throughput** is the highest step kept up with (the
-   error-free saturation point); the **maximum sustainable throughput** is
-   the highest step kept up with at a p99 under 10 ms (the issue's latency
-   budget).
+   through the step). The **maximum sustainable throughput**, the headline,
+   is the highest step kept up with at a p99 under 10 ms (the issue's latency
+   budget); the **maximum throughput** (no p99 bound: the error-free
+   saturation point) is shown beside it.
 
-Latency is measured from each request's *scheduled* send time (open loop, so
-a slow server cannot slow the arrivals down and hide its queueing). The
-generator's garbage collector is off during each run (a collection pause in
-the generator would be counted as server latency).
+CPU: with 1 worker the server (every process and thread of it) is pinned to
+core 0 and this load generator to core 1; with 2 workers the servers and the
+generator share both cores (the machine has two), which the output says.
+Every server gets ``OMP_NUM_THREADS=1``: a one-row LightGBM predict run on two
+OpenMP threads per worker is many times slower (loopml already asks LightGBM
+for one thread on batches up to 64 rows; MLflow's pyfunc wrapper passes no
+``num_threads``, so the variable is its only knob).
 
 loopml gets ``POST /v1/predict`` bodies of the fraud example
 (``{"entities": {customer_id, terminal_id}, "features": {tx_amount,
 tx_datetime}}``): it reads the online features, computes the request-time
 features and the transforms, scores and logs each prediction. MLflow
-(installed with LightGBM into its own venv; run twice: on uvicorn with
-uvloop and httptools like loopml's, and on the asyncio loop and h11 parser a
-plain ``pip install mlflow`` gets) serves the champion's booster
-saved with ``mlflow.lightgbm.save_model`` and gets, for the same rows, the
-finished model input as a pandas-split JSON body: it does less work per
-request (no feature lookup, no logging). Its scores are checked against
-loopml's before the load.
+(pinned, ``MLFLOW_PIN``, installed with the same LightGBM, uvloop and httptools
+versions as loopml's into its own venv) serves the champion's booster saved with
+``mlflow.lightgbm.save_model``, set up for speed: ``--env-manager local``,
+uvicorn (what ``mlflow models serve`` runs) on uvloop and httptools with its
+access log off (``mlflow models serve`` passes uvicorn no options but host,
+port and workers; uvicorn reads ``UVICORN_ACCESS_LOG``, ``UVICORN_LOOP`` and
+``UVICORN_HTTP`` from the environment). It gets, for the same rows, the
+finished model input as a numpy tensor body (``{"inputs": [[...]]}``, its
+cheapest input: no DataFrame): it does less work per request (no feature
+lookup, no logging). Every server's scores for the first rows are checked
+against the model's scores computed here before the load.
 
 The load generator is hand-written: an asyncio HTTP/1.1 client over raw
-loopback sockets with every request pre-encoded. On two cores the generator
-shares the CPU with the server, and ``httpx.AsyncClient`` spends about ten
-times more CPU per request than this client (measured here: ~1.8 ms against
-~0.17 ms), CPU the server would not get. The generator's CPU per request is
-printed with the results.
+loopback sockets with every request pre-encoded; ``httpx.AsyncClient`` spends
+about ten times more CPU per request (measured here: ~1.8 ms against ~0.17 ms),
+which matters when it shares the cores with the servers. Latency is measured
+from each request's *scheduled* send time (open loop, so a slow server cannot
+slow the arrivals down and hide its queueing). The generator's garbage
+collector is off during each run (a collection pause in the generator would be
+counted as server latency). The generator's CPU per request, the load average
+before each run and every version (Python, the libraries on both sides, each
+loopml tree's git commit) are printed with the results.
 """
 
 from __future__ import annotations
@@ -64,7 +82,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,10 +104,37 @@ RAMP_FACTOR = 1.25
 RAMP_MAX = 20_000.0
 STEP_SECONDS = 6.0
 BACKLOG_MS = 100.0
+CHECKED_ROWS = 50
+#: cores of the 1-worker runs: the server's, the load generator's
+SERVER_CORE, GENERATOR_CORE = 0, 1
+#: the MLflow every figure is measured against (printed with them)
+MLFLOW_PIN = "mlflow==3.18.0"
+#: every server's environment: one OpenMP thread per process
+SERVER_ENV = {"OMP_NUM_THREADS": "1"}
+#: MLflow's uvicorn: no access log, uvloop and httptools (what loopml's uvicorn picks by itself)
+MLFLOW_UVICORN_ENV = {"UVICORN_ACCESS_LOG": "false", "UVICORN_LOOP": "uvloop", "UVICORN_HTTP": "httptools"}
 
 _SAVE_MLFLOW_MODEL = """
 import sys, lightgbm, mlflow.lightgbm
 mlflow.lightgbm.save_model(lightgbm.Booster(model_file=sys.argv[1]), sys.argv[2])
+"""
+
+_VERSIONS = """
+import importlib.metadata as m, platform
+names = ["mlflow", "lightgbm", "numpy", "pandas", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop", "httptools"]
+found = []
+for name in names:
+    try:
+        found.append(f"{name} {m.version(name)}")
+    except m.PackageNotFoundError:
+        pass
+print(f"Python {platform.python_version()}, " + ", ".join(found))
+"""
+
+#: exits 0 when every NAME==VERSION argument is installed at that version
+_PINNED = """
+import sys, importlib.metadata as m
+sys.exit(any(m.version(name) != version for name, version in (arg.split("==") for arg in sys.argv[1:])))
 """
 
 
@@ -165,8 +210,73 @@ def model_inputs(folder: Path, rows: list[dict[str, Any]]) -> tuple[list[str], n
     return list(predictor.feature_names), matrix, np.asarray(predictor.predict(matrix)), booster.to_text()
 
 
-def mlflow_bodies(names: list[str], matrix: np.ndarray) -> list[bytes]:
-    return [json.dumps({"dataframe_split": {"columns": names, "data": [row.tolist()]}}).encode() for row in matrix]
+def mlflow_bodies(matrix: np.ndarray) -> list[bytes]:
+    """One row each as a numpy tensor body: MLflow's cheapest JSON input (no DataFrame built per request)."""
+    return [json.dumps({"inputs": [row.tolist()]}).encode() for row in matrix]
+
+
+# -- the sides ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One server to compare: a loopml source tree, or MLflow."""
+
+    name: str
+    kind: str  # "loopml" or "mlflow"
+    path: str  # the request path
+    ready: str  # answers 200 once the server is up
+    bodies: list[bytes]
+    env: dict[str, str]
+    command: Callable[[int, int], list[str]]  # (port, workers) -> argv
+    score: Callable[[Any], float]  # an answer's JSON -> its score
+    src: Path | None = None  # loopml: the tree's root
+
+
+def loopml_side(name: str, root: Path, folder: Path, bodies: list[bytes], base_env: dict[str, str]) -> Side:
+    src = root / "src"
+    if not (src / "loopml" / "__init__.py").exists():
+        raise SystemExit(f"--loopml-src {name}={root}: no src/loopml in it")
+    env = {**base_env, "PYTHONPATH": str(src)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import loopml; print(loopml.__file__)"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"--loopml-src {name}={root}: the server would import loopml from {where}")
+
+    def command(port: int, workers: int) -> list[str]:
+        return [sys.executable, "-m", "loopml", "serve", "--project", str(folder), "--port", str(port),
+                "--workers", str(workers)]  # fmt: skip
+
+    return Side(name, "loopml", "/v1/predict", "/readyz", bodies, env, command, lambda answer: float(answer["score"]), root)
+
+
+def mlflow_side(python: Path, model_dir: Path, bodies: list[bytes], base_env: dict[str, str]) -> Side:
+    mlflow = str(python.parent / "mlflow")
+    # it starts its server as "exec uvicorn ..." from PATH: the venv's own
+    env = {**base_env, **MLFLOW_UVICORN_ENV, "PATH": f"{python.parent}{os.pathsep}{base_env.get('PATH', '')}"}
+
+    def command(port: int, workers: int) -> list[str]:
+        return [mlflow, "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
+                "-p", str(port), "-w", str(workers)]  # fmt: skip
+
+    def score(answer: Any) -> float:
+        return float(np.ravel(answer["predictions"] if isinstance(answer, dict) else answer)[0])
+
+    return Side("mlflow", "mlflow", "/invocations", "/ping", bodies, env, command, score)
+
+
+def git_commit(root: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "not a git checkout"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src")
+    return commit + (" + uncommitted changes under src/" if dirty else "")
+
+
+def versions(python: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run([python, "-c", _VERSIONS], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 # -- servers ------------------------------------------------------------------------------------------------------
@@ -191,9 +301,19 @@ class Server:
 
 
 def start(
-    name: str, command: list[str], port: int, path: str, ready: str, workdir: Path, env: dict[str, str] | None = None
+    name: str,
+    command: list[str],
+    port: int,
+    path: str,
+    ready: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    cores: set[int] | None = None,
 ) -> Server:
-    log = workdir / f"{name.replace(' ', '-')}.log"
+    """Start a server in its own process group, pinned to ``cores`` (its workers and threads inherit it)."""
+    log = workdir / f"{name.replace(' ', '-').replace(',', '').replace('/', '-')}.log"
+    if cores is not None:
+        command = ["taskset", "--cpu-list", ",".join(map(str, sorted(cores))), *command]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = Server(name, process, port, path.encode(), log)
@@ -221,6 +341,27 @@ async def _get_ok(host: str, port: int, path: str) -> bool:
         return False
     finally:
         writer.close()
+
+
+def check_same_scores(server: Server, side: Side, expected: np.ndarray) -> None:
+    """The server's answers for the first rows equal the model's scores computed here (same model, same input)."""
+
+    async def ask() -> list[float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        out = []
+        head = b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        for body in side.bodies[: len(expected)]:
+            writer.write(head % (server.path, len(body)) + body)
+            status, payload = await _response(reader)
+            if status != 200:
+                raise SystemExit(f"{server.name} answered {status}: {payload[:500]!r}")
+            out.append(side.score(json.loads(payload)))
+        writer.close()
+        return out
+
+    got = np.array(run_async(ask()))
+    if not np.allclose(got, expected, rtol=1e-9, atol=1e-12):
+        raise SystemExit(f"{server.name}'s scores differ from the model's: {got[:5]} vs {expected[:5]}")
 
 
 # -- the load generator -------------------------------------------------------------------------------------------
@@ -347,7 +488,10 @@ def _cpu() -> float:
 
 @dataclass
 class Result:
-    name: str
+    side: str
+    workers: int
+    repeat: int
+    load: str  # the 1, 5 and 15 minute load averages before the run
     fixed: Run
     ramp: list[Run]
 
@@ -360,15 +504,20 @@ class Result:
         return max((run.offered for run in self.ramp if run.kept_up() and run.pct(99) < SLO_P99_MS), default=0.0)
 
 
-def measure(server: Server, bodies: list[bytes], rate: float, duration: float) -> Result:
-    load = Load(server, bodies)
-    print(f"{server.name}: {rate:.0f} req/s for {duration:.0f} s (after a 3 s warm-up)...", file=sys.stderr)
+def measure(server: Server, side: Side, workers: int, repeat: int, rate: float, duration: float, step: float) -> Result:
+    load = Load(server, side.bodies)
+    loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{server.name}: {rate:.0f} req/s for {duration:.0f} s (after a 3 s warm-up); load {loadavg}...", file=sys.stderr)
     run_async(load.open_loop(rate, 3.0))
     fixed = run_async(load.open_loop(rate, duration))
+    print(
+        f"  fixed: served {fixed.achieved:.0f}/s, p50 {fixed.pct(50):.2f} ms, p99 {fixed.pct(99):.2f} ms, errors {fixed.errors}",
+        file=sys.stderr,
+    )
     ramp: list[Run] = []
-    step, misses = RAMP_START, 0
-    while misses < 2 and step <= RAMP_MAX:
-        run = run_async(load.open_loop(round(step), STEP_SECONDS))
+    offered, misses = RAMP_START, 0
+    while misses < 2 and offered <= RAMP_MAX:
+        run = run_async(load.open_loop(round(offered), step))
         ramp.append(run)
         misses = 0 if run.kept_up() else misses + 1
         print(
@@ -376,8 +525,8 @@ def measure(server: Server, bodies: list[bytes], rate: float, duration: float) -
             f"p99 {run.pct(99):.2f} ms, errors {run.errors}",
             file=sys.stderr,
         )
-        step *= RAMP_FACTOR
-    return Result(server.name, fixed, ramp)
+        offered *= RAMP_FACTOR
+    return Result(side.name, workers, repeat, loadavg, fixed, ramp)
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -387,42 +536,98 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-#: what the MLflow venv needs beside MLflow: the model's library, and the same C event loop and HTTP parser
-#: that loopml's uvicorn uses (MLflow's scoring server is uvicorn too, and picks them up the same way)
-MLFLOW_EXTRAS = ["lightgbm>=4.3,<5", "uvloop>=0.19,<1", "httptools>=0.6,<1"]
+def ensure_mlflow(python: Path) -> bool:
+    """The pinned MLflow with loopml's LightGBM, uvloop and httptools versions in MLflow's venv (installed once)."""
+    import importlib.metadata as metadata
 
-
-def ensure_extras(python: Path) -> bool:
-    probe = "import lightgbm, mlflow.lightgbm, uvloop, httptools"
-    if subprocess.run([str(python), "-c", probe], capture_output=True, check=False).returncode == 0:
+    wanted = [MLFLOW_PIN, *(f"{name}=={metadata.version(name)}" for name in ("lightgbm", "uvloop", "httptools"))]
+    if subprocess.run([str(python), "-c", _PINNED, *wanted], capture_output=True, check=False).returncode == 0:
         return True
-    print(f"installing {', '.join(MLFLOW_EXTRAS)} into {MLFLOW_VENV} (once)...", file=sys.stderr)
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *MLFLOW_EXTRAS], check=False, timeout=900)
+    print(f"installing {', '.join(wanted)} into {MLFLOW_VENV}...", file=sys.stderr)
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=False, timeout=900)
     return done.returncode == 0
 
 
-def print_table(results: list[Result], rate: float) -> None:
-    header = ("server", f"p50 @{rate:.0f}/s", f"p99 @{rate:.0f}/s", f"max @{rate:.0f}/s", "served", "errors",
-              "max throughput", "max sustainable (p99<10ms)", "generator CPU/request")  # fmt: skip
+def _cells(results: list[Result], rate: float) -> list[tuple[str, ...]]:
+    header = ("server", "workers", "repeat", "load avg before", f"p50 @{rate:.0f}/s", f"p99 @{rate:.0f}/s",
+              f"max @{rate:.0f}/s", "served", "errors", f"max sustainable (p99<{SLO_P99_MS:.0f}ms)",
+              "max throughput (no p99 bound)", "generator CPU/request")  # fmt: skip
     rows = [header]
     for r in results:
         f = r.fixed
         rows.append(
             (
-                r.name,
+                r.side,
+                str(r.workers),
+                str(r.repeat),
+                r.load,
                 f"{f.pct(50):.2f} ms",
                 f"{f.pct(99):.2f} ms",
                 f"{float(f.latencies_ms.max()) if len(f.latencies_ms) else float('nan'):.1f} ms",
                 f"{f.achieved:.0f}/s",
                 str(f.errors),
-                f"{r.max_throughput:.0f}/s",
                 f"{r.sustainable:.0f}/s" if r.sustainable else f"none from {RAMP_START:.0f}/s",
+                f"{r.max_throughput:.0f}/s",
                 f"{f.cpu_per_request_us:.0f} us",
             )
         )
-    width = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return rows
+
+
+def print_table(results: list[Result], rate: float) -> None:
+    rows = _cells(results, rate)
+    width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, width, strict=True)))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, width, strict=True)).rstrip())
+
+
+def print_ratios(results: list[Result], sides: list[Side], workers: list[int], rate: float) -> None:
+    """Per worker count: each side's median over the repeats, and each side against the first loopml tree and MLflow."""
+
+    def median(side: str, w: int, value: Callable[[Result], float]) -> float:
+        return float(np.median([value(r) for r in results if r.side == side and r.workers == w]))
+
+    figures: dict[str, Callable[[Result], float]] = {
+        "sustainable": lambda r: r.sustainable,
+        "max": lambda r: r.max_throughput,
+        "p50": lambda r: r.fixed.pct(50),
+        "p99": lambda r: r.fixed.pct(99),
+    }
+    loopml = [s.name for s in sides if s.kind == "loopml"]
+    for w in workers:
+        where = "server on core 0, generator on core 1" if w == 1 else "servers and generator share both cores"
+        print(f"\n{w} worker(s) ({where}), median of the repeats:")
+        m = {s.name: {k: median(s.name, w, f) for k, f in figures.items()} for s in sides}
+        for name, f in m.items():
+            print(
+                f"  {name}: max sustainable {f['sustainable']:.0f}/s, max throughput {f['max']:.0f}/s, "
+                f"p50 {f['p50']:.2f} ms, p99 {f['p99']:.2f} ms @{rate:.0f}/s"
+            )
+        references = [loopml[0]] if len(loopml) > 1 else []
+        references += ["mlflow"] if "mlflow" in m else []
+        for ref in references:
+            for name in loopml:
+                if name == ref:
+                    continue
+                a, b = m[name], m[ref]
+                sustainable = f"{a['sustainable'] / b['sustainable']:.2f}x" if b["sustainable"] else "n/a (reference 0)"
+                print(
+                    f"  {name} / {ref}: max sustainable {sustainable}, max throughput "
+                    f"{a['max'] / b['max'] if b['max'] else float('nan'):.2f}x, p50 {a['p50']:.2f} vs {b['p50']:.2f} ms, "
+                    f"p99 {a['p99']:.2f} vs {b['p99']:.2f} ms @{rate:.0f}/s"
+                )
+
+
+def parse_src(values: list[str]) -> list[tuple[str, Path]]:
+    trees = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--loopml-src {value}: expected NAME=PATH")
+        if name == "mlflow" or name in (n for n, _ in trees):
+            raise SystemExit(f"--loopml-src {value}: name used twice or reserved")
+        trees.append((f"loopml {name}", Path(path).resolve()))
+    return trees or [("loopml", Path(__file__).resolve().parents[1])]
 
 
 def main() -> None:
@@ -430,98 +635,77 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="requests/s of the fixed load")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds of the fixed load")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every server and worker count, interleaved")
     parser.add_argument(
-        "--mlflow-stacks",
-        nargs="+",
-        choices=["fast", "pip"],
-        default=["fast", "pip"],
-        help="MLflow's uvicorn with uvloop + httptools like loopml's (fast), and as pip installs it (pip: asyncio + h11)",
+        "--loopml-src",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a loopml source tree to serve with (PYTHONPATH=PATH/src); repeat to compare trees, the first is the "
+        "reference; default: the tree this script is in",
     )
+    parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS, help="seconds of each ramp step")
+    parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="rebuild the cached project")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    cores = os.sched_getaffinity(0)
+    if 1 in args.workers and not {SERVER_CORE, GENERATOR_CORE} <= cores:
+        raise SystemExit(f"1-worker runs pin to cores {SERVER_CORE} and {GENERATOR_CORE}; this process may use {cores}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"load before: {uptime()}")
+    print(f"this process (set-up, load generator): {versions(sys.executable)}")
     folder = prepare(args.fresh)
     rows = request_rows(folder)
     names, matrix, scores, booster_text = model_inputs(folder, rows)
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | SERVER_ENV
+    bodies = loopml_bodies(rows)
+    sides = [loopml_side(name, root, folder, bodies, base_env) for name, root in parse_src(args.loopml_src)]
+    for side in sides:
+        print(f"{side.name}: {side.src} at {git_commit(side.src or Path())}, PYTHONPATH={side.env['PYTHONPATH']}")
     workdir = Path(tempfile.mkdtemp(prefix="loopml-bench-serve-"))
     results: list[Result] = []
     try:
-        for workers in args.workers:
-            predictions = Project.load(folder).layout.state / "predictions"
-            shutil.rmtree(predictions, ignore_errors=True)  # each run starts with an empty prediction log
-            port = free_port()
-            command = [sys.executable, "-m", "loopml", "serve", "--project", str(folder), "--port", str(port),
-                       "--workers", str(workers)]  # fmt: skip
-            server = start(f"loopml serve, {workers} worker(s)", command, port, "/v1/predict", "/readyz", workdir)
-            try:
-                results.append(measure(server, loopml_bodies(rows), args.rate, args.duration))
-            finally:
-                server.stop()
         python = None if args.skip_mlflow else mlflow_python()
-        if python is not None and ensure_extras(python):
+        if python is not None and ensure_mlflow(python):
             model_file = workdir / "champion.txt"
             model_file.write_text(booster_text)
             model_dir = workdir / "mlflow-model"
             save = [str(python), "-c", _SAVE_MLFLOW_MODEL, str(model_file), str(model_dir)]
             subprocess.run(save, check=True, capture_output=True)
-            bodies = mlflow_bodies(names, matrix)
-            mlflow = str(python.parent / "mlflow")
-            # it starts its server as "uvicorn ..." from PATH: the venv's own
-            env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-            for stack, workers in [(stack, w) for stack in args.mlflow_stacks for w in args.workers]:
-                port = free_port()
-                command = [mlflow, "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-                           "-p", str(port), "-w", str(workers)]  # fmt: skip
-                # uvicorn reads UVICORN_* variables: "pip" forces what a plain `pip install mlflow` runs on
-                forced = {"UVICORN_LOOP": "asyncio", "UVICORN_HTTP": "h11"} if stack == "pip" else {}
-                name = f"mlflow models serve, {workers} worker(s){', asyncio+h11' if stack == 'pip' else ''}"
-                server = start(name, command, port, "/invocations", "/ping", workdir, {**env, **forced})
-                try:
-                    check_same_scores(server, bodies[:50], scores[:50])
-                    results.append(measure(server, bodies, args.rate, args.duration))
-                finally:
-                    server.stop()
+            sides.append(mlflow_side(python, model_dir, mlflow_bodies(matrix), base_env))
+            print(f"mlflow: {versions(str(python))}; `mlflow models serve --env-manager local` with "
+                  f"{' '.join(f'{k}={v}' for k, v in MLFLOW_UVICORN_ENV.items())}")  # fmt: skip
+        elif not args.skip_mlflow:
+            print("MLflow could not be installed: loopml only", file=sys.stderr)
+        print(f"every server: {' '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}")
+        state = Project.load(folder).layout.state
+        for workers in args.workers:
+            pinned = {SERVER_CORE} if workers == 1 else None
+            os.sched_setaffinity(0, {GENERATOR_CORE} if workers == 1 else cores)
+            for repeat in range(1, args.repeats + 1):
+                for side in sides:
+                    for old in state.glob("predictions*"):  # each run starts with an empty prediction log (and journal)
+                        shutil.rmtree(old) if old.is_dir() else old.unlink()
+                    port = free_port()
+                    name = f"{side.name}, {workers} worker(s), repeat {repeat}"
+                    server = start(name, side.command(port, workers), port, side.path, side.ready, workdir, side.env, pinned)
+                    try:
+                        check_same_scores(server, side, scores[:CHECKED_ROWS])
+                        results.append(measure(server, side, workers, repeat, args.rate, args.duration, args.step_seconds))
+                    finally:
+                        server.stop()
+        os.sched_setaffinity(0, cores)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"load after:  {uptime()}")
-    print(f"{len(rows):,} live rows of the default fraud world, cycled; model input {len(names)} features")
+    print(f"{len(rows):,} live rows of the default fraud world, cycled; model input {len(names)} features; "
+          f"scores of the first {CHECKED_ROWS} rows equal on every server")  # fmt: skip
+    print(
+        f"1 worker: server pinned to core {SERVER_CORE}, generator to core {GENERATOR_CORE}; "
+        "2 workers: the servers and the generator share both cores"
+    )
     print_table(results, args.rate)
-    best = {
-        side: max(group, key=lambda r: (r.max_throughput, -r.fixed.pct(99)))
-        for side in ("loopml", "mlflow")
-        if (group := [r for r in results if r.name.startswith(side)])
-    }
-    if len(best) == 2 and best["mlflow"].max_throughput:
-        lo, ml = best["loopml"], best["mlflow"]
-        print(
-            f"throughput ratio, best of each: {lo.name} {lo.max_throughput:.0f}/s / {ml.name} {ml.max_throughput:.0f}/s"
-            f" = {lo.max_throughput / ml.max_throughput:.1f}x (target 5x); p99 at {args.rate:.0f}/s: {lo.fixed.pct(99):.2f} ms"
-            f" vs {ml.fixed.pct(99):.2f} ms"
-        )
-
-
-def check_same_scores(server: Server, bodies: list[bytes], expected: np.ndarray) -> None:
-    """MLflow's answers for the first rows equal loopml's scores (it is the same model on the same input)."""
-
-    async def ask() -> list[float]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        out = []
-        for body in bodies:
-            head = b"POST /invocations HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-            writer.write(head % len(body) + body)
-            status, payload = await _response(reader)
-            if status != 200:
-                raise SystemExit(f"mlflow answered {status}: {payload[:500]!r}")
-            data = json.loads(payload)
-            out.append(float(np.ravel(data["predictions"] if isinstance(data, dict) else data)[0]))
-        writer.close()
-        return out
-
-    got = np.array(run_async(ask()))
-    if not np.allclose(got, expected, rtol=1e-9, atol=1e-12):
-        raise SystemExit(f"mlflow's scores differ from loopml's: {got[:5]} vs {expected[:5]}")
+    print_ratios(results, sides, args.workers, args.rate)
 
 
 if __name__ == "__main__":
