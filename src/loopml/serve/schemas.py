@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from loopml.features.vector import RequestFeatureError, parse_request_feature
+from loopml.spec.model import RequestFeature
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from loopml.spec.model import RequestFeature
 
 #: longest field path and message echoed back in an error body (they may come from client keys)
 _MAX_FIELD_CHARS = 200
